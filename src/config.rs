@@ -1,0 +1,471 @@
+//! Configuration: command line, `AYMC_*` environment variables and the TOML
+//! file, merged (flag > environment > file > default) into a validated
+//! [`Config`] before anything runs. A problem is one [`ConfigError`] line,
+//! which `main` prints and answers with exit code 2. Touches no socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// A configuration or command-line error: one line for stderr, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// Path to a PEM public key (RS256 / ES256 / EdDSA by key type).
+    pub jwt_public_key: Option<String>,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Required `aud` when set.
+    pub audience: Option<String>,
+    /// Allowed `Origin` values when set (section 1 row 4).
+    pub allowed_origins: Option<Vec<String>>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    pub leeway_s: u64,
+    /// `TOKEN_EXPIRING` this long before `exp`, seconds.
+    pub expiry_notice_s: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_public_key: None,
+            issuer: None,
+            audience: None,
+            allowed_origins: None,
+            leeway_s: 60,
+            expiry_notice_s: 60,
+        }
+    }
+}
+
+/// `[limits]`: PROTOCOL.md sections 6 and 7. Each doc says what hitting it does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// The hub sends a WebSocket Ping this often, seconds.
+    pub ping_interval_s: u64,
+    /// No frame from a client for this long: dropped without a Close frame.
+    pub pong_timeout_s: u64,
+    /// A write that makes no progress this long: close `4008`, dropped.
+    pub write_timeout_s: u64,
+    /// One incoming message over this: close `1009`.
+    pub max_message_bytes: usize,
+    /// Live messages queued per client; more are dropped for that client and
+    /// reported as `MESSAGES_DROPPED`.
+    pub client_queue: usize,
+    /// Open connections; more are answered `503`.
+    pub max_connections: usize,
+    /// Open connections per IP (0 = off); more are answered `503`.
+    pub max_connections_per_ip: usize,
+    /// Subscriptions per connection; more: `TOO_MANY_SUBSCRIPTIONS`.
+    pub max_subscriptions: usize,
+    /// Incoming data messages per second per connection (token bucket rate).
+    pub rate_per_s: u32,
+    /// Token bucket size; over it: `RATE_LIMITED`, sustained: close `1008`.
+    pub rate_burst: u32,
+    /// HTTP request head size; over it: `431`.
+    pub head_max_bytes: usize,
+    /// HTTP request headers; over it: `431`.
+    pub head_max_headers: usize,
+    /// Time for a request head to arrive (and idle keep-alive): `408`.
+    pub head_timeout_s: u64,
+    /// Publish body size; over it: `413`.
+    pub publish_max_bytes: usize,
+    /// Time clients get to finish after SIGTERM before the hub exits.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ping_interval_s: 54,
+            pong_timeout_s: 60,
+            write_timeout_s: 10,
+            max_message_bytes: 512 * 1024,
+            client_queue: 256,
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_subscriptions: 256,
+            rate_per_s: 20,
+            rate_burst: 40,
+            head_max_bytes: 8192,
+            head_max_headers: 64,
+            head_timeout_s: 10,
+            publish_max_bytes: 1024 * 1024,
+            shutdown_grace_s: 5,
+        }
+    }
+}
+
+/// `[monitor]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Agent health checks (Ping, GetMetrics, GetStatus) this often, seconds.
+    pub health_interval_s: u64,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig { health_interval_s: 30 }
+    }
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept in memory per `server:{id}:logs` channel.
+    pub log_lines: usize,
+    /// Bytes of all rings together; the oldest of the largest is evicted.
+    pub max_bytes: usize,
+    /// On-disk history (SQLite) when set.
+    pub db_path: Option<PathBuf>,
+    /// Stored lines older than this are deleted.
+    pub retention_days: u64,
+    /// Stored bytes per server above this are deleted, oldest first.
+    pub retention_mb_per_server: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            log_lines: 1000,
+            max_bytes: 64 * 1024 * 1024,
+            db_path: None,
+            retention_days: 14,
+            retention_mb_per_server: 200,
+        }
+    }
+}
+
+/// `[[agents]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's id (alerts' `source_id`, stats).
+    pub id: String,
+    /// `host:port` of its gRPC service.
+    pub address: String,
+}
+
+/// `[[servers]]`: name and owner for an agent's server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The server's id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: Option<String>,
+    /// The agent that runs it.
+    pub agent: Option<String>,
+    /// The user who owns it (may watch it; gets its crash notifications).
+    pub owner: Option<Uuid>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the hub listens on.
+    pub listen: SocketAddr,
+    /// `[auth]`
+    pub auth: AuthConfig,
+    /// `[limits]`
+    pub limits: Limits,
+    /// `[monitor]`
+    pub monitor: MonitorConfig,
+    /// `[history]`
+    pub history: HistoryConfig,
+    /// `[[agents]]`
+    pub agents: Vec<AgentConfig>,
+    /// `[[servers]]`
+    pub servers: Vec<ServerConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            monitor: MonitorConfig::default(),
+            history: HistoryConfig::default(),
+            agents: Vec::new(),
+            servers: Vec::new(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the hub.
+    Serve,
+    /// Print a test JWT.
+    Token {
+        /// `--sub`
+        sub: Uuid,
+        /// `--role`
+        role: Option<String>,
+        /// `--servers`
+        servers: Vec<Uuid>,
+        /// `--ttl`
+        ttl_s: i64,
+    },
+    /// Validate the configuration and exit.
+    CheckConfig,
+    /// Print usage.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Usage text for `--help`.
+pub const USAGE: &str = "\
+usage: aymc-hub [serve] [--config FILE] [--listen ADDR]
+       aymc-hub token --sub UUID [--role admin|service|user] [--servers UUID,..] [--ttl SECONDS] [--config FILE]
+       aymc-hub check-config [--config FILE]
+environment: AYMC_CONFIG, AYMC_LISTEN, AYMC_JWT_SECRET, AYMC_LOG (log filter, as RUST_LOG)";
+
+/// The parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cli {
+    /// The subcommand.
+    pub command: Command,
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--listen`
+    pub listen: Option<String>,
+}
+
+impl Cli {
+    /// Parses the arguments after the program name.
+    ///
+    /// # Errors
+    /// An unknown subcommand or flag, a missing or invalid value.
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Cli, ConfigError> {
+        let mut args = args.into_iter().peekable();
+        let sub = match args.peek().map(String::as_str) {
+            Some("serve" | "token" | "check-config") => args.next(),
+            _ => None,
+        };
+        let (mut config, mut listen) = (None, None);
+        let (mut user, mut role, mut servers, mut ttl_s) = (None, None, Vec::new(), 3600);
+        let mut flags_help = false;
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+                _ => (arg.clone(), None),
+            };
+            let mut value =
+                || inline.clone().or_else(|| args.next()).ok_or_else(|| ConfigError(format!("{flag} needs a value")));
+            match (sub.as_deref(), flag.as_str()) {
+                (_, "-h" | "--help") => flags_help = true,
+                (_, "-V" | "--version") => return Ok(Cli { command: Command::Version, config, listen }),
+                (_, "--config") => config = Some(PathBuf::from(value()?)),
+                (None | Some("serve"), "--listen") => listen = Some(value()?),
+                (Some("token"), "--sub") => {
+                    let v = value()?;
+                    user = Some(Uuid::try_parse(&v).map_err(|_| ConfigError(format!("--sub: '{v}' is not a UUID")))?);
+                }
+                (Some("token"), "--role") => {
+                    let v = value()?;
+                    if !matches!(v.as_str(), "admin" | "service" | "user") {
+                        return err(format!("--role: '{v}' is not one of admin, service, user"));
+                    }
+                    role = Some(v);
+                }
+                (Some("token"), "--servers") => {
+                    for s in value()?.split(',').filter(|s| !s.is_empty()) {
+                        servers.push(
+                            Uuid::try_parse(s).map_err(|_| ConfigError(format!("--servers: '{s}' is not a UUID")))?,
+                        );
+                    }
+                }
+                (Some("token"), "--ttl") => {
+                    let v = value()?;
+                    ttl_s = v
+                        .parse()
+                        .ok()
+                        .filter(|t| *t > 0)
+                        .ok_or_else(|| ConfigError(format!("--ttl: '{v}' is not a positive number of seconds")))?;
+                }
+                _ => return err(format!("unknown argument '{arg}' (see aymc-hub --help)")),
+            }
+        }
+        let command = match sub.as_deref() {
+            _ if flags_help => Command::Help,
+            Some("token") => Command::Token {
+                sub: user.ok_or_else(|| ConfigError("token: --sub UUID is required".into()))?,
+                role,
+                servers,
+                ttl_s,
+            },
+            Some("check-config") => Command::CheckConfig,
+            _ => Command::Serve,
+        };
+        Ok(Cli { command, config, listen })
+    }
+
+    /// Loads the configuration: file (`--config`, else `AYMC_CONFIG`), then
+    /// the environment, then flags, then validation.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, a bad value, a failed validation.
+    pub fn load(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let path = self.config.clone().or_else(|| env("AYMC_CONFIG").map(PathBuf::from));
+        let mut config = match &path {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(secret) = env("AYMC_JWT_SECRET") {
+            config.auth.jwt_secret = Some(secret);
+        }
+        let listen = self.listen.clone().or_else(|| env("AYMC_LISTEN"));
+        if let Some(listen) = listen {
+            config.listen = listen
+                .parse()
+                .map_err(|_| ConfigError(format!("listen: '{listen}' is not an address like 127.0.0.1:8080")))?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl Config {
+    /// Parses a TOML file (not yet validated).
+    ///
+    /// # Errors
+    /// Unreadable file, TOML syntax, unknown key, wrong type.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            let at = e.span().map(|s| line_of(&text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
+            ConfigError(format!("{}{at}: {msg}", path.display()))
+        })
+    }
+
+    /// Checks ranges and consistency.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.auth;
+        match (&a.jwt_secret, &a.jwt_public_key) {
+            (Some(_), Some(_)) => return err("auth.jwt_secret and auth.jwt_public_key are both set; use one"),
+            (None, None) => return err("no JWT key: set auth.jwt_secret (or AYMC_JWT_SECRET) or auth.jwt_public_key"),
+            (Some(s), None) if s.is_empty() => return err("auth.jwt_secret must not be empty"),
+            _ => {}
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.ping_interval_s", l.ping_interval_s),
+            ("limits.pong_timeout_s", l.pong_timeout_s),
+            ("limits.write_timeout_s", l.write_timeout_s),
+            ("limits.head_timeout_s", l.head_timeout_s),
+            ("monitor.health_interval_s", self.monitor.health_interval_s),
+        ] {
+            if v == 0 {
+                return err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, v) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.client_queue", l.client_queue),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.head_max_bytes", l.head_max_bytes),
+            ("limits.head_max_headers", l.head_max_headers),
+            ("limits.publish_max_bytes", l.publish_max_bytes),
+        ] {
+            if v == 0 {
+                return err(format!("{name} must be at least 1"));
+            }
+        }
+        if l.rate_per_s == 0 || l.rate_burst == 0 {
+            return err("limits.rate_per_s and limits.rate_burst must be at least 1");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for agent in &self.agents {
+            if !seen.insert(agent.id.as_str()) {
+                return err(format!("agents: id '{}' appears twice", agent.id));
+            }
+            if agent.address.is_empty() {
+                return err(format!("agents: agent '{}' has an empty address", agent.id));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for server in &self.servers {
+            if !seen.insert(server.id) {
+                return err(format!("servers: id '{}' appears twice", server.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, ConfigError> {
+        Cli::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn serve_is_the_default_and_flags_win_over_env() {
+        let c = cli(&["--listen", "127.0.0.1:9000"]).unwrap();
+        assert_eq!(c.command, Command::Serve);
+        let env = |k: &str| match k {
+            "AYMC_LISTEN" => Some("127.0.0.1:7000".to_string()),
+            "AYMC_JWT_SECRET" => Some("x".to_string()),
+            _ => None,
+        };
+        assert_eq!(c.load(env).unwrap().listen.port(), 9000);
+        assert_eq!(cli(&[]).unwrap().load(env).unwrap().listen.port(), 7000);
+    }
+
+    #[test]
+    fn token_needs_a_uuid_sub() {
+        assert!(cli(&["token"]).is_err());
+        assert!(cli(&["token", "--sub", "bob"]).is_err());
+        let c =
+            cli(&["token", "--sub", "123e4567-e89b-12d3-a456-426614174000", "--role=admin", "--ttl", "60"]).unwrap();
+        assert!(matches!(c.command, Command::Token { ttl_s: 60, .. }));
+        assert!(cli(&["serve", "--sub", "x"]).is_err());
+    }
+
+    #[test]
+    fn config_errors_are_one_line() {
+        let dir = std::env::temp_dir().join(format!("aymc-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hub.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n[limits]\nclient_queeu = 3\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("client_queeu") && e.contains("line 3") && !e.contains('\n'), "{e}");
+        std::fs::write(&path, "[auth]\njwt_secret = \"a\"\njwt_public_key = \"b\"\n").unwrap();
+        let e = Config::from_file(&path).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("both"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

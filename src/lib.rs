@@ -1,0 +1,33 @@
+//! aymc-hub: streams Minecraft servers' console logs, metrics, status
+//! changes, alerts and user notifications from agents to WebSocket clients,
+//! channel by channel, only to the users allowed to see them.
+//!
+//! The contract is `PROTOCOL.md`; the shape is `DESIGN.md`. Map:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | command line, `AYMC_*` environment, TOML file → validated [`config::Config`] |
+//! | [`reactor`] | the `mio` loop: listener, connections (slab), timers, signals |
+//! | [`conn`] | one connection's state machine (`Http` → `WebSocket` → `Closing`), rate limit |
+//! | [`http`] | request heads (`httparse`), routing, responses |
+//! | [`ws`] | WebSocket frames: decoding with small buffers, encoding once |
+//! | [`outq`] | a connection's outgoing queue: shared frames, `writev`, drops |
+//! | [`hub`] | channels, subscriptions, publish (encode once), seq/epoch, history rings |
+//! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
+//! | [`auth`] | JWT validation, claims, channel ACL |
+//! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
+//!
+//! One thread runs the reactor, which owns every socket and all hub state:
+//! nothing is shared, nothing is locked.
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod hub;
+pub mod outq;
+pub mod proto;
+pub mod protocol;
+pub mod reactor;
+pub mod ws;

@@ -1,0 +1,78 @@
+//! `aymc-hub`: parse the command line, validate the configuration, run.
+//! A configuration error is one line on stderr and exit code 2.
+
+use std::process::ExitCode;
+
+use aymc_hub::auth::Authenticator;
+use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
+use aymc_hub::reactor::{self, Reactor};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("aymc-hub: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, ConfigError> {
+    let cli = Cli::parse(std::env::args().skip(1))?;
+    match &cli.command {
+        Command::Help => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Version => {
+            println!("aymc-hub {}", env!("CARGO_PKG_VERSION"));
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let config = cli.load(|k| std::env::var(k).ok())?;
+    let auth = authenticator(&config)?;
+    match cli.command {
+        Command::CheckConfig => {
+            println!("config ok: listening on {}", config.listen);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { sub, role, servers, ttl_s } => {
+            println!("{}", auth.mint(sub, role.as_deref(), &servers, ttl_s).map_err(ConfigError)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Ok(serve(config, auth)),
+    }
+}
+
+fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
+    let owners = config.servers.iter().filter_map(|s| Some((s.id, s.owner?))).collect();
+    Authenticator::new(&config.auth, owners).map_err(ConfigError)
+}
+
+fn serve(config: Config, auth: Authenticator) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("AYMC_LOG", "info")).init();
+    let fds = reactor::raise_fd_limit();
+    if (fds as usize) < config.limits.max_connections + 64 {
+        log::warn!("open-file limit {fds} is below limits.max_connections; accepts will pause when it runs out");
+    }
+    let listen = config.listen;
+    let mut reactor = match Reactor::bind(config, auth) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match reactor.local_addr() {
+        Ok(addr) => log::info!("listening on {addr}"),
+        Err(e) => log::warn!("listening, address unknown: {e}"),
+    }
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("event loop failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

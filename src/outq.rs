@@ -1,0 +1,238 @@
+//! One connection's outgoing queue: shared, already framed bytes waiting for
+//! the socket, written with one `writev` per call (DESIGN.md rule 3).
+//!
+//! Live channel messages and alerts count toward the cap
+//! (`limits.client_queue`); when it is reached, a new one is dropped for this
+//! client only and remembered as a [`DropReport`] (PROTOCOL.md section 5,
+//! "Drops"). Control replies never count and are never dropped. An idle
+//! queue holds no allocation once [`OutQueue::release`] has run.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::rc::Rc;
+
+/// What dropped messages are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropKey {
+    /// A channel, by the hub's channel index.
+    Channel(usize),
+    /// Alerts (one key for all).
+    Alerts,
+}
+
+/// Messages dropped for one key since its last report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropReport {
+    /// Channel or alerts.
+    pub key: DropKey,
+    /// How many.
+    pub dropped: u64,
+    /// First dropped seq (channels).
+    pub from_seq: u64,
+    /// Last dropped seq (channels).
+    pub to_seq: u64,
+}
+
+#[derive(Debug)]
+struct Item {
+    bytes: Rc<[u8]>,
+    counted: bool,
+}
+
+/// How many buffers one `writev` takes at most.
+const IOV_BATCH: usize = 128;
+
+/// The queue. See the module docs.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    items: VecDeque<Item>,
+    /// Bytes of the front item already written.
+    offset: usize,
+    /// Counted items queued.
+    live: usize,
+    /// Pending drop reports, in order of first drop.
+    drops: Vec<DropReport>,
+}
+
+impl OutQueue {
+    /// Queues bytes that never count and are never dropped (HTTP responses,
+    /// control replies, replayed copies).
+    pub fn push_control(&mut self, bytes: Rc<[u8]>) {
+        self.items.push_back(Item { bytes, counted: false });
+    }
+
+    /// Queues a live message unless `cap` counted messages are queued;
+    /// then records the drop under `key` (with `seq` for channels) and
+    /// returns false.
+    pub fn push_live(&mut self, bytes: &Rc<[u8]>, cap: usize, key: DropKey, seq: u64) -> bool {
+        if self.live < cap {
+            self.items.push_back(Item { bytes: Rc::clone(bytes), counted: true });
+            self.live += 1;
+            return true;
+        }
+        match self.drops.iter_mut().find(|d| d.key == key) {
+            Some(report) => {
+                report.dropped += 1;
+                report.to_seq = seq;
+            }
+            None => self.drops.push(DropReport { key, dropped: 1, from_seq: seq, to_seq: seq }),
+        }
+        false
+    }
+
+    /// Drop reports to send now: all of them once the count is below `cap`.
+    pub fn take_reports(&mut self, cap: usize) -> Vec<DropReport> {
+        if self.live < cap && !self.drops.is_empty() {
+            std::mem::take(&mut self.drops)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Forgets a pending report (the channel was unsubscribed).
+    pub fn discard_report(&mut self, key: DropKey) {
+        self.drops.retain(|d| d.key != key);
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Counted messages waiting.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Uncounted items (replies, replays) waiting.
+    pub fn replies(&self) -> usize {
+        self.items.len() - self.live
+    }
+
+    /// True when no frame is half written (a frame may be written directly).
+    pub fn at_frame_start(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Writes as much as the socket takes, one `writev` per batch, until
+    /// the queue is empty or the socket would block. Returns the bytes
+    /// written (0 when blocked at once).
+    ///
+    /// # Errors
+    /// A socket error other than WouldBlock/Interrupted: the connection is
+    /// gone.
+    pub fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.items.is_empty() {
+            let mut slices = [IoSlice::new(&[]); IOV_BATCH];
+            let mut n = 0;
+            for (i, item) in self.items.iter().take(IOV_BATCH).enumerate() {
+                let bytes = if i == 0 { item.bytes.get(self.offset..).unwrap_or_default() } else { &item.bytes[..] };
+                slices[i] = IoSlice::new(bytes);
+                n = i + 1;
+            }
+            match w.write_vectored(&slices[..n]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    total += written;
+                    self.advance(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        while let Some(front) = self.items.front() {
+            let left = front.bytes.len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            self.offset = 0;
+            if front.counted {
+                self.live -= 1;
+            }
+            self.items.pop_front();
+        }
+    }
+
+    /// Frees the queue's buffer when it is empty (idle connections).
+    pub fn release(&mut self) {
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+        if self.drops.is_empty() && self.drops.capacity() > 0 {
+            self.drops = Vec::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `room` bytes, then blocks.
+    struct Pipe {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room - n);
+                self.got.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = OutQueue::default();
+        let a: Rc<[u8]> = Rc::from(&b"hello "[..]);
+        let b: Rc<[u8]> = Rc::from(&b"world"[..]);
+        assert!(q.push_live(&a, 2, DropKey::Alerts, 0));
+        q.push_control(b);
+        let mut pipe = Pipe { got: Vec::new(), room: 8 };
+        assert_eq!(q.write_to(&mut pipe).unwrap(), 8);
+        assert_eq!(q.live(), 0);
+        pipe.room = 100;
+        q.write_to(&mut pipe).unwrap();
+        assert_eq!(pipe.got, b"hello world");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn overflow_is_counted_per_key_with_the_seq_range() {
+        let mut q = OutQueue::default();
+        let m: Rc<[u8]> = Rc::from(&b"m"[..]);
+        assert!(q.push_live(&m, 1, DropKey::Channel(3), 1));
+        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 2));
+        assert!(!q.push_live(&m, 1, DropKey::Alerts, 0));
+        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 3));
+        assert!(q.take_reports(1).is_empty(), "no report while still full");
+        q.write_to(&mut Pipe { got: Vec::new(), room: 10 }).unwrap();
+        let reports = q.take_reports(1);
+        assert_eq!(reports[0], DropReport { key: DropKey::Channel(3), dropped: 2, from_seq: 2, to_seq: 3 });
+        assert_eq!(reports[1].key, DropKey::Alerts);
+        assert!(q.take_reports(1).is_empty());
+    }
+}

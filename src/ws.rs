@@ -1,0 +1,262 @@
+//! WebSocket framing (RFC 6455, server side) with tungstenite's frame types
+//! and buffers of our own (DESIGN.md rule 6): frames are parsed straight out
+//! of the reactor's shared read buffer, so an idle connection holds no read
+//! buffer; only an incomplete frame or a fragmented message is kept, in a
+//! `Vec` that is released as soon as it is complete. Outgoing frames are
+//! encoded once into shared bytes. No IO here.
+
+use std::borrow::Cow;
+use std::io::Cursor;
+use std::rc::Rc;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A violation that RFC 6455 answers with a Close; the variant gives the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WsError {
+    /// Malformed framing (unmasked, reserved bits or opcode, bad control
+    /// frame, bad continuation): close `1002`.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// A text message that is not UTF-8: close `1007`.
+    #[error("invalid UTF-8 in a text message")]
+    Utf8,
+    /// A message over `limits.max_message_bytes`: close `1009`.
+    #[error("message too big")]
+    TooBig,
+}
+
+impl WsError {
+    /// The close code that answers it.
+    pub fn close_code(self) -> u16 {
+        match self {
+            WsError::Protocol(_) => 1002,
+            WsError::Utf8 => 1007,
+            WsError::TooBig => 1009,
+        }
+    }
+}
+
+/// A complete incoming message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A text message (valid UTF-8).
+    Text(Cow<'a, [u8]>),
+    /// A binary message (answered `INVALID_MESSAGE`).
+    Binary,
+    /// A Ping with its payload (answered with a Pong).
+    Ping(&'a [u8]),
+    /// A Pong.
+    Pong,
+    /// A Close with its code, if any.
+    Close(Option<u16>),
+}
+
+/// Per-connection decoding state: the fragments of a message in progress.
+/// Empty (no allocation) between messages.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// `Some((is_text, bytes so far))` while a fragmented message arrives.
+    fragments: Option<Box<(bool, Vec<u8>)>>,
+}
+
+impl Decoder {
+    /// Parses the first frame of `buf` (unmasking it in place). Returns the
+    /// bytes consumed and, when a message is complete, the message.
+    /// `Ok(None)` means `buf` does not hold a whole frame yet.
+    ///
+    /// # Errors
+    /// [`WsError`], after which the connection is closed with its code.
+    pub fn next<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        max: usize,
+    ) -> Result<Option<(usize, Option<Incoming<'a>>)>, WsError> {
+        let mut cursor = Cursor::new(&*buf);
+        let (header, len) = match FrameHeader::parse(&mut cursor) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(WsError::Protocol("reserved opcode")),
+        };
+        let start = usize::try_from(cursor.position()).map_err(|_| WsError::TooBig)?;
+        let len = usize::try_from(len).map_err(|_| WsError::TooBig)?;
+        let Some(mask) = header.mask else {
+            return Err(WsError::Protocol("client frames must be masked"));
+        };
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(WsError::Protocol("reserved bits set"));
+        }
+        let is_control = matches!(header.opcode, OpCode::Control(_));
+        if is_control && (len > 125 || !header.is_final) {
+            return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
+        }
+        let pending = self.fragments.as_ref().map_or(0, |f| f.1.len());
+        if !is_control && len.saturating_add(pending) > max {
+            return Err(WsError::TooBig);
+        }
+        let end = start.checked_add(len).ok_or(WsError::TooBig)?;
+        let Some(payload) = buf.get_mut(start..end) else {
+            return Ok(None);
+        };
+        unmask(payload, mask);
+        let payload: &'a [u8] = payload;
+        let message = match header.opcode {
+            OpCode::Control(Control::Ping) => Some(Incoming::Ping(payload)),
+            OpCode::Control(Control::Pong) => Some(Incoming::Pong),
+            OpCode::Control(Control::Close) => Some(Incoming::Close(close_code(payload)?)),
+            OpCode::Data(Data::Text | Data::Binary) => {
+                if self.fragments.is_some() {
+                    return Err(WsError::Protocol("new message before the previous one ended"));
+                }
+                let is_text = header.opcode == OpCode::Data(Data::Text);
+                if header.is_final {
+                    Some(complete(is_text, Cow::Borrowed(payload))?)
+                } else {
+                    self.fragments = Some(Box::new((is_text, payload.to_vec())));
+                    None
+                }
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(fragments) = self.fragments.as_mut() else {
+                    return Err(WsError::Protocol("continuation without a message"));
+                };
+                fragments.1.extend_from_slice(payload);
+                if header.is_final {
+                    let (is_text, bytes) = *self.fragments.take().unwrap_or_default();
+                    Some(complete(is_text, Cow::Owned(bytes))?)
+                } else {
+                    None
+                }
+            }
+            _ => return Err(WsError::Protocol("reserved opcode")),
+        };
+        Ok(Some((end, message)))
+    }
+}
+
+fn complete(is_text: bool, bytes: Cow<'_, [u8]>) -> Result<Incoming<'_>, WsError> {
+    if !is_text {
+        return Ok(Incoming::Binary);
+    }
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(WsError::Utf8);
+    }
+    Ok(Incoming::Text(bytes))
+}
+
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(WsError::Protocol("close payload of one byte")),
+        [a, b, reason @ ..] => {
+            if std::str::from_utf8(reason).is_err() {
+                return Err(WsError::Utf8);
+            }
+            Ok(Some(u16::from_be_bytes([*a, *b])))
+        }
+    }
+}
+
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let word = u32::from_ne_bytes(mask);
+    let mut chunks = payload.chunks_exact_mut(4);
+    for chunk in &mut chunks {
+        let v = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i];
+    }
+}
+
+/// Frames `payload` as one unmasked server frame, in shared bytes.
+pub fn frame(opcode: OpCode, payload: &[u8]) -> Rc<[u8]> {
+    let header = FrameHeader { opcode, ..FrameHeader::default() };
+    let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    Rc::from(out)
+}
+
+/// A text frame.
+pub fn text(payload: &[u8]) -> Rc<[u8]> {
+    frame(OpCode::Data(Data::Text), payload)
+}
+
+/// A Close frame with a code and a short reason.
+pub fn close(code: u16, reason: &str) -> Rc<[u8]> {
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason.as_bytes());
+    frame(OpCode::Control(Control::Close), &payload)
+}
+
+/// A Ping (empty) or Pong (echoing `payload`).
+pub fn control(op: Control, payload: &[u8]) -> Rc<[u8]> {
+    frame(OpCode::Control(op), payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn reads_a_text_frame_and_reports_partial_ones() {
+        let mut d = Decoder::default();
+        let mut bytes = masked(0x81, b"{\"type\":\"ping\"}");
+        let n = bytes.len();
+        assert_eq!(d.next(&mut bytes.clone()[..n - 1], 1024).unwrap(), None);
+        let (used, msg) = d.next(&mut bytes, 1024).unwrap().unwrap();
+        assert_eq!(used, n);
+        assert_eq!(msg, Some(Incoming::Text(Cow::Borrowed(&b"{\"type\":\"ping\"}"[..]))));
+    }
+
+    #[test]
+    fn joins_fragments_with_interleaved_control_frames() {
+        let mut d = Decoder::default();
+        let mut a = masked(0x01, b"hel");
+        assert_eq!(d.next(&mut a, 1024).unwrap().unwrap().1, None);
+        let mut p = masked(0x89, b"x");
+        assert_eq!(d.next(&mut p, 1024).unwrap().unwrap().1, Some(Incoming::Ping(b"x")));
+        let mut b = masked(0x80, b"lo");
+        let msg = d.next(&mut b, 1024).unwrap().unwrap().1;
+        assert_eq!(msg, Some(Incoming::Text(Cow::Owned(b"hello".to_vec()))));
+        assert!(d.fragments.is_none());
+    }
+
+    #[test]
+    fn violations_have_their_close_codes() {
+        let code = |bytes: &mut Vec<u8>, max| Decoder::default().next(bytes, max).unwrap_err().close_code();
+        assert_eq!(code(&mut vec![0x81, 0x01, b'a'], 1024), 1002, "unmasked");
+        assert_eq!(code(&mut masked(0xC1, b"a"), 1024), 1002, "rsv1");
+        assert_eq!(code(&mut masked(0x83, b"a"), 1024), 1002, "reserved opcode");
+        assert_eq!(code(&mut masked(0x80, b"a"), 1024), 1002, "lone continuation");
+        assert_eq!(code(&mut masked(0x09, b"a"), 1024), 1002, "fragmented ping");
+        assert_eq!(code(&mut masked(0x81, &[0xff, 0xfe]), 1024), 1007);
+        assert_eq!(code(&mut masked(0x81, &[b'a'; 300]), 200), 1009);
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_with_the_right_length() {
+        let f = text(&[b'x'; 300]);
+        assert_eq!(&f[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(f.len(), 304);
+        assert_eq!(&close(1001, "bye")[..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+    }
+}
