@@ -158,7 +158,7 @@ impl Default for HistoryConfig {
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// The agent's id (alerts' `source_id`, stats).
-    pub id: String,
+    pub id: Uuid,
     /// `host:port` of its gRPC service.
     pub address: String,
 }
@@ -403,7 +403,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for agent in &self.agents {
-            if !seen.insert(agent.id.as_str()) {
+            if !seen.insert(agent.id) {
                 return err(format!("agents: id '{}' appears twice", agent.id));
             }
             if agent.address.is_empty() {

@@ -15,12 +15,15 @@
 //! | [`hub`] | channels, subscriptions, publish (encode once), seq/epoch, history rings |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
+//! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
 //! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
 //!
 //! One thread runs the reactor, which owns every socket and all hub state:
-//! nothing is shared, nothing is locked.
+//! nothing is shared, nothing is locked. A second thread drives the agents
+//! and sends events to the reactor through a channel and a `mio::Waker`.
 #![deny(missing_docs)]
 
+pub mod agent;
 pub mod auth;
 pub mod config;
 pub mod conn;

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use aymc_hub::agent;
 use aymc_hub::auth::Authenticator;
 use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
 use aymc_hub::reactor::{self, Reactor};
@@ -57,6 +58,7 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         log::warn!("open-file limit {fds} is below limits.max_connections; accepts will pause when it runs out");
     }
     let listen = config.listen;
+    let agents = config.clone();
     let mut reactor = match Reactor::bind(config, auth) {
         Ok(r) => r,
         Err(e) => {
@@ -67,6 +69,10 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
     match reactor.local_addr() {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
+    }
+    if let Err(e) = agent::spawn(&agents, reactor.link()) {
+        log::error!("cannot start the agent thread: {e}");
+        return ExitCode::FAILURE;
     }
     match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,17 +12,20 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::rc::Rc;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::json;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::Control;
 
+use crate::agent::{AgentEvent, AgentState, Link};
 use crate::auth::{AuthError, Authenticator, Role};
 use crate::config::Config;
 use crate::conn::{Conn, PendingBody, Phase, Rate, Reason, Session};
@@ -33,6 +36,13 @@ use crate::ws::{self, Incoming};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+
+/// Agent events waiting for the reactor at most; the agent thread waits
+/// when the queue is full.
+const EVENT_QUEUE: usize = 65_536;
+/// Agent events handled per loop turn; the rest wait for the next turn.
+const EVENTS_PER_TURN: usize = 16_384;
 
 /// Bytes read from a socket per `read` call, into the one shared buffer.
 const READ_CHUNK: usize = 64 * 1024;
@@ -71,6 +81,13 @@ pub struct Reactor {
     /// Connections with input left to read next turn.
     read_again: Vec<usize>,
     started: Instant,
+    waker: Arc<Waker>,
+    events_tx: SyncSender<AgentEvent>,
+    events: Receiver<AgentEvent>,
+    /// Events were left in the queue last turn.
+    events_pending: bool,
+    /// Link state per configured agent, in config order.
+    agents: Vec<AgentState>,
 }
 
 /// Raises the soft limit of open files to the hard limit, so that
@@ -109,6 +126,20 @@ impl Reactor {
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let hub = Hub::new(&cfg.limits, &cfg.history);
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (events_tx, events) = sync_channel(EVENT_QUEUE);
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|a| AgentState {
+                id: a.id,
+                address: a.address.clone(),
+                connected: false,
+                since: None,
+                last_error: None,
+                streams: 0,
+            })
+            .collect();
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -125,7 +156,35 @@ impl Reactor {
             shutdown_at: None,
             read_again: Vec::new(),
             started: Instant::now(),
+            waker,
+            events_tx,
+            events,
+            events_pending: false,
+            agents,
         })
+    }
+
+    /// A sending end for the agent thread (or any other publisher thread).
+    pub fn link(&self) -> Link {
+        Link::new(self.events_tx.clone(), Arc::clone(&self.waker))
+    }
+
+    /// Handles queued agent events, at most [`EVENTS_PER_TURN`].
+    fn drain_events(&mut self) {
+        self.events_pending = false;
+        for _ in 0..EVENTS_PER_TURN {
+            match self.events.try_recv() {
+                Ok(AgentEvent::Publish(msg)) => {
+                    self.hub.publish(&mut self.conns, &self.auth, msg);
+                }
+                Ok(AgentEvent::State(state)) => match self.agents.iter_mut().find(|a| a.id == state.id) {
+                    Some(slot) => *slot = state,
+                    None => self.agents.push(state),
+                },
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+        self.events_pending = true;
     }
 
     /// The bound address.
@@ -160,6 +219,7 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
+                    WAKER => self.drain_events(),
                     SIGNALS => {
                         if self.signals.pending().next().is_some() {
                             self.begin_shutdown(now);
@@ -179,6 +239,9 @@ impl Reactor {
             }
             for key in std::mem::take(&mut self.read_again) {
                 self.on_readable(key, now);
+            }
+            if self.events_pending {
+                self.drain_events();
             }
             self.flush_dirty(&mut flush, now);
             if now >= next_tick {
@@ -826,7 +889,14 @@ impl Reactor {
             "channels": subscriptions.len(),
             "subscriptions": subscriptions,
             "messages": { "in": c.messages_in, "out": c.messages_out, "dropped": c.messages_dropped },
-            "agents": [],
+            "agents": self.agents.iter().map(|a| json!({
+                "id": a.id,
+                "address": a.address,
+                "connected": a.connected,
+                "since": a.since.map(|t| t.to_string()),
+                "last_error": a.last_error,
+                "streams": a.streams,
+            })).collect::<Vec<_>>(),
             "history": { "entries": entries, "bytes": bytes },
             "epoch": self.hub.epoch(),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -853,6 +923,14 @@ impl Reactor {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
         }
         out.push_str("# HELP aymc_agent_up Whether the agent answers (1) or not (0).\n# TYPE aymc_agent_up gauge\n");
+        for a in &self.agents {
+            out.push_str(&format!(
+                "aymc_agent_up{{agent=\"{}\",address=\"{}\"}} {}\n",
+                a.id,
+                a.address.replace(['"', '\\', '\n'], "_"),
+                u8::from(a.connected)
+            ));
+        }
         out
     }
 }
