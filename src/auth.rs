@@ -103,14 +103,19 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.leeway = cfg.leeway_s;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
         match &cfg.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Authenticator {
             key,
             validation,
@@ -137,6 +142,8 @@ impl Authenticator {
                     ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     ErrorKind::InvalidIssuer => AuthError::Issuer,
                     ErrorKind::InvalidAudience => AuthError::Audience,
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "iss" => AuthError::Issuer,
+                    ErrorKind::MissingRequiredClaim(claim) if claim == "aud" => AuthError::Audience,
                     ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => AuthError::Claims,
                     _ => AuthError::Invalid,
                 }
