@@ -280,7 +280,7 @@ impl Hub {
         conns: &mut Slab<Conn>,
         auth: &Authenticator,
         names: &[String],
-        since: &[(String, Since)],
+        since: Option<&[(String, Since)]>,
     ) {
         let (mut forbidden, mut invalid, mut too_many) = (Vec::new(), Vec::new(), Vec::new());
         let mut listed: Vec<Channel> = Vec::new();
@@ -326,7 +326,8 @@ impl Hub {
             let entry = &self.channels[i];
             match entry.channel.kind {
                 ChannelKind::Logs => {
-                    let wanted = since.iter().find(|(n, _)| Channel::parse(n) == Some(entry.channel));
+                    let wanted =
+                        since.unwrap_or_default().iter().find(|(n, _)| Channel::parse(n) == Some(entry.channel));
                     if let Some((_, since)) = wanted {
                         let ok = self.recover(i, since, &mut replays);
                         recovered.insert(entry.name.clone(), Value::Bool(ok));
@@ -337,7 +338,7 @@ impl Hub {
             }
         }
         let listed: Vec<String> = listed.iter().map(Channel::to_string).collect();
-        let extra = (!since.is_empty()).then_some(("recovered", Value::Object(recovered)));
+        let extra = since.is_some().then_some(("recovered", Value::Object(recovered)));
         let answer = protocol::control("SUBSCRIBED", "Successfully subscribed to channels", json!(listed), extra);
         self.reply(key, conn, &answer);
         for frame in replays {

@@ -564,8 +564,9 @@ pub enum ClientMessage {
     Subscribe {
         /// As sent.
         channels: Vec<String>,
-        /// `since` entries, keyed by channel name as sent.
-        since: Vec<(String, Since)>,
+        /// `since` entries, keyed by channel name as sent; `None` when the
+        /// request has no `since`.
+        since: Option<Vec<(String, Since)>>,
     },
     /// `unsubscribe`: channel names as sent.
     Unsubscribe {
@@ -637,15 +638,16 @@ pub fn parse_client(text: &[u8]) -> Result<ClientMessage, Refusal> {
                 return Ok(ClientMessage::Unsubscribe { channels });
             }
             let since = match data.remove("since") {
-                None | Some(Value::Null) => Vec::new(),
-                Some(Value::Object(map)) => map
-                    .into_iter()
-                    .map(|(name, v)| {
-                        serde_json::from_value::<Since>(v)
-                            .map(|s| (name, s))
-                            .map_err(|_| bad("'since' entries must be {\"seq\": N, \"epoch\": \"...\"}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
+                None | Some(Value::Null) => None,
+                Some(Value::Object(map)) => Some(
+                    map.into_iter()
+                        .map(|(name, v)| {
+                            serde_json::from_value::<Since>(v)
+                                .map(|s| (name, s))
+                                .map_err(|_| bad("'since' entries must be {\"seq\": N, \"epoch\": \"...\"}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
                 Some(_) => return Err(bad("'since' must be an object")),
             };
             Ok(ClientMessage::Subscribe { channels, since })

@@ -668,7 +668,7 @@ impl Reactor {
                 self.hub.reply(key, conn, &pong);
             }
             Ok(ClientMessage::Subscribe { channels, since }) => {
-                self.hub.subscribe(key, &mut self.conns, &self.auth, &channels, &since);
+                self.hub.subscribe(key, &mut self.conns, &self.auth, &channels, since.as_deref());
             }
             Ok(ClientMessage::Unsubscribe { channels }) => self.hub.unsubscribe(key, &mut self.conns, &channels),
             Ok(ClientMessage::History { channel, limit, before_seq }) => {

@@ -2,6 +2,8 @@
 //! subscribers receive: data shapes, times, `seq`/`epoch`, alert routing,
 //! recipients, validation and the HTTP rules of the endpoint.
 
+use std::io::Write;
+
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -454,4 +456,54 @@ fn two_publishes_on_one_keep_alive_connection() {
     // A GET on the same connection works too.
     let resp = conn.request(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     assert_eq!(resp.status, 200);
+}
+
+/// The unread body of a `413` must not be taken for a next request: the hub
+/// closes the connection after answering.
+#[test]
+fn after_a_413_the_unread_body_is_not_parsed_as_a_request() {
+    let hub = Hub::start("publish_max_bytes = 1024");
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(40);
+    let req = format!(
+        "POST /api/v1/publish HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        service_token(),
+        smuggled.len()
+    );
+    let mut conn = HttpConn::connect(hub.addr);
+    let resp = conn.request(req.as_bytes());
+    assert_http_error(&resp, 413, "payload_too_large", None);
+    let rest = conn.wait_closed(WAIT).unwrap_or_else(|e| panic!("connection kept open after a 413: {e}"));
+    assert!(rest.is_empty(), "the body was answered as requests: {:?}", String::from_utf8_lossy(&rest));
+}
+
+/// After a refused publish (401, 403, 400) the body is either read and
+/// skipped or the connection is closed; it is never parsed as a request.
+#[test]
+fn a_refused_publish_body_does_not_break_keep_alive_framing() {
+    let hub = Hub::start("");
+    let body = log_body(SERVER_A, "x").to_string();
+    let user = user_token(&new_id(), &[]);
+    let service = service_token();
+    let requests = [
+        ("401", publish_request(Some("garbage"), body.as_bytes())),
+        ("403", publish_request(Some(&user), body.as_bytes())),
+        ("400", publish_request(Some(&service), b"{\"type\":\"nope\"}")),
+    ];
+    for (what, req) in requests {
+        let mut conn = HttpConn::connect(hub.addr);
+        let resp = conn.request(&req);
+        assert_eq!(resp.status.to_string(), what, "{}", resp.text());
+        if conn.stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+            continue;
+        }
+        if let Ok(resp) = conn.read_response(WAIT) {
+            assert_eq!(
+                resp.status,
+                200,
+                "after a {what}, the next request was misread: {} {}",
+                resp.status,
+                resp.text()
+            );
+        }
+    }
 }

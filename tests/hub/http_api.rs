@@ -1,6 +1,7 @@
 //! PROTOCOL.md sections 1, 8 and 9: `/healthz`, `/api/v1/stats`, `/metrics`
 //! and the HTTP errors every endpoint shares (404, 405, 400, 408, 431).
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -192,4 +193,22 @@ fn an_idle_keep_alive_connection_is_closed_silently() {
     let rest = conn.wait_closed(Duration::from_secs(5)).unwrap();
     assert!(rest.is_empty(), "an idle keep-alive connection got {:?}", String::from_utf8_lossy(&rest));
     assert!(start.elapsed() >= Duration::from_millis(800), "closed after {:?}", start.elapsed());
+}
+
+/// A body on a non-publish request is framed by its `Content-Length`: it must
+/// not be read as the start of the next request on a keep-alive connection
+/// (section 8: keep-alive on every non-upgrade request). Closing the
+/// connection after the answer is acceptable; answering garbage is not.
+#[test]
+fn a_body_on_a_get_does_not_break_keep_alive_framing() {
+    let hub = Hub::start("");
+    let mut conn = HttpConn::connect(hub.addr);
+    let resp = conn.request(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    if conn.stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return;
+    }
+    if let Ok(resp) = conn.read_response(WAIT) {
+        assert_eq!(resp.status, 200, "the second request was misread: {} {}", resp.status, resp.text());
+    }
 }

@@ -14,6 +14,7 @@
 //! - `shutdown`: SIGTERM / SIGINT (10)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
+//! - `history`: `since` recovery, `history` paging, bounded rings (5a)
 //! - `walkthrough`: the seed's manual tests 1-8 as PROTOCOL.md adapts them
 
 mod fake_agent;
@@ -24,6 +25,7 @@ mod broadcast;
 mod config_cli;
 mod connect;
 mod expiry;
+mod history;
 mod http_api;
 mod keys;
 mod limits;
