@@ -162,9 +162,11 @@ impl Request {
         }
     }
 
-    /// The client wants the connection closed after this response.
+    /// The connection closes after this response: the client asked, or the
+    /// request carries a body the route does not read (so the next request
+    /// could not be found reliably).
     pub fn wants_close(&self) -> bool {
-        self.connection_close
+        self.connection_close || self.chunked || !matches!(self.content_length, None | Some(Ok(0)))
     }
 }
 

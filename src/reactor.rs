@@ -387,7 +387,7 @@ impl Reactor {
                 }
                 let Some(body) = http.body.take() else { return };
                 let buf = std::mem::take(&mut http.buf);
-                let close = body.request.wants_close();
+                let close = body.request.connection_close;
                 let answer = match Publish::from_api(buf.get(body.head_len..end).unwrap_or_default()) {
                     Ok(msg) => {
                         let recipients = self.hub.publish(&mut self.conns, &self.auth, msg);
