@@ -40,7 +40,7 @@ const WAKER: Token = Token(usize::MAX - 3);
 
 /// Agent events waiting for the reactor at most; the agent thread waits
 /// when the queue is full.
-const EVENT_QUEUE: usize = 65_536;
+const EVENT_QUEUE: usize = 1024;
 /// Agent events handled per loop turn; the rest wait for the next turn.
 const EVENTS_PER_TURN: usize = 16_384;
 
