@@ -16,11 +16,13 @@
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
+//! | [`agentd`] | the `aymc-agent` binary's agent: log tailing and parsing, status, /proc metrics, Server List Ping, the gRPC service |
 //!
 //! One thread runs the reactor, which owns every socket and all hub state:
 //! nothing is shared, nothing is locked.
 #![deny(missing_docs)]
 
+pub mod agentd;
 pub mod auth;
 pub mod config;
 pub mod conn;
