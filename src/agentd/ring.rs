@@ -4,14 +4,19 @@
 //!
 //! A subscriber is a [`Cursor`]: a `Stream` that reads the ring from a key
 //! on, a batch at a time, and parks its waker when it has read everything.
-//! The ring itself is the only buffer, so a slow subscriber costs nothing:
-//! when it falls behind the floor it skips ahead and its next item says
-//! `lost`, which becomes `LogEntry.truncated` (DESIGN.md's floor rule).
+//! The ring is the only buffer. When the ring is full and a subscriber has
+//! not read the oldest item yet, [`Ring::push`] waits for it (the log file
+//! holds the rest, so a burst is not lost to a live subscriber); a subscriber
+//! that makes no progress for [`STALL`] is marked slow and no longer waited
+//! for until it catches up. A subscriber that falls behind the floor skips
+//! ahead and its next item says `lost`, which becomes `LogEntry.truncated`
+//! (DESIGN.md's floor rule).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 
@@ -23,6 +28,21 @@ pub trait Keyed {
 
 /// Items read by a cursor in one lock.
 const BATCH: usize = 1024;
+/// A subscriber that reads nothing for this long while [`Ring::push`] waits
+/// for it is marked slow: pushes stop waiting for it (it will see `lost`)
+/// until it has caught up with the newest item.
+pub const STALL: Duration = Duration::from_secs(1);
+
+/// A cursor as the ring sees it.
+struct Reader {
+    id: u64,
+    /// The key of the last item it took.
+    after: u64,
+    /// Set while it waits for new items.
+    waker: Option<Waker>,
+    /// Pushes do not wait for it.
+    slow: bool,
+}
 
 struct Inner<T> {
     items: VecDeque<Arc<T>>,
@@ -30,14 +50,21 @@ struct Inner<T> {
     cap: usize,
     floor: u64,
     last: u64,
-    /// Parked cursors, by cursor id (one waker each).
-    wakers: Vec<(u64, Waker)>,
+    readers: Vec<Reader>,
     next_id: u64,
+}
+
+impl<T> Inner<T> {
+    fn wakers(&mut self) -> Vec<Waker> {
+        self.readers.iter_mut().filter_map(|r| r.waker.take()).collect()
+    }
 }
 
 /// The kept items and their subscribers. Cheap to share (`Arc<Ring<T>>`).
 pub struct Ring<T> {
     inner: Mutex<Inner<T>>,
+    /// Signalled when a reader takes items (a waiting push may go on).
+    advanced: Condvar,
 }
 
 /// One item delivered to a subscriber.
@@ -59,9 +86,10 @@ impl<T: Keyed> Ring<T> {
                 cap: cap.max(1),
                 floor,
                 last: floor,
-                wakers: Vec::new(),
+                readers: Vec::new(),
                 next_id: 1,
             }),
+            advanced: Condvar::new(),
         }
     }
 
@@ -69,34 +97,67 @@ impl<T: Keyed> Ring<T> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends items and wakes the parked cursors. An item whose key is not
-    /// above the last one is a caller's bug: it is dropped and logged.
+    /// Appends items and wakes the parked cursors. When the ring is full and
+    /// a subscriber has not read the oldest item, waits for it (see the
+    /// module doc). An item whose key is not above the last one is a caller's
+    /// bug: it is dropped and logged.
     pub fn push(&self, items: impl IntoIterator<Item = T>) {
-        let wakers = {
-            let mut inner = self.lock();
-            let mut pushed = false;
-            for item in items {
-                let key = item.key();
-                if key <= inner.last {
-                    log::error!("ring: key {key} is not above the last key {}; dropped", inner.last);
-                    continue;
-                }
-                inner.last = key;
-                inner.items.push_back(Arc::new(item));
-                pushed = true;
-                if inner.items.len() > inner.cap {
-                    if let Some(old) = inner.items.pop_front() {
-                        inner.floor = old.key();
-                    }
+        let mut inner = self.lock();
+        let mut pushed = false;
+        for item in items {
+            let key = item.key();
+            if key <= inner.last {
+                log::error!("ring: key {key} is not above the last key {}; dropped", inner.last);
+                continue;
+            }
+            if inner.items.len() >= inner.cap {
+                inner = self.wait_for_readers(inner);
+            }
+            inner.last = key;
+            inner.items.push_back(Arc::new(item));
+            pushed = true;
+            if inner.items.len() > inner.cap {
+                if let Some(old) = inner.items.pop_front() {
+                    inner.floor = old.key();
                 }
             }
-            if !pushed {
-                return;
+        }
+        if pushed {
+            let wakers = inner.wakers();
+            drop(inner);
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Waits until no reader that is not slow still needs the oldest item,
+    /// marking readers slow when they make no progress for [`STALL`].
+    fn wait_for_readers<'a>(&'a self, mut inner: MutexGuard<'a, Inner<T>>) -> MutexGuard<'a, Inner<T>> {
+        let mut progress = (Instant::now(), u64::MAX);
+        loop {
+            let Some(front) = inner.items.front().map(|i| i.key()) else { return inner };
+            let behind = inner.readers.iter().filter(|r| !r.slow && r.after < front).map(|r| r.after).min();
+            let Some(behind) = behind else { return inner };
+            if behind != progress.1 {
+                progress = (Instant::now(), behind);
             }
-            std::mem::take(&mut inner.wakers)
-        };
-        for (_, waker) in wakers {
-            waker.wake();
+            let waited = progress.0.elapsed();
+            if waited >= STALL {
+                for r in inner.readers.iter_mut().filter(|r| !r.slow && r.after < front) {
+                    log::warn!("a subscriber read nothing for {STALL:?}; it will miss entries");
+                    r.slow = true;
+                }
+                return inner;
+            }
+            // Readers parked before these items arrived must be told of them;
+            // then look again (they may have read meanwhile) before waiting.
+            let wakers = inner.wakers();
+            if !wakers.is_empty() {
+                drop(inner);
+                wakers.into_iter().for_each(Waker::wake);
+                inner = self.lock();
+                continue;
+            }
+            inner = self.advanced.wait_timeout(inner, STALL - waited).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -162,7 +223,8 @@ impl<T: Keyed> Ring<T> {
     fn cursor(self: &Arc<Self>, inner: &mut Inner<T>, after: u64, lost: bool) -> Cursor<T> {
         let id = inner.next_id;
         inner.next_id += 1;
-        Cursor { ring: Arc::clone(self), id, after, lost, batch: VecDeque::new() }
+        inner.readers.push(Reader { id, after, waker: None, slow: false });
+        Cursor { ring: Arc::clone(self), id, lost, batch: VecDeque::new() }
     }
 }
 
@@ -171,8 +233,6 @@ impl<T: Keyed> Ring<T> {
 pub struct Cursor<T: Keyed> {
     ring: Arc<Ring<T>>,
     id: u64,
-    /// The key of the last item taken from the ring.
-    after: u64,
     /// The next delivered item is flagged `lost`.
     lost: bool,
     batch: VecDeque<Arc<T>>,
@@ -181,19 +241,28 @@ pub struct Cursor<T: Keyed> {
 impl<T: Keyed> Cursor<T> {
     /// Takes the next batch from the ring, or parks `waker` when there is none.
     fn refill(&mut self, waker: &Waker) {
-        let mut inner = self.ring.lock();
-        if self.after < inner.floor {
+        let mut guard = self.ring.lock();
+        let inner = &mut *guard;
+        let Some(reader) = inner.readers.iter_mut().find(|r| r.id == self.id) else { return };
+        if reader.after < inner.floor {
             self.lost = true;
-            self.after = inner.floor;
+            reader.after = inner.floor;
         }
-        let start = inner.items.partition_point(|i| i.key() <= self.after);
+        let start = inner.items.partition_point(|i| i.key() <= reader.after);
         self.batch.extend(inner.items.range(start..).take(BATCH).cloned());
         match self.batch.back() {
-            Some(last) => self.after = last.key(),
-            None => match inner.wakers.iter_mut().find(|(id, _)| *id == self.id) {
-                Some((_, parked)) => parked.clone_from(waker),
-                None => inner.wakers.push((self.id, waker.clone())),
-            },
+            Some(last) => {
+                reader.after = last.key();
+                drop(guard);
+                self.ring.advanced.notify_all();
+            }
+            None => {
+                reader.slow = false;
+                match &mut reader.waker {
+                    Some(parked) => parked.clone_from(waker),
+                    None => reader.waker = Some(waker.clone()),
+                }
+            }
         }
     }
 }
@@ -215,7 +284,8 @@ impl<T: Keyed> Stream for Cursor<T> {
 
 impl<T: Keyed> Drop for Cursor<T> {
     fn drop(&mut self) {
-        self.ring.lock().wakers.retain(|(id, _)| *id != self.id);
+        self.ring.lock().readers.retain(|r| r.id != self.id);
+        self.ring.advanced.notify_all();
     }
 }
 
@@ -242,6 +312,10 @@ mod tests {
         out
     }
 
+    fn parked<T>(ring: &Ring<T>) -> usize {
+        ring.inner.lock().unwrap().readers.iter().filter(|r| r.waker.is_some()).count()
+    }
+
     #[test]
     fn keeps_cap_items_and_the_floor_is_the_last_dropped() {
         let ring = Arc::new(Ring::new(3, 0));
@@ -259,18 +333,34 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_cursor_is_woken_and_a_slow_one_is_told_it_lost_items() {
+    fn a_parked_cursor_is_woken_and_a_stalled_one_is_told_it_lost_items() {
         let ring = Arc::new(Ring::new(2, 0));
         let mut cursor = ring.subscribe(0);
         assert!(ready(&mut cursor).is_empty());
-        assert_eq!(ring.lock().wakers.len(), 1);
+        assert_eq!(parked(&ring), 1);
         ring.push([K(10)]);
-        assert!(ring.lock().wakers.is_empty());
+        assert_eq!(parked(&ring), 0);
         assert_eq!(ready(&mut cursor), vec![(10, false)]);
+        // The cursor reads nothing: the push waits STALL for it, then drops.
+        let started = Instant::now();
         ring.push([K(11), K(12), K(13)]);
+        assert!(started.elapsed() >= STALL);
         assert_eq!(ready(&mut cursor), vec![(12, true), (13, false)]);
-        drop(cursor);
-        assert!(ring.lock().wakers.is_empty());
+        // Caught up: waited for again, and a reader that keeps up loses nothing.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while got.len() < 500 {
+                got.extend(ready(&mut cursor));
+                std::thread::yield_now();
+            }
+            got
+        });
+        let started = Instant::now();
+        ring.push((14..514).map(K));
+        let got = reader.join().unwrap();
+        assert!(started.elapsed() < STALL, "{:?}", started.elapsed());
+        assert_eq!(got, (14..514).map(|k| (k, false)).collect::<Vec<_>>());
+        assert_eq!(ring.inner.lock().unwrap().readers.len(), 0, "a dropped cursor leaves");
     }
 
     #[test]

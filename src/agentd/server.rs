@@ -16,7 +16,7 @@ use super::metrics::{self, CpuTracker};
 use super::parse::{self, Entry};
 use super::ring::{Keyed, Ring};
 use super::status::{CrashReports, Observation, Status, StatusChange, StatusMachine};
-use super::tail::{Event, Tailer};
+use super::tail::{Event, Tailer, FOLD_WAIT};
 
 /// How often the worker looks at the log, the process and crash reports.
 pub const POLL: Duration = Duration::from_millis(50);
@@ -108,6 +108,17 @@ impl Worker {
     /// says so on `ready`, then polls until `stop` says stop (or is dropped).
     pub fn run(mut self, stop: Receiver<()>, ready: Sender<()>) {
         self.pump();
+        // Let the last entry complete before the first status is taken (a
+        // line written just now may still get continuation lines).
+        let started = Instant::now();
+        while self.tailer.has_pending() && started.elapsed() < 2 * FOLD_WAIT {
+            if let Some(entry) = self.tailer.settle() {
+                self.handle(vec![Event::Entry(entry)]);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            self.pump();
+        }
         self.observe(true);
         // Replayed markers settled the status; publish where it ended.
         self.settled = true;
@@ -160,7 +171,10 @@ impl Worker {
             match event {
                 Event::NewFile => self.machine.on_new_log(),
                 Event::Entry(entry) => {
-                    let at = entry.timestamp.min(now);
+                    // When the line was seen: now, for a live line (robust to a
+                    // server logging in another time zone); its own time, for a
+                    // line of the old log read again at start.
+                    let at = if self.settled { now } else { entry.timestamp.min(now) };
                     if let Some(tps) = parse::tps(&entry.message) {
                         *self.server.tps.lock().unwrap_or_else(PoisonError::into_inner) = Some((tps, at));
                     }

@@ -7,7 +7,7 @@
 //! starts again (a crash is followed by the usual stopping lines, which must
 //! not turn it into `stopped`); when the agent starts beside a dead process,
 //! the log decides (`stopped` after a stopping line or with no log, else
-//! `crashed`); the 5-second rule counts from the newest line's time.
+//! `crashed`); the 5-second rule counts from when the newest line was seen.
 
 use std::collections::HashSet;
 use std::ffi::OsString;

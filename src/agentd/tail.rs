@@ -199,6 +199,24 @@ impl Tailer {
         }
     }
 
+    /// Whether an entry waits for continuation lines.
+    pub fn has_pending(&self) -> bool {
+        self.folder.has_pending()
+    }
+
+    /// After the first read at start: completes the waiting entry when the
+    /// file has not changed for [`FOLD_WAIT`] (its lines were written before
+    /// the agent started, so no continuation is on its way).
+    pub fn settle(&mut self) -> Option<Entry> {
+        let modified = self.file.as_ref()?.metadata().ok()?.modified().ok()?;
+        let age = std::time::SystemTime::now().duration_since(modified).unwrap_or_default();
+        if age >= FOLD_WAIT {
+            self.folder.flush()
+        } else {
+            None
+        }
+    }
+
     /// Reads up to one chunk from the open file and takes its complete lines.
     fn read_chunk(&mut self, now: &DateTime<Local>, out: &mut Vec<Event>) -> io::Result<usize> {
         let Some(file) = &self.file else { return Ok(0) };
