@@ -599,6 +599,123 @@ mod tests {
         assert_eq!(tps("TPS from last 1m, 5m, 15m: nope"), None);
     }
 
+    /// Folds a sample file from tests/data the way the tailer does.
+    fn fold(text: &str) -> Vec<Entry> {
+        let now = utc_noon();
+        let mut folder = Folder::default();
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for line in text.lines() {
+            out.extend(folder.push((1 << 40) + pos, line, &now));
+            pos += line.len() as u64 + 1;
+        }
+        out.extend(folder.flush());
+        out
+    }
+
+    fn find<'a>(entries: &'a [Entry], start: &str) -> &'a Entry {
+        entries.iter().find(|e| e.message.starts_with(start)).unwrap_or_else(|| panic!("no entry {start:?}"))
+    }
+
+    fn markers_of(entries: &[Entry]) -> Vec<Marker> {
+        entries.iter().filter_map(|e| marker(&e.source, &e.message)).collect()
+    }
+
+    #[test]
+    fn sample_vanilla_log() {
+        let text = include_str!("../../tests/data/latest-vanilla.log");
+        let entries = fold(text);
+        assert_eq!(entries.len(), text.lines().count() - 8);
+        assert!(entries.iter().all(|e| e.source == SERVER), "vanilla names no plugin");
+        let warn = find(&entries, "Can't keep up!");
+        assert_eq!(warn.level, Level::Warn);
+        let err = find(&entries, "Failed to handle packet");
+        assert_eq!(err.level, Level::Error);
+        assert!(err.exception.starts_with("java.lang.IllegalStateException: Ticking block entity\n\tat "));
+        assert!(err.exception.contains("\nCaused by: java.lang.NullPointerException"));
+        assert!(err.exception.ends_with("\t... 4 more"));
+        assert_eq!(err.exception.lines().count(), 8);
+        assert_eq!(find(&entries, "[Server] Welcome").source, SERVER);
+        assert_eq!(find(&entries, "<Steve> hello").source, SERVER);
+        use Marker::*;
+        assert_eq!(markers_of(&entries), [Starting, Done, Stopping, Stopping, AllSaved]);
+        // Offsets are the byte positions of first lines, strictly increasing.
+        assert!(entries.windows(2).all(|w| w[0].offset < w[1].offset));
+        let third = text.lines().take(2).map(|l| l.len() as u64 + 1).sum::<u64>();
+        assert_eq!(entries[2].offset, (1 << 40) + third);
+    }
+
+    #[test]
+    fn sample_paper_log() {
+        let text = include_str!("../../tests/data/paper.log");
+        let entries = fold(text);
+        assert_eq!(entries.len(), text.lines().count() - 7);
+        assert_eq!(find(&entries, "Loading server plugin LuckPerms").source, "LuckPerms");
+        let w = find(&entries, "You are running an unsupported");
+        assert_eq!((w.level, w.source.as_str()), (Level::Warn, "Essentials"));
+        assert_eq!(find(&entries, "[Not Secure] <Alex>").source, SERVER);
+        let e = find(&entries, "Could not pass event");
+        assert!(e.exception.starts_with("org.bukkit.event.EventException: null\n"));
+        assert!(
+            e.exception.contains("Caused by: java.lang.IllegalStateException") && e.exception.ends_with("... 3 more")
+        );
+        let tps: Vec<f64> = entries.iter().filter_map(|e| tps(&e.message)).collect();
+        assert_eq!(tps, [20.0, 17.2]);
+        use Marker::*;
+        assert_eq!(markers_of(&entries), [Starting, Done, Stopping, Stopping, AllSaved]);
+    }
+
+    #[test]
+    fn sample_spigot_console_log() {
+        let text = include_str!("../../tests/data/spigot-console.log");
+        let entries = fold(text);
+        assert_eq!(entries.len(), text.lines().count() - 5);
+        assert_eq!(find(&entries, "Loading Vault").source, "Vault");
+        let w = find(&entries, "Could not load region data");
+        assert_eq!((w.level, w.source.as_str()), (Level::Warn, "WorldGuard"));
+        assert_eq!(tps(&find(&entries, "TPS from last").message), Some(20.0));
+        let e = find(&entries, "Error occurred while enabling");
+        assert_eq!(e.level, Level::Error);
+        assert!(e.exception.starts_with("java.lang.NoClassDefFoundError") && e.exception.ends_with("... 1 more"));
+    }
+
+    #[test]
+    fn sample_forge_logs() {
+        let text = include_str!("../../tests/data/forge.log");
+        let entries = fold(text);
+        assert_eq!(entries.len(), text.lines().count() - 6);
+        assert_eq!(entries[0].source, "cpw.mods.modlauncher.Launcher");
+        let want = DateTime::parse_from_rfc3339("2026-11-28T15:30:00.123+01:00").unwrap().timestamp_millis();
+        assert_eq!(entries[0].timestamp, want);
+        assert_eq!((entries[2].level, entries[2].source.as_str()), (Level::Warn, "mixin"));
+        assert_eq!(find(&entries, "Starting JEI").source, "jei");
+        assert_eq!(find(&entries, "Preparing crash report").level, Level::Error, "FATAL is ERROR");
+        let crash = find(&entries, "Encountered an unexpected exception");
+        assert!(crash.exception.starts_with("net.minecraft.ReportedException: Ticking entity\n"));
+        use Marker::*;
+        assert_eq!(markers_of(&entries), [Starting, Done, Stopping, AllSaved]);
+
+        let text = include_str!("../../tests/data/forge-console.log");
+        let entries = fold(text);
+        assert_eq!(entries.len(), 6);
+        assert_eq!(entries[0].source, "minecraft");
+        assert_eq!(entries[1].source, "jei");
+        assert_eq!(markers_of(&entries), [Starting, Done, Stopping]);
+    }
+
+    #[test]
+    fn sample_fabric_log() {
+        let text = include_str!("../../tests/data/fabric.log");
+        let entries = fold(text);
+        // The mod list's lines have no prefix: each is an entry of its own.
+        assert_eq!(entries.len(), text.lines().count());
+        let listed = find(&entries, "\t- fabric-api");
+        assert_eq!((listed.level, listed.source.as_str(), listed.exception.as_str()), (Level::Info, SERVER, ""));
+        assert_eq!(find(&entries, "Mod lithium uses").level, Level::Warn);
+        use Marker::*;
+        assert_eq!(markers_of(&entries), [Starting, Done, Stopping, Stopping, AllSaved]);
+    }
+
     #[test]
     fn markers() {
         assert_eq!(marker("server", "Starting minecraft server version 1.21.1"), Some(Marker::Starting));
