@@ -221,6 +221,11 @@ pub struct Entry {
 /// The source of lines that name no plugin or mod.
 pub const SERVER: &str = "server";
 
+/// The most bytes of folded lines one entry carries. A longer trace goes on
+/// in a new entry (same level and source, empty message), so no entry grows
+/// past gRPC's 4 MiB message limit and no line is dropped.
+pub const MAX_EXCEPTION: usize = 256 * 1024;
+
 /// Gives an `HH:MM:SS` stamp the reader's local date, so that a line is never
 /// more than an hour in the future of `now` (a line from 23:59:59 read just
 /// after midnight belongs to yesterday). Unix milliseconds.
@@ -259,6 +264,17 @@ impl Folder {
     pub fn push<Tz: TimeZone>(&mut self, offset: u64, line: &str, now: &DateTime<Tz>) -> Option<Entry> {
         if is_continuation(line) {
             match (&mut self.pending, &self.last) {
+                (Some(pending), _) if pending.exception.len() + line.len() >= MAX_EXCEPTION => {
+                    let (level, source) = (pending.level, pending.source.clone());
+                    return self.pending.replace(Entry {
+                        offset,
+                        timestamp: now.timestamp_millis(),
+                        level,
+                        source,
+                        message: String::new(),
+                        exception: line.to_string(),
+                    });
+                }
                 (Some(pending), _) => {
                     if !pending.exception.is_empty() {
                         pending.exception.push('\n');
@@ -588,6 +604,24 @@ mod tests {
         let late = folder.flush().unwrap();
         assert_eq!((late.offset, late.level, late.source.as_str()), (4, Level::Warn, "Foo"));
         assert_eq!((late.message.as_str(), late.exception.as_str()), ("", "\tat late.Frame(X.java:2)"));
+    }
+
+    #[test]
+    fn a_huge_trace_goes_on_in_a_new_entry() {
+        let now = utc_noon();
+        let mut folder = Folder::default();
+        assert_eq!(folder.push(1, "[15:00:00] [Server thread/ERROR]: overflow", &now), None);
+        let frame = format!("\tat a.b.C.d(C.java:1) {}", "x".repeat(1000));
+        let mut done = Vec::new();
+        for i in 0..300u64 {
+            done.extend(folder.push(100 + i, &frame, &now));
+        }
+        done.extend(folder.flush());
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|e| e.exception.len() < MAX_EXCEPTION));
+        assert_eq!(done.iter().map(|e| e.exception.lines().count()).sum::<usize>(), 300);
+        assert_eq!((done[1].level, done[1].message.as_str()), (Level::Error, ""));
+        assert_eq!(done[1].offset, 100 + done[0].exception.lines().count() as u64);
     }
 
     #[test]

@@ -193,6 +193,11 @@ impl<T: Keyed> Ring<T> {
         self.lock().items.len()
     }
 
+    /// Number of live cursors.
+    pub fn subscribers(&self) -> usize {
+        self.lock().readers.len()
+    }
+
     /// Whether no item is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -29,6 +29,9 @@ use crate::proto::agent_grpc::{create_agent_service, AgentService};
 
 /// `GetMetrics` calls served at once; more are answered `RESOURCE_EXHAUSTED`.
 pub const MAX_METRICS_CALLS: usize = 16;
+/// Open `StreamLogs` (and, separately, `WatchStatus`) calls per server; more
+/// are answered `RESOURCE_EXHAUSTED` (a hub holds one of each).
+pub const MAX_STREAMS_PER_SERVER: usize = 64;
 
 /// The service; cheap to clone (grpcio clones it per completion queue).
 #[derive(Clone)]
@@ -82,6 +85,14 @@ fn reply<T: Send + 'static>(ctx: &RpcContext, sink: UnarySink<T>, result: Result
 
 fn not_found(id: &str) -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::NOT_FOUND, format!("no server '{id}' on this agent"))
+}
+
+fn refuse<T>(ctx: &RpcContext, sink: ServerStreamingSink<T>, status: RpcStatus) {
+    ctx.spawn(sink.fail(status).map(|_| ()));
+}
+
+fn too_many_streams() -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, "too many streams for this server".into())
 }
 
 fn log_entry(d: Delivered<Entry>) -> LogEntry {
@@ -147,10 +158,11 @@ impl AgentService for AgentRpc {
 
     fn stream_logs(&mut self, ctx: RpcContext, req: StreamLogsRequest, sink: ServerStreamingSink<LogEntry>) {
         let Some(server) = self.find(req.get_server_id()) else {
-            let f = sink.fail(not_found(req.get_server_id()));
-            ctx.spawn(f.map(|_| ()));
-            return;
+            return refuse(&ctx, sink, not_found(req.get_server_id()));
         };
+        if server.logs.subscribers() >= MAX_STREAMS_PER_SERVER {
+            return refuse(&ctx, sink, too_many_streams());
+        }
         let after = req.get_after_offset();
         log::info!("{}: StreamLogs {} after {after}", ctx.peer(), server.config.id);
         let entries = server.logs.subscribe(after).map(log_entry);
@@ -193,10 +205,11 @@ impl AgentService for AgentRpc {
 
     fn watch_status(&mut self, ctx: RpcContext, req: ServerRequest, sink: ServerStreamingSink<ServerStatus>) {
         let Some(server) = self.find(req.get_server_id()) else {
-            let f = sink.fail(not_found(req.get_server_id()));
-            ctx.spawn(f.map(|_| ()));
-            return;
+            return refuse(&ctx, sink, not_found(req.get_server_id()));
         };
+        if server.status.subscribers() >= MAX_STREAMS_PER_SERVER {
+            return refuse(&ctx, sink, too_many_streams());
+        }
         let id = server.config.id.clone();
         let changes = server.status.subscribe_latest().map(move |d| server_status(&id, &d.item));
         stream(&ctx, sink, changes, format!("WatchStatus {} for {}", server.config.id, ctx.peer()));

@@ -133,6 +133,7 @@ impl StateStore {
             _ => PathBuf::from("."),
         };
         let result = (|| {
+            fs::create_dir_all(&dir)?;
             let mut f = File::create(&tmp)?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
