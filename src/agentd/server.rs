@@ -39,7 +39,7 @@ pub struct Server {
     pub logs: Arc<Ring<Entry>>,
     /// Status changes; the newest is the current status.
     pub status: Arc<Ring<StatusChange>>,
-    /// The newest TPS line's value and time (unix ms).
+    /// The newest TPS line's value and when it was seen (unix ms).
     tps: Mutex<Option<(f64, i64)>>,
     /// CPU samples for `GetMetrics`.
     pub cpu: CpuTracker,
@@ -57,7 +57,7 @@ impl Server {
         }
     }
 
-    /// The newest TPS and when its line was written (unix ms).
+    /// The newest TPS and when its line was seen (unix ms).
     pub fn tps(&self) -> Option<(f64, i64)> {
         *self.tps.lock().unwrap_or_else(PoisonError::into_inner)
     }
