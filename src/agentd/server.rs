@@ -127,6 +127,9 @@ impl Worker {
             self.publish_status(vec![(status, reason)]);
         }
         let _ = ready.send(());
+        // Dropped now, so `Agent::start` sees a worker that died before its
+        // `ready` as a closed channel rather than waiting forever.
+        drop(ready);
         while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(POLL) {
             self.pump();
             self.observe(false);
