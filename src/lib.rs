@@ -17,6 +17,7 @@
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
 //! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
+//! | [`agentd`] | the `aymc-agent` binary's agent: log tailing and parsing, status, /proc metrics, Server List Ping, the gRPC service |
 //!
 //! One thread runs the reactor, which owns every socket and all hub state:
 //! nothing is shared, nothing is locked. A second thread drives the agents
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod agentd;
 pub mod auth;
 pub mod config;
 pub mod conn;
