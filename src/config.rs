@@ -268,12 +268,8 @@ impl Cli {
         let (mut user, mut role, mut servers, mut ttl_s) = (None, None, Vec::new(), 3600);
         let mut flags_help = false;
         while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value =
-                || inline.clone().or_else(|| args.next()).ok_or_else(|| ConfigError(format!("{flag} needs a value")));
+            let (flag, inline) = split_flag(&arg);
+            let mut value = || flag_value(&flag, &inline, &mut args);
             match (sub.as_deref(), flag.as_str()) {
                 (_, "-h" | "--help") => flags_help = true,
                 (_, "-V" | "--version") => return Ok(Cli { command: Command::Version, config, listen }),
@@ -353,12 +349,7 @@ impl Config {
     /// # Errors
     /// Unreadable file, TOML syntax, unknown key, wrong type.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
-            let at = e.span().map(|s| line_of(&text, s.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
-            ConfigError(format!("{}{at}: {msg}", path.display()))
-        })
+        read_toml(path)
     }
 
     /// Checks ranges and consistency.
@@ -420,8 +411,40 @@ impl Config {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+/// Reads and parses a TOML file; a problem is one line naming the file
+/// and, for a syntax or type error, the line in it.
+///
+/// # Errors
+/// An unreadable file, TOML syntax, an unknown key, a wrong type.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().replace('\n', " ");
+        let line = e.span().map(|s| text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1);
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        ConfigError(format!("{}{at}: {msg}", path.display()))
+    })
+}
+
+/// Splits one command-line argument: `--flag=value` gives the flag and its
+/// inline value; anything else is the flag alone.
+pub fn split_flag(arg: &str) -> (String, Option<String>) {
+    match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+        _ => (arg.to_string(), None),
+    }
+}
+
+/// The value of `flag`: its inline value, else the next argument.
+///
+/// # Errors
+/// When there is neither.
+pub fn flag_value(
+    flag: &str,
+    inline: &Option<String>,
+    rest: &mut impl Iterator<Item = String>,
+) -> Result<String, ConfigError> {
+    inline.clone().or_else(|| rest.next()).ok_or_else(|| ConfigError(format!("{flag} needs a value")))
 }
 
 #[cfg(test)]

@@ -124,10 +124,7 @@ impl Hub {
 
     /// Marks a connection as having output to flush.
     pub fn touch(&mut self, key: usize, conn: &mut Conn) {
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(key);
-        }
+        mark_dirty(key, conn, &mut self.dirty);
     }
 
     /// Queues a control reply (never dropped, not counted) to one connection.
@@ -180,14 +177,9 @@ impl Hub {
         let (mut queued, mut dropped) = (0, 0);
         for &key in &entry.subscribers {
             let Some(conn) = conns.get_mut(key) else { continue };
-            if conn.out.push_live(&frame, self.queue_cap, DropKey::Channel(i), seq) {
-                queued += 1;
-            } else {
-                dropped += 1;
-            }
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
+            match offer(key, conn, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.dirty) {
+                true => queued += 1,
+                false => dropped += 1,
             }
         }
         match channel.kind {
@@ -238,14 +230,9 @@ impl Hub {
             if !allowed {
                 continue;
             }
-            if conn.out.push_live(&frame, self.queue_cap, DropKey::Alerts, 0) {
-                queued += 1;
-            } else {
-                dropped += 1;
-            }
-            if !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push(key);
+            match offer(key, conn, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.dirty) {
+                true => queued += 1,
+                false => dropped += 1,
             }
         }
         self.counters.messages_out += queued;
@@ -546,6 +533,29 @@ impl Hub {
     /// Kept history: (entries, bytes).
     pub fn history_size(&self) -> (usize, usize) {
         (self.history_entries, self.history_bytes)
+    }
+}
+
+/// Queues a live message for one connection (or counts the drop) and lists
+/// the connection for the flush. Returns whether it was queued.
+fn offer(
+    key: usize,
+    conn: &mut Conn,
+    frame: &Rc<[u8]>,
+    cap: usize,
+    drop: DropKey,
+    seq: u64,
+    dirty: &mut Vec<usize>,
+) -> bool {
+    let queued = conn.out.push_live(frame, cap, drop, seq);
+    mark_dirty(key, conn, dirty);
+    queued
+}
+
+fn mark_dirty(key: usize, conn: &mut Conn, dirty: &mut Vec<usize>) {
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(key);
     }
 }
 

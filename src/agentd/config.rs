@@ -15,6 +15,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 pub use crate::config::ConfigError;
+use crate::config::{flag_value, read_toml, split_flag};
 
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
@@ -128,12 +129,8 @@ impl Cli {
         let mut cli = Cli { command: Command::Run, config: None, listen: None };
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-                _ => (arg.clone(), None),
-            };
-            let mut value =
-                || inline.clone().or_else(|| args.next()).ok_or_else(|| ConfigError(format!("{flag} needs a value")));
+            let (flag, inline) = split_flag(&arg);
+            let mut value = || flag_value(&flag, &inline, &mut args);
             match flag.as_str() {
                 "-h" | "--help" => cli.command = Command::Help,
                 "-V" | "--version" => cli.command = Command::Version,
@@ -154,16 +151,7 @@ impl Cli {
         let Some(path) = self.config.clone().or_else(|| env("AYMC_AGENT_CONFIG").map(PathBuf::from)) else {
             return err("no configuration: pass --config FILE or set AYMC_AGENT_CONFIG");
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let file: FileConfig = toml::from_str(&text).map_err(|e| {
-            let msg = e.message().replace('\n', " ");
-            let line = e.span().map(|s| text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1);
-            ConfigError(format!(
-                "{}{}: {msg}",
-                path.display(),
-                line.map(|l| format!(" (line {l})")).unwrap_or_default()
-            ))
-        })?;
+        let file: FileConfig = read_toml(&path)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let listen_text = self
             .listen
