@@ -6,7 +6,7 @@
 //! and the Server List Ping. It shares nothing with the hub's reactor.
 //!
 //! Threads: one worker per server ([`server::Worker`]: tailer + status,
-//! polling every 50 ms), grpcio's completion-queue threads (unary answers and
+//! woken by inotify when the log changes, and every 50 ms), grpcio's completion-queue threads (unary answers and
 //! streams, woken by the workers through the rings), and a short-lived thread
 //! per `GetMetrics` call.
 //!
@@ -22,6 +22,7 @@
 //! | [`slp`] | the Server List Ping client |
 //! | [`server`] | one server's shared state and its worker thread |
 //! | [`service`] | the grpcio `AgentService` implementation |
+//! | [`watch`] | inotify on `logs/`: wakes a worker when its log changes |
 
 pub mod config;
 pub mod metrics;
@@ -33,6 +34,7 @@ pub mod slp;
 pub mod state;
 pub mod status;
 pub mod tail;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;

@@ -2,12 +2,13 @@
 //! service ([`Server`]: kept log entries, status changes, TPS, CPU samples)
 //! and the worker thread that drives its [`Tailer`] and [`StatusMachine`].
 //!
-//! The worker polls every [`POLL`]: it reads what the log has (all of it,
+//! The worker wakes when `logs/` changes (inotify, [`LogWatch`]) and at
+//! least every [`POLL`]: it reads what the log has (all of it,
 //! chunk by chunk), publishes the entries (after the tailer saved the state),
 //! completes an entry whose last line is 100 ms old, then looks at the
 //! process and `crash-reports/` and publishes status changes.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,10 @@ use super::parse::{self, Entry};
 use super::ring::{Keyed, Ring};
 use super::status::{CrashReports, Observation, Status, StatusChange, StatusMachine};
 use super::tail::{Event, Tailer, FOLD_WAIT};
+use super::watch::LogWatch;
 
-/// How often the worker looks at the log, the process and crash reports.
+/// How often the worker looks at the log (also without a change notice),
+/// the process and crash reports.
 pub const POLL: Duration = Duration::from_millis(50);
 /// Status changes kept for `WatchStatus` subscribers that fall behind.
 pub const STATUS_KEPT: usize = 64;
@@ -130,7 +133,9 @@ impl Worker {
         // Dropped now, so `Agent::start` sees a worker that died before its
         // `ready` as a closed channel rather than waiting forever.
         drop(ready);
-        while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(POLL) {
+        let mut watch = LogWatch::new(&self.server.config.dir.join("logs"));
+        while let Err(TryRecvError::Empty) = stop.try_recv() {
+            watch.wait(POLL);
             self.pump();
             self.observe(false);
         }
