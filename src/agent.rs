@@ -553,6 +553,7 @@ fn log_entry(server: Uuid, e: &pb::LogEntry) -> LogEntry {
         },
         message: e.get_message().to_string(),
         exception: e.get_exception().to_string(),
+        offset: e.get_offset(),
     }
 }
 

@@ -215,6 +215,10 @@ pub struct LogEntry {
     /// The folded stack trace, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub exception: String,
+    /// The agent's offset of the entry (0 when published through the API);
+    /// not on the wire, kept with on-disk history to resume after a restart.
+    #[serde(skip)]
+    pub offset: u64,
 }
 
 /// `data` of a `metrics` message.
