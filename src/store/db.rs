@@ -68,6 +68,16 @@ const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// never block it in WAL mode, so this only covers checkpoints).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// An error for logs and `StoreStats::last_error`: SQLite's text plus its
+/// extended result code (e.g. 778 `SQLITE_IOERR_WRITE`, 13 `SQLITE_FULL`),
+/// which tells a full disk from a refused write.
+pub(super) fn describe(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => format!("{e} (SQLite code {})", f.extended_code),
+        _ => e.to_string(),
+    }
+}
+
 /// True for errors that mean the file itself is broken (not a database, or
 /// a malformed page): the file is moved aside, retrying cannot help.
 pub(super) fn is_corrupt(e: &rusqlite::Error) -> bool {

@@ -299,23 +299,23 @@ fn open_with(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Reco
             (Some(s.conn), s.recovered, s.servers)
         }
         Err(StartError::Corrupt(e) | StartError::Other(e, None)) => {
-            let epoch = new_epoch();
+            let (epoch, e) = (new_epoch(), db::describe(&e));
             log::error!(
                 "history: cannot use {}: {e}; streaming from memory in new epoch {epoch}, retrying every second",
                 path.display()
             );
-            shared.set_error(e.to_string());
+            shared.set_error(e.clone());
             shared.failing.store(true, Ordering::Relaxed);
             let recovered = Recovered { epoch, new_epoch: true, ..Recovered::default() };
             (None, recovered, HashMap::new())
         }
         Err(StartError::Other(e, Some(snapshot))) => {
-            let epoch = new_epoch();
+            let (epoch, e) = (new_epoch(), db::describe(&e));
             log::error!(
                 "history: cannot write to {}: {e}; new epoch {epoch}, streaming from memory, retrying every second",
                 path.display()
             );
-            shared.set_error(e.to_string());
+            shared.set_error(e.clone());
             shared.failing.store(true, Ordering::Relaxed);
             (None, recovered_from(&snapshot, epoch, true), snapshot.servers)
         }

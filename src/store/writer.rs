@@ -403,22 +403,23 @@ impl Writer {
             self.move_aside(e);
             return;
         }
-        self.shared.set_error(e.to_string());
+        let text = db::describe(e);
         if self.failures == 1 {
             log::error!(
-                "history: writing to {} failed: {e}; keeping {} entries in memory and retrying every second",
+                "history: writing to {} failed: {text}; keeping {} entries in memory and retrying every second",
                 self.path.display(),
                 self.pending.len()
             );
         } else if self.failures.is_multiple_of(LOG_EVERY_FAILURES) {
             log::warn!(
-                "history: writing to {} still fails after {} attempts ({} waiting, {} dropped): {e}",
+                "history: writing to {} still fails after {} attempts ({} waiting, {} dropped): {text}",
                 self.path.display(),
                 self.failures,
                 self.pending.len(),
                 self.shared.dropped.load(Ordering::Relaxed)
             );
         }
+        self.shared.set_error(text);
         self.conn = None;
         self.marked = false;
     }
