@@ -22,9 +22,14 @@ pub(super) const SCHEMA_VERSION: i64 = 1;
 ///   `logs`, so neither retention nor stats scan the table) and the last
 ///   agent offset stored;
 /// - `logs`: the entries, `id` is the insertion order; `bytes` is the
-///   envelope's length (what retention by size adds up);
-/// - `logs_fts`: FTS5 over `message` and `exception`, external content kept
-///   in sync by triggers.
+///   envelope's length (what retention by size adds up). The envelope is the
+///   only copy of `source`, `message` and `exception` (read back from it), so
+///   a line's text is stored once;
+/// - `logs_fts`: FTS5 over `message` and `exception`, contentless with
+///   `contentless_delete` (the writer inserts the words, a trigger deletes
+///   them with their row). Merging is tuned for a write-heavy table
+///   (`automerge` 16, `crisismerge` 64); the writer merges a little more
+///   after each retention pass.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (channel TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
@@ -41,9 +46,6 @@ CREATE TABLE IF NOT EXISTS logs (
     seq INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     level INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    message TEXT NOT NULL,
-    exception TEXT NOT NULL,
     envelope TEXT NOT NULL,
     agent_offset INTEGER NOT NULL,
     bytes INTEGER NOT NULL
@@ -51,15 +53,17 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_server_seq ON logs(server, seq);
 CREATE INDEX IF NOT EXISTS logs_server_ts ON logs(server, ts);
 CREATE VIRTUAL TABLE IF NOT EXISTS logs_fts USING fts5(
-    message, exception, content='logs', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+    message, exception, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 2'
 );
-CREATE TRIGGER IF NOT EXISTS logs_fts_insert AFTER INSERT ON logs BEGIN
-    INSERT INTO logs_fts(rowid, message, exception) VALUES (new.id, new.message, new.exception);
-END;
+INSERT INTO logs_fts(logs_fts, rank) VALUES ('automerge', 16);
+INSERT INTO logs_fts(logs_fts, rank) VALUES ('crisismerge', 64);
 CREATE TRIGGER IF NOT EXISTS logs_fts_delete AFTER DELETE ON logs BEGIN
-    INSERT INTO logs_fts(logs_fts, rowid, message, exception) VALUES ('delete', old.id, old.message, old.exception);
+    DELETE FROM logs_fts WHERE rowid = old.id;
 END;
 ";
+
+/// Inserts a row's words into the index (the writer, after the row).
+pub(super) const FTS_INSERT: &str = "INSERT INTO logs_fts (rowid, message, exception) VALUES (?1, ?2, ?3)";
 
 /// The WAL is truncated back to this after a checkpoint.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -91,9 +95,23 @@ pub(super) fn is_fts_corrupt(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == SQLITE_CORRUPT_VTAB)
 }
 
-/// Rebuilds the FTS index from `logs`.
+/// Rebuilds the FTS index from the stored envelopes.
 pub(super) fn rebuild_fts(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute("INSERT INTO logs_fts(logs_fts) VALUES ('rebuild')", []).map(drop)
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("INSERT INTO logs_fts(logs_fts) VALUES ('delete-all')", [])?;
+    tx.execute(
+        "INSERT INTO logs_fts (rowid, message, exception) SELECT id, \
+         coalesce(json_extract(envelope, '$.data.message'), ''), \
+         coalesce(json_extract(envelope, '$.data.exception'), '') FROM logs",
+        [],
+    )?;
+    tx.commit()
+}
+
+/// Some incremental FTS merge work (bounded), to keep searches quick with
+/// the lazy `automerge` setting.
+pub(super) fn merge_fts(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT INTO logs_fts(logs_fts, rank) VALUES ('merge', 500)", []).map(drop)
 }
 
 /// Opens (creating if needed) the database read-write: WAL mode,

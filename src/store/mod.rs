@@ -60,14 +60,17 @@ pub struct StoredLog {
     pub ts_ms: i64,
     /// Severity.
     pub level: Level,
-    /// `server` or a plugin/mod name.
+    /// `server` or a plugin/mod name (`data.source` of the envelope).
     pub source: String,
-    /// The line (searchable).
+    /// The line (`data.message`), indexed for search.
     pub message: String,
-    /// The folded stack trace, empty if none (searchable).
+    /// The folded stack trace (`data.exception`), empty if none, indexed
+    /// for search.
     pub exception: String,
     /// The exact JSON envelope sent to clients, stored and returned
-    /// verbatim; its length is what retention by size counts.
+    /// verbatim; its length is what retention by size counts. It is the
+    /// only stored copy of `source`, `message` and `exception`: a
+    /// [`Reader`] takes them back from its `data`, so they must agree with it.
     pub envelope: String,
     /// The agent's offset of the line; 0 when published through the API.
     pub offset: u64,

@@ -228,7 +228,24 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-const COLUMNS: &str = "server, seq, epoch, ts, level, source, message, exception, envelope, agent_offset";
+const COLUMNS: &str = "server, seq, epoch, ts, level, envelope, agent_offset";
+
+/// The fields of a stored envelope's `data` that are not columns.
+#[derive(Default, serde::Deserialize)]
+struct Text {
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    exception: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    data: Text,
+}
 
 impl Reader {
     pub(super) fn open(path: &Path) -> Result<Reader, StoreError> {
@@ -317,17 +334,19 @@ fn row_to_log(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredLog> {
         rusqlite::types::Type::Blob,
     ))?;
     let level: i64 = r.get(4)?;
+    let envelope: String = r.get(5)?;
+    let text = serde_json::from_str::<Envelope>(&envelope).map(|e| e.data).unwrap_or_default();
     Ok(StoredLog {
         server,
         seq: from_sql_u64(r.get(1)?),
         epoch: r.get(2)?,
         ts_ms: r.get(3)?,
         level: level_from_sql(level).ok_or(rusqlite::Error::IntegralValueOutOfRange(4, level))?,
-        source: r.get(5)?,
-        message: r.get(6)?,
-        exception: r.get(7)?,
-        envelope: r.get(8)?,
-        offset: from_sql_u64(r.get(9)?),
+        source: text.source,
+        message: text.message,
+        exception: text.exception,
+        envelope,
+        offset: from_sql_u64(r.get(6)?),
     })
 }
 

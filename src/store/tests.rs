@@ -44,13 +44,30 @@ fn now_ms() -> i64 {
 }
 
 fn entry(server: Uuid, epoch: &str, seq: u64, level: Level, message: &str) -> StoredLog {
-    let ts_ms = now_ms();
+    entry_at(server, epoch, seq, level, message, "", now_ms())
+}
+
+/// An entry whose envelope is the one the hub would send.
+fn entry_at(
+    server: Uuid,
+    epoch: &str,
+    seq: u64,
+    level: Level,
+    message: &str,
+    exception: &str,
+    ts_ms: i64,
+) -> StoredLog {
+    let time = crate::protocol::Time::from_unix_ms(ts_ms);
+    let mut data =
+        json!({"server_id": server, "timestamp": time, "level": level, "source": "server", "message": message});
+    if !exception.is_empty() {
+        data["exception"] = exception.into();
+    }
     let envelope = json!({
         "type": "log_entry",
         "channel": format!("server:{server}:logs"),
-        "data": {"server_id": server, "timestamp": crate::protocol::Time::from_unix_ms(ts_ms),
-                 "level": level, "source": "server", "message": message},
-        "timestamp": crate::protocol::Time::from_unix_ms(ts_ms),
+        "data": data,
+        "timestamp": time,
         "seq": seq,
         "epoch": epoch,
     })
@@ -63,7 +80,7 @@ fn entry(server: Uuid, epoch: &str, seq: u64, level: Level, message: &str) -> St
         level,
         source: "server".into(),
         message: message.into(),
-        exception: String::new(),
+        exception: exception.into(),
         envelope,
         offset: seq * 100,
     }
@@ -202,9 +219,7 @@ fn fill(store: &Store, epoch: &str) {
         (Level::Error, "Could not pass event to WorldEdit", "java.lang.IllegalStateException"),
     ];
     for (i, (level, message, exception)) in lines.iter().enumerate() {
-        let mut e = entry(SERVER, epoch, i as u64 + 1, *level, message);
-        e.exception = exception.to_string();
-        store.append(e);
+        store.append(entry_at(SERVER, epoch, i as u64 + 1, *level, message, exception, now_ms()));
     }
     store.append(entry(OTHER, epoch, 1, Level::Error, "Player Steve joined the game"));
     wait_flushed(store);
@@ -272,6 +287,13 @@ fn level_and_time_filters() {
     let m = &reader.query(&LogQuery::new(OTHER)).unwrap().messages[0];
     assert_eq!((m.server, m.seq, m.level, m.offset), (OTHER, 1, Level::Error, 100));
     assert_eq!(m.epoch, rec.epoch);
+    let mut q = LogQuery::new(SERVER);
+    q.q = Some("NullPointerException".into());
+    let page = reader.query(&q).unwrap();
+    let m = &page.messages[0];
+    let appended = entry_at(SERVER, &rec.epoch, 3, Level::Error, &m.message, &m.exception, m.ts_ms);
+    assert_eq!(m, &appended, "every field comes back as appended");
+    assert_eq!(m.exception, "java.lang.NullPointerException: boom\n\tat net.minecraft.World.tick");
     assert!(matches!(reader.query(&LogQuery { limit: 0, ..LogQuery::new(SERVER) }), Err(StoreError::InvalidQuery(_))));
     store.shutdown(Vec::new());
 }
@@ -353,9 +375,7 @@ fn retention_by_age_at_open() {
     let (store, rec) = open(&cfg).unwrap();
     let day = 86_400_000;
     for (seq, age_days) in [(1, 20), (2, 15), (3, 13), (4, 0)] {
-        let mut e = entry(SERVER, &rec.epoch, seq, Level::Info, "aging");
-        e.ts_ms -= age_days * day;
-        store.append(e);
+        store.append(entry_at(SERVER, &rec.epoch, seq, Level::Info, "aging", "", now_ms() - age_days * day));
     }
     assert!(store.shutdown(Vec::new()));
     cfg.retention_days = 14;
@@ -514,4 +534,28 @@ fn a_full_queue_drops_the_oldest_and_the_epoch_is_not_kept() {
     let (_, again) = open(&cfg).unwrap();
     assert!(again.new_epoch);
     assert_eq!(again.seqs.get(&format!("server:{SERVER}:logs")), Some(&15));
+}
+
+#[test]
+fn the_search_index_can_be_rebuilt_from_the_envelopes() {
+    let dir = TempDir::new("rebuild");
+    let cfg = config(dir.db());
+    let (store, rec) = open(&cfg).unwrap();
+    fill(&store, &rec.epoch);
+    assert!(store.shutdown(Vec::new()));
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    conn.execute("INSERT INTO logs_fts(logs_fts) VALUES ('delete-all')", []).unwrap();
+    drop(conn);
+    let (store, _) = open(&cfg).unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(search(&reader, "player"), Vec::<u64>::new(), "index emptied");
+    store.shutdown(Vec::new());
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    db::rebuild_fts(&conn).unwrap();
+    drop(conn);
+    let (store, _) = open(&cfg).unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(search(&reader, "player"), [1, 5]);
+    assert_eq!(search(&reader, "NullPointerException"), [3]);
+    store.shutdown(Vec::new());
 }

@@ -432,8 +432,8 @@ impl Writer {
                 if !more {
                     self.next_retention = now + RETENTION_INTERVAL;
                     if let Some(conn) = &self.conn {
-                        if let Err(e) = conn.execute_batch("PRAGMA optimize") {
-                            log::debug!("history: PRAGMA optimize: {e}");
+                        if let Err(e) = db::merge_fts(conn).and_then(|()| conn.execute_batch("PRAGMA optimize")) {
+                            log::debug!("history: index upkeep: {e}");
                         }
                     }
                 }
@@ -616,9 +616,10 @@ fn write_batch<'a>(
     let mut deltas: HashMap<Uuid, Delta> = HashMap::new();
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO logs (server, epoch, seq, ts, level, source, message, exception, envelope, agent_offset, bytes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO logs (server, epoch, seq, ts, level, envelope, agent_offset, bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
+        let mut words = tx.prepare_cached(db::FTS_INSERT)?;
         for (_, log) in entries {
             let bytes = log.envelope.len() as u64;
             insert.execute(params![
@@ -627,13 +628,11 @@ fn write_batch<'a>(
                 db::to_sql_u64(log.seq),
                 log.ts_ms,
                 level_to_sql(log.level),
-                log.source,
-                log.message,
-                log.exception,
                 log.envelope,
                 db::to_sql_u64(log.offset),
                 db::to_sql_u64(bytes),
             ])?;
+            words.execute(params![tx.last_insert_rowid(), log.message, log.exception])?;
             let d = deltas.entry(log.server).or_default();
             d.entries += 1;
             d.bytes += bytes;
