@@ -247,7 +247,11 @@ fn start(path: &Path, log_lines: usize) -> Result<Started, StartError> {
             Err(e) => return Err(classify(e, Some(Box::new(snapshot)))),
         }
     }
-    if let Err(e) = db::mark(&conn, &recovered.epoch, false) {
+    let marked = conn.unchecked_transaction().and_then(|tx| {
+        db::mark(&tx, &recovered.epoch, false)?;
+        tx.commit()
+    });
+    if let Err(e) = marked {
         return Err(classify(e, Some(Box::new(snapshot))));
     }
     Ok(Started { conn, recovered, servers: snapshot.servers })

@@ -228,7 +228,7 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-const COLUMNS: &str = "server, seq, epoch, ts, level, envelope, agent_offset";
+const COLUMNS: &str = "l.server, l.seq, l.epoch, l.ts, l.level, l.envelope, l.agent_offset";
 
 /// The fields of a stored envelope's `data` that are not columns.
 #[derive(Default, serde::Deserialize)]
@@ -264,7 +264,10 @@ impl Reader {
     ///
     /// Order is by seq, across epochs: a new epoch continues above the
     /// highest seq the store knows (PROTOCOL.md 5), so a server's stored
-    /// seqs only grow.
+    /// seqs only grow, in insertion order (which a search with `q` walks).
+    /// The one case that breaks this: a hub that could not read its
+    /// database at start (it began again at seq 1) and wrote to it later;
+    /// entries of the two runs then interleave by seq.
     ///
     /// # Errors
     /// [`StoreError::InvalidQuery`] for `limit` 0; [`StoreError::Sqlite`]
@@ -275,37 +278,69 @@ impl Reader {
         }
         let limit = q.limit.min(MAX_LIMIT);
         let forward = q.is_forward();
-        let mut sql = format!("SELECT {COLUMNS} FROM logs WHERE server = ?");
-        let mut args: Vec<Value> = vec![Value::Blob(q.server.as_bytes().to_vec())];
-        let mut cond = |clause: &str, v: Value| {
+        let server = Value::Blob(q.server.as_bytes().to_vec());
+        let words = q.q.as_deref().and_then(fts_query);
+        let mut args: Vec<Value> = Vec::new();
+        // With words, the index drives: matches stream newest (or oldest)
+        // first by rowid, each joined to its row and filtered, so a common
+        // word stops after one page instead of collecting every match.
+        let mut sql = match &words {
+            Some(m) => {
+                args.extend([Value::Text(m.clone()), server.clone()]);
+                format!(
+                    "SELECT {COLUMNS} FROM logs_fts CROSS JOIN logs l ON l.id = logs_fts.rowid \
+                         WHERE logs_fts MATCH ? AND l.server = ?"
+                )
+            }
+            None => {
+                args.push(server.clone());
+                format!("SELECT {COLUMNS} FROM logs l WHERE l.server = ?")
+            }
+        };
+        let mut cond = |clause: &str, v: Vec<Value>| {
             sql.push_str(clause);
-            args.push(v);
+            args.extend(v);
         };
         if let Some(b) = q.before_seq {
-            cond(" AND seq < ?", Value::Integer(i64::try_from(b).unwrap_or(i64::MAX)));
+            let b = Value::Integer(i64::try_from(b).unwrap_or(i64::MAX));
+            cond(" AND l.seq < ?", vec![b.clone()]);
+            if words.is_some() {
+                // Rowids grow with seqs per server: skip the newer matches
+                // at once instead of filtering them one by one.
+                cond(
+                    " AND logs_fts.rowid < coalesce((SELECT id FROM logs WHERE server = ? AND seq >= ? \
+                     ORDER BY seq LIMIT 1), 9223372036854775807)",
+                    vec![server.clone(), b],
+                );
+            }
         }
         if let Some(a) = q.after_seq {
-            match i64::try_from(a) {
-                Ok(a) => cond(" AND seq > ?", Value::Integer(a)),
-                Err(_) => {
-                    return Ok(Page { messages: Vec::new(), forward, next_before_seq: None, next_after_seq: None })
-                }
+            let Ok(a) = i64::try_from(a) else {
+                return Ok(Page { messages: Vec::new(), forward, next_before_seq: None, next_after_seq: None });
+            };
+            cond(" AND l.seq > ?", vec![Value::Integer(a)]);
+            if words.is_some() {
+                cond(
+                    " AND logs_fts.rowid > coalesce((SELECT id FROM logs WHERE server = ? AND seq <= ? \
+                     ORDER BY seq DESC LIMIT 1), 0)",
+                    vec![server.clone(), Value::Integer(a)],
+                );
             }
         }
         if let Some(from) = q.from_ms {
-            cond(" AND ts >= ?", Value::Integer(from));
+            cond(" AND l.ts >= ?", vec![Value::Integer(from)]);
         }
         if let Some(to) = q.to_ms {
-            cond(" AND ts <= ?", Value::Integer(to));
+            cond(" AND l.ts <= ?", vec![Value::Integer(to)]);
         }
         if let Some(level) = q.min_level {
-            cond(" AND level >= ?", Value::Integer(level_to_sql(level)));
-        }
-        if let Some(m) = q.q.as_deref().and_then(fts_query) {
-            cond(" AND id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?)", Value::Text(m));
+            cond(" AND l.level >= ?", vec![Value::Integer(level_to_sql(level))]);
         }
         let order = if forward { "ASC" } else { "DESC" };
-        sql.push_str(&format!(" ORDER BY seq {order}, id {order} LIMIT ?"));
+        match words {
+            Some(_) => sql.push_str(&format!(" ORDER BY logs_fts.rowid {order} LIMIT ?")),
+            None => sql.push_str(&format!(" ORDER BY l.seq {order}, l.id {order} LIMIT ?")),
+        }
         args.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), row_to_log)?;

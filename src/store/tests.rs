@@ -358,6 +358,50 @@ fn paging_backwards_and_forwards_with_cursors() {
     let page = reader.query(&LogQuery { before_seq: Some(10), ..q }).unwrap();
     assert_eq!((seqs(&page), page.next_before_seq), (vec![5], None));
 
+    // The same pages with words: the search index drives, with the same
+    // cursors; another server's matches never show.
+    for seq in 1..=30 {
+        store.append(entry(OTHER, &rec.epoch, seq, Level::Error, &format!("line {seq}")));
+    }
+    wait_flushed(&store);
+    let words = |q: LogQuery| LogQuery { q: Some("LINE".into()), ..q };
+    let mut q = words(LogQuery { limit: 10, ..LogQuery::new(SERVER) });
+    let mut pages = Vec::new();
+    loop {
+        let page = reader.query(&q).unwrap();
+        assert!(page.messages.iter().all(|m| m.server == SERVER));
+        pages.push(seqs(&page));
+        match page.next_before_seq {
+            Some(next) => q.before_seq = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [(16..=25).collect::<Vec<_>>(), (6..=15).collect(), (1..=5).collect()]);
+    let mut q = words(LogQuery { limit: 10, after_seq: Some(3), ..LogQuery::new(SERVER) });
+    let mut pages = Vec::new();
+    loop {
+        let page = reader.query(&q).unwrap();
+        pages.push(seqs(&page));
+        match page.next_after_seq {
+            Some(next) => q.after_seq = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, [(4..=13).collect::<Vec<_>>(), (14..=23).collect(), (24..=25).collect()]);
+    let q = words(LogQuery { limit: 3, before_seq: Some(12), after_seq: Some(6), ..LogQuery::new(SERVER) });
+    let page = reader.query(&q).unwrap();
+    assert_eq!((seqs(&page), page.next_before_seq), (vec![9, 10, 11], Some(9)));
+    let q = words(LogQuery { limit: 2, min_level: Some(Level::Error), before_seq: Some(20), ..LogQuery::new(SERVER) });
+    let page = reader.query(&q).unwrap();
+    assert_eq!((seqs(&page), page.next_before_seq), (vec![10, 15], Some(10)));
+    // Cursors beyond what is stored.
+    let page = reader.query(&words(LogQuery { before_seq: Some(1000), ..LogQuery::new(SERVER) })).unwrap();
+    assert_eq!(page.messages.len(), 25);
+    let page = reader.query(&words(LogQuery { after_seq: Some(0), ..LogQuery::new(SERVER) })).unwrap();
+    assert_eq!(page.messages.len(), 25);
+    let page = reader.query(&words(LogQuery { after_seq: Some(1000), ..LogQuery::new(SERVER) })).unwrap();
+    assert!(page.messages.is_empty());
+
     // The text form of a page.
     let page = reader.query(&LogQuery { limit: 1, ..LogQuery::new(SERVER) }).unwrap();
     let text = render_text(&page);
@@ -558,4 +602,14 @@ fn the_search_index_can_be_rebuilt_from_the_envelopes() {
     assert_eq!(search(&reader, "player"), [1, 5]);
     assert_eq!(search(&reader, "NullPointerException"), [3]);
     store.shutdown(Vec::new());
+}
+
+#[test]
+fn handles_are_send_and_clone() {
+    fn send<T: Send + 'static>() {}
+    fn clone<T: Clone>() {}
+    send::<Store>();
+    clone::<Store>();
+    send::<Reader>();
+    send::<StoreError>();
 }

@@ -264,21 +264,17 @@ impl Writer {
         oldest.map(|t| t + COMMIT_INTERVAL)
     }
 
+    /// When the loop must look again: the commit deadline, the next
+    /// retention step, each no earlier than the retry time while failing;
+    /// at most [`RETRY_INTERVAL`] away.
     fn next_wake(&self, now: Instant) -> Instant {
-        let mut wake = now + RETRY_INTERVAL;
-        if self.retention_more {
-            wake = now;
-        } else {
-            wake = wake.min(self.next_retention);
-        }
+        let gate = |t: Instant| self.retry_at.map_or(t, |r| t.max(r));
+        let retention = if self.retention_more { now } else { self.next_retention };
+        let mut wake = (now + RETRY_INTERVAL).min(gate(retention));
         if self.has_work() {
             let due = if self.pending.len() >= BATCH { Some(now) } else { self.commit_deadline() };
-            let due = match (due, self.retry_at) {
-                (Some(d), Some(r)) => Some(d.max(r)),
-                (d, _) => d,
-            };
             if let Some(d) = due {
-                wake = wake.min(d);
+                wake = wake.min(gate(d));
             }
         }
         wake.max(now)
@@ -428,6 +424,7 @@ impl Writer {
         let result = self.ensure_conn().and_then(|()| self.retention_step());
         match result {
             Ok(more) => {
+                self.succeeded();
                 self.retention_more = more;
                 if !more {
                     self.next_retention = now + RETENTION_INTERVAL;
