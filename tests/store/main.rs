@@ -356,5 +356,19 @@ fn ingest_rate() {
     let start = Instant::now();
     let page = reader.query(&LogQuery { before_seq: Some(total / 2), limit: 1000, ..LogQuery::new(SERVER) }).unwrap();
     println!("page of {} in the middle in {:?}", page.messages.len(), start.elapsed());
+    let mid = page.messages[0].ts_ms;
+    let start = Instant::now();
+    let q = LogQuery { from_ms: Some(mid), to_ms: Some(mid + 100), limit: 1000, ..LogQuery::new(SERVER) };
+    let page = reader.query(&q).unwrap();
+    println!("100 ms window in the middle: {} entries in {:?}", page.messages.len(), start.elapsed());
+    let start = Instant::now();
+    let q = LogQuery { q: Some("Ticking entity".into()), before_seq: Some(total / 10), ..LogQuery::new(SERVER) };
+    let page = reader.query(&q).unwrap();
+    println!(
+        "search 'Ticking entity' deep (before {}): {} hits in {:?}",
+        total / 10,
+        page.messages.len(),
+        start.elapsed()
+    );
     store.shutdown(vec![]);
 }
