@@ -260,37 +260,57 @@ pub(super) fn snapshot(conn: &Connection) -> rusqlite::Result<Snapshot> {
     Ok(Snapshot { epoch, clean, seqs, servers })
 }
 
+/// The stored messages of one server's current epoch that refill its ring.
+#[derive(Debug, Default)]
+pub(super) struct Recent {
+    /// `(seq, envelope)`, oldest first.
+    pub entries: Vec<(u64, String)>,
+    /// The first entry is not known to be the channel's first in this
+    /// epoch (older ones are stored, or may have been deleted).
+    pub evicted: bool,
+}
+
 /// The last `n` stored messages of each server that belong to `epoch`,
 /// oldest first. Seqs only grow per server (a new epoch continues above the
 /// highest known seq), so these are the current epoch's entries among the
-/// last `n` stored ones: an index walk of at most `n` rows per server.
+/// last `n` stored ones: an index walk of at most `n + 1` rows per server.
+/// The row before them says whether they start the epoch: none and seq 1,
+/// or one of another epoch with the seq just below.
 pub(super) fn recent(
     conn: &Connection,
     epoch: &str,
     n: usize,
     servers: impl Iterator<Item = Uuid>,
-) -> rusqlite::Result<HashMap<Uuid, Vec<(u64, String)>>> {
+) -> rusqlite::Result<HashMap<Uuid, Recent>> {
     let mut out = HashMap::new();
     if n == 0 {
         return Ok(out);
     }
     let mut stmt =
         conn.prepare("SELECT seq, epoch, envelope FROM logs WHERE server = ?1 ORDER BY seq DESC, id DESC LIMIT ?2")?;
+    let limit = i64::try_from(n).unwrap_or(i64::MAX).saturating_add(1);
     for id in servers {
-        let rows = stmt.query_map(params![&id.as_bytes()[..], i64::try_from(n).unwrap_or(i64::MAX)], |r| {
-            Ok((from_sql_u64(r.get(0)?), r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-        })?;
+        let mut rows = stmt.query(params![&id.as_bytes()[..], limit])?;
         let mut kept = Vec::new();
-        for row in rows {
-            let (seq, e, envelope) = row?;
-            if e == epoch {
-                kept.push((seq, envelope));
+        let mut before: Option<(u64, bool)> = None;
+        while let Some(row) = rows.next()? {
+            let seq = from_sql_u64(row.get(0)?);
+            let same = row.get_ref(1)?.as_str()? == epoch;
+            if same && kept.len() < n {
+                kept.push((seq, row.get::<_, String>(2)?));
+            } else {
+                before = Some((seq, same));
+                break;
             }
         }
-        if !kept.is_empty() {
-            kept.reverse();
-            out.insert(id, kept);
-        }
+        let Some(&(first, _)) = kept.last() else { continue };
+        let evicted = match before {
+            None => first != 1,
+            Some((_, true)) => true,
+            Some((seq, false)) => first != seq + 1,
+        };
+        kept.reverse();
+        out.insert(id, Recent { entries: kept, evicted });
     }
     Ok(out)
 }

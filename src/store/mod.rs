@@ -27,7 +27,7 @@ mod db;
 mod query;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -95,6 +95,11 @@ pub struct Recovered {
     /// current epoch, oldest first, as `(seq, envelope)`, to refill the
     /// memory rings. Empty after a new epoch.
     pub recent: HashMap<Uuid, Vec<(u64, String)>>,
+    /// Servers of `recent` whose refilled ring does not start at the
+    /// channel's first message of this epoch (older ones are on disk, or
+    /// were deleted): set the ring's "evicted" state, so a `history` reply
+    /// does not claim `complete` (PROTOCOL.md 5a).
+    pub evicted: HashSet<Uuid>,
 }
 
 /// Counters for `/api/v1/stats` and `/metrics`.
@@ -229,6 +234,7 @@ fn recovered_from(snapshot: &db::Snapshot, epoch: String, new_epoch: bool) -> Re
             .map(|(id, r)| (*id, r.last_offset))
             .collect(),
         recent: HashMap::new(),
+        evicted: HashSet::new(),
     }
 }
 
@@ -243,7 +249,14 @@ fn start(path: &Path, log_lines: usize) -> Result<Started, StartError> {
     let mut recovered = recovered_from(&snapshot, epoch, new);
     if !new {
         match db::recent(&conn, &recovered.epoch, log_lines, snapshot.servers.keys().copied()) {
-            Ok(recent) => recovered.recent = recent,
+            Ok(recent) => {
+                for (server, r) in recent {
+                    if r.evicted {
+                        recovered.evicted.insert(server);
+                    }
+                    recovered.recent.insert(server, r.entries);
+                }
+            }
             Err(e) => return Err(classify(e, Some(Box::new(snapshot)))),
         }
     }

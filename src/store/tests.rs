@@ -139,6 +139,8 @@ fn clean_shutdown_keeps_epoch_counters_offsets_and_recent() {
     let v: serde_json::Value = serde_json::from_str(&recent[2].1).unwrap();
     assert_eq!(v["data"]["message"], "line 5");
     assert_eq!(again.recent[&OTHER].len(), 1);
+    assert!(again.evicted.contains(&SERVER), "seqs 1 and 2 are older than the refill");
+    assert!(!again.evicted.contains(&OTHER), "seq 1 starts the epoch");
     assert_eq!(store.stats().stored_entries, 6);
     drop(store);
 }
@@ -173,6 +175,12 @@ fn a_stop_without_shutdown_gives_a_new_epoch_and_seqs_continue() {
     assert_eq!(page.messages[0].epoch, rec.epoch);
     assert_eq!(page.messages[8].epoch, again.epoch);
     assert!(store.shutdown(Vec::new()));
+    // The next clean start refills the second epoch's two lines, which start
+    // that epoch (right after seq 7 of the first).
+    let (_, third) = open(&cfg).unwrap();
+    assert_eq!(third.epoch, again.epoch);
+    assert_eq!(third.recent[&SERVER].iter().map(|(s, _)| *s).collect::<Vec<_>>(), [8, 9]);
+    assert!(third.evicted.is_empty());
 }
 
 #[test]

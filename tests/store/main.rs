@@ -188,6 +188,7 @@ fn sigkill_gives_a_new_epoch_and_nothing_is_issued_twice() {
     let (_, again) = store::open(&config(&dir.db())).unwrap();
     assert_eq!(again.epoch, rec.epoch);
     assert_eq!(again.recent[&SERVER], vec![(stored_max + 1, again.recent[&SERVER][0].1.clone())]);
+    assert!(again.evicted.is_empty(), "the line starts the new epoch");
 }
 
 fn set_fsize_limit(bytes: libc::rlim_t) {
