@@ -282,6 +282,13 @@ fn start(path: &Path, log_lines: usize) -> Result<Started, StartError> {
 /// [`Store`] in a new epoch: appends queue in memory (bounded) and the writer
 /// retries every second, while the hub streams from memory.
 ///
+/// Retention (at start, then every [`RETENTION_INTERVAL`]): entries whose
+/// time is older than `retention_days` are deleted, then per server the
+/// oldest (by seq) while the sum of its envelopes' bytes exceeds
+/// `retention_mb_per_server` MiB; 0 turns either off. The file is about 1.6x
+/// the envelope bytes it holds (indexes and the search index), and does not
+/// shrink: SQLite reuses the freed pages.
+///
 /// # Errors
 /// [`StoreError::NotConfigured`] without `db_path`; [`StoreError::Spawn`]
 /// when the thread cannot start.
