@@ -13,6 +13,7 @@
 //! | [`ws`] | WebSocket frames: decoding with small buffers, encoding once |
 //! | [`outq`] | a connection's outgoing queue: shared frames, `writev`, drops |
 //! | [`hub`] | channels, subscriptions, publish (encode once), seq/epoch, history rings |
+//! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
@@ -35,4 +36,5 @@ pub mod outq;
 pub mod proto;
 pub mod protocol;
 pub mod reactor;
+pub mod store;
 pub mod ws;

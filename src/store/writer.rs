@@ -1,0 +1,670 @@
+//! The writer thread: the only connection that writes. It takes entries and
+//! counters from the channel into a bounded in-memory queue, commits them in
+//! batches (every [`COMMIT_INTERVAL`] or [`BATCH`] entries, whichever comes
+//! first), runs retention every [`RETENTION_INTERVAL`] in bounded steps, and
+//! survives every database error: it logs it, counts it, keeps the batch
+//! and retries every [`RETRY_INTERVAL`], reopening the file (and moving it
+//! aside when it is broken).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use uuid::Uuid;
+
+use super::db::{self, ServerRow};
+use super::{level_to_sql, Shared, StoredLog};
+
+/// Entries per transaction at most; a full batch is committed at once.
+pub const BATCH: usize = 1000;
+/// The oldest uncommitted entry waits at most this long.
+pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+/// After a failed write, the next attempt comes this much later.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Retention runs this often (and right after start).
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Rows one retention step deletes at most, so a large clean-up never holds
+/// back commits for long.
+const RETENTION_STEP_ROWS: usize = 5000;
+/// Entries kept in memory while writes fail; over it the oldest is dropped
+/// and counted in `dropped`.
+pub const MAX_PENDING: usize = 100_000;
+/// Bytes (of envelopes) kept in memory while writes fail; same policy.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Commands taken from the channel per turn at most, so commits keep their
+/// cadence under a flood (the queue cap then drops the oldest).
+const DRAIN_PER_TURN: usize = 10_000;
+/// How long the shutdown flush may take; `Store::shutdown` waits a bit
+/// longer than this for the thread.
+pub(super) const SHUTDOWN_BUDGET: Duration = Duration::from_millis(2500);
+/// A failure that goes on is logged again every this many attempts.
+const LOG_EVERY_FAILURES: u64 = 60;
+
+/// What the [`Store`](super::Store) handles send.
+pub(super) enum Cmd {
+    /// One entry to store.
+    Append(StoredLog),
+    /// Seq counters to save (the highest of stored and given wins).
+    Counters(Vec<(String, u64)>),
+    /// Flush, save these counters, mark clean, stop; answers whether the
+    /// clean flag was written.
+    Shutdown {
+        /// Every channel's counter.
+        seqs: Vec<(String, u64)>,
+        /// Gets the outcome.
+        done: Sender<bool>,
+    },
+}
+
+/// Caps of the in-memory queue (tests make them small).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Tuning {
+    /// Entries at most.
+    pub max_pending: usize,
+    /// Envelope bytes at most.
+    pub max_pending_bytes: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { max_pending: MAX_PENDING, max_pending_bytes: MAX_PENDING_BYTES }
+    }
+}
+
+/// A shutdown's counters and where to answer.
+type ShutdownRequest = (Vec<(String, u64)>, Sender<bool>);
+
+/// Retention limits; 0 turns one off.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Retention {
+    /// Entries older than this (by their time) are deleted.
+    pub max_age_ms: i64,
+    /// Per server, oldest entries are deleted while its bytes exceed this.
+    pub max_bytes: u64,
+}
+
+/// The writer's state. See the module docs.
+pub(super) struct Writer {
+    path: PathBuf,
+    epoch: String,
+    retention: Retention,
+    tuning: Tuning,
+    conn: Option<Connection>,
+    /// The meta row (this epoch, not clean) is written on `conn`.
+    marked: bool,
+    pending: VecDeque<(Instant, StoredLog)>,
+    pending_bytes: usize,
+    counters: HashMap<String, u64>,
+    counters_at: Option<Instant>,
+    /// While failing: no write before this.
+    retry_at: Option<Instant>,
+    /// Consecutive failed attempts.
+    failures: u64,
+    next_retention: Instant,
+    retention_more: bool,
+    servers: HashMap<Uuid, ServerRow>,
+    /// Some entry of this run never reached the file (dropped, or the file
+    /// was moved aside): the next start must not keep the epoch.
+    lost: bool,
+    shared: Arc<Shared>,
+}
+
+/// Per-server changes of one batch.
+#[derive(Default)]
+struct Delta {
+    entries: u64,
+    bytes: u64,
+    last_offset: u64,
+    max_seq: u64,
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Writer {
+    /// A writer for `path` in `epoch`; `conn` is the connection `open`
+    /// prepared (already marked), or `None` when the file could not be used
+    /// yet (the writer retries).
+    pub(super) fn new(
+        path: PathBuf,
+        epoch: String,
+        retention: Retention,
+        tuning: Tuning,
+        conn: Option<Connection>,
+        servers: HashMap<Uuid, ServerRow>,
+        shared: Arc<Shared>,
+    ) -> Writer {
+        let now = Instant::now();
+        let marked = conn.is_some();
+        let writer = Writer {
+            path,
+            epoch,
+            retention,
+            tuning,
+            conn,
+            marked,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            counters: HashMap::new(),
+            counters_at: None,
+            retry_at: if marked { None } else { Some(now + RETRY_INTERVAL) },
+            failures: 0,
+            next_retention: now,
+            retention_more: false,
+            servers,
+            lost: false,
+            shared,
+        };
+        writer.publish_sizes();
+        writer
+    }
+
+    /// The thread's body: until `Shutdown`, or until every handle is gone
+    /// (then everything pending is flushed, but the clean flag stays unset).
+    pub(super) fn run(mut self, rx: Receiver<Cmd>) {
+        loop {
+            let now = Instant::now();
+            let timeout = self.next_wake(now).saturating_duration_since(now);
+            let mut shutdown = None;
+            match rx.recv_timeout(timeout) {
+                Ok(cmd) => {
+                    shutdown = self.take(cmd);
+                    let mut n = 1;
+                    while shutdown.is_none() && n < DRAIN_PER_TURN {
+                        match rx.try_recv() {
+                            Ok(cmd) => shutdown = self.take(cmd),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    log::debug!("history: every store handle is gone; flushing and stopping (not clean)");
+                    self.finish(Vec::new(), false);
+                    return;
+                }
+            }
+            if let Some((seqs, done)) = shutdown {
+                let clean = self.finish(seqs, true);
+                let _ = done.send(clean);
+                return;
+            }
+            let now = Instant::now();
+            if self.flush_due(now) {
+                self.flush(now);
+            } else if self.retention_due(now) {
+                self.retention(now);
+            }
+        }
+    }
+
+    /// Takes one command; returns the shutdown request, if it is one.
+    fn take(&mut self, cmd: Cmd) -> Option<ShutdownRequest> {
+        match cmd {
+            Cmd::Append(log) => {
+                self.pending_bytes += log.envelope.len();
+                self.pending.push_back((Instant::now(), log));
+                self.enforce_cap();
+                None
+            }
+            Cmd::Counters(seqs) => {
+                self.merge_counters(seqs);
+                None
+            }
+            Cmd::Shutdown { seqs, done } => Some((seqs, done)),
+        }
+    }
+
+    fn merge_counters(&mut self, seqs: Vec<(String, u64)>) {
+        if seqs.is_empty() {
+            return;
+        }
+        for (channel, seq) in seqs {
+            let slot = self.counters.entry(channel).or_insert(0);
+            *slot = (*slot).max(seq);
+        }
+        self.counters_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Drops the oldest pending entries over [`MAX_PENDING`] /
+    /// [`MAX_PENDING_BYTES`].
+    fn enforce_cap(&mut self) {
+        let Tuning { max_pending, max_pending_bytes } = self.tuning;
+        while self.pending.len() > max_pending || (self.pending_bytes > max_pending_bytes && self.pending.len() > 1) {
+            let Some((_, old)) = self.pending.pop_front() else { break };
+            self.pending_bytes -= old.envelope.len();
+            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
+            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.lost || dropped.is_power_of_two() {
+                log::warn!(
+                    "history: {} entries waiting for the database; dropping the oldest ({dropped} dropped so far)",
+                    self.pending.len()
+                );
+            }
+            self.lost = true;
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.counters.is_empty()
+    }
+
+    /// When the oldest uncommitted thing must be committed.
+    fn commit_deadline(&self) -> Option<Instant> {
+        let oldest = match (self.pending.front().map(|(t, _)| *t), self.counters_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|t| t + COMMIT_INTERVAL)
+    }
+
+    /// When the loop must look again: the commit deadline, the next
+    /// retention step, each no earlier than the retry time while failing;
+    /// at most [`RETRY_INTERVAL`] away.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let gate = |t: Instant| self.retry_at.map_or(t, |r| t.max(r));
+        let retention = if self.retention_more { now } else { self.next_retention };
+        let mut wake = (now + RETRY_INTERVAL).min(gate(retention));
+        if self.has_work() {
+            let due = if self.pending.len() >= BATCH { Some(now) } else { self.commit_deadline() };
+            if let Some(d) = due {
+                wake = wake.min(gate(d));
+            }
+        }
+        wake.max(now)
+    }
+
+    fn flush_due(&self, now: Instant) -> bool {
+        self.has_work()
+            && self.retry_at.is_none_or(|r| now >= r)
+            && (self.pending.len() >= BATCH || self.commit_deadline().is_some_and(|d| now >= d))
+    }
+
+    fn retention_due(&self, now: Instant) -> bool {
+        (self.retention_more || now >= self.next_retention) && self.retry_at.is_none_or(|r| now >= r)
+    }
+
+    /// Opens the file when there is no connection: moves a broken one aside
+    /// and starts fresh.
+    fn ensure_conn(&mut self) -> rusqlite::Result<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let conn = match db::connect(&self.path) {
+            Ok(conn) => conn,
+            Err(e) if db::is_corrupt(&e) => {
+                self.move_aside(&e);
+                db::connect(&self.path)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.servers = db::load_servers(&conn)?;
+        self.publish_sizes();
+        self.conn = Some(conn);
+        self.marked = false;
+        Ok(())
+    }
+
+    fn move_aside(&mut self, e: &rusqlite::Error) {
+        self.conn = None;
+        self.marked = false;
+        match db::move_aside(&self.path) {
+            Ok(to) => {
+                let text = format!("database was broken ({e}); moved to {} and started a fresh one", to.display());
+                log::error!("history: {}: {text}", self.path.display());
+                self.shared.set_error(text);
+                self.servers.clear();
+                self.publish_sizes();
+                self.lost = true;
+            }
+            Err(io) => {
+                log::error!("history: {} is broken ({e}) and cannot be moved aside: {io}", self.path.display());
+                self.shared.set_error(format!("database is broken ({e}) and cannot be moved aside: {io}"));
+            }
+        }
+    }
+
+    /// Commits the first `n` pending entries, the counters, and (when
+    /// `clean`) the clean flag, in one transaction.
+    fn write(&mut self, n: usize, clean: bool) -> rusqlite::Result<()> {
+        self.ensure_conn()?;
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(rusqlite::Error::InvalidPath(self.path.clone()));
+        };
+        let deltas = write_batch(conn, &self.epoch, self.marked, self.pending.iter().take(n), &self.counters, clean)?;
+        self.marked = true;
+        for _ in 0..n {
+            if let Some((_, log)) = self.pending.pop_front() {
+                self.pending_bytes -= log.envelope.len();
+            }
+        }
+        self.counters.clear();
+        self.counters_at = None;
+        for (server, d) in deltas {
+            let row = self.servers.entry(server).or_default();
+            row.entries += d.entries;
+            row.bytes += d.bytes;
+            if d.last_offset != 0 {
+                row.last_offset = d.last_offset;
+            }
+        }
+        self.shared.pending.fetch_sub(n as u64, Ordering::Relaxed);
+        self.publish_sizes();
+        Ok(())
+    }
+
+    fn flush(&mut self, now: Instant) {
+        let n = self.pending.len().min(BATCH);
+        match self.write(n, false) {
+            Ok(()) => self.succeeded(),
+            Err(e) => self.failed(&e, now),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            log::info!("history: writes to {} work again after {} failed attempts", self.path.display(), self.failures);
+        }
+        self.failures = 0;
+        self.retry_at = None;
+        self.shared.failing.store(false, Ordering::Relaxed);
+    }
+
+    /// Counts and logs a failed write; the pending entries stay. A broken
+    /// file is moved aside (the next attempt starts a fresh one); any other
+    /// error drops the connection and retries in [`RETRY_INTERVAL`].
+    fn failed(&mut self, e: &rusqlite::Error, now: Instant) {
+        self.failures += 1;
+        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.failing.store(true, Ordering::Relaxed);
+        self.retry_at = Some(now + RETRY_INTERVAL);
+        if db::is_fts_corrupt(e) {
+            log::error!("history: the search index of {} is inconsistent ({e}); rebuilding it", self.path.display());
+            self.shared.set_error(format!("search index inconsistent ({e}); rebuilt"));
+            if let Some(conn) = &self.conn {
+                if let Err(e) = db::rebuild_fts(conn) {
+                    log::error!("history: rebuilding the search index failed: {e}");
+                    self.move_aside(&e);
+                }
+            }
+            return;
+        }
+        if db::is_corrupt(e) {
+            self.move_aside(e);
+            return;
+        }
+        let text = db::describe(e);
+        if self.failures == 1 {
+            log::error!(
+                "history: writing to {} failed: {text}; keeping {} entries in memory and retrying every second",
+                self.path.display(),
+                self.pending.len()
+            );
+        } else if self.failures.is_multiple_of(LOG_EVERY_FAILURES) {
+            log::warn!(
+                "history: writing to {} still fails after {} attempts ({} waiting, {} dropped): {text}",
+                self.path.display(),
+                self.failures,
+                self.pending.len(),
+                self.shared.dropped.load(Ordering::Relaxed)
+            );
+        }
+        self.shared.set_error(text);
+        self.conn = None;
+        self.marked = false;
+    }
+
+    fn retention(&mut self, now: Instant) {
+        let result = self.ensure_conn().and_then(|()| self.retention_step());
+        match result {
+            Ok(more) => {
+                self.succeeded();
+                self.retention_more = more;
+                if !more {
+                    self.next_retention = now + RETENTION_INTERVAL;
+                    if let Some(conn) = &self.conn {
+                        if let Err(e) = db::merge_fts(conn).and_then(|()| conn.execute_batch("PRAGMA optimize")) {
+                            log::debug!("history: index upkeep: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.retention_more = false;
+                self.next_retention = now + RETENTION_INTERVAL;
+                self.failed(&e, now);
+            }
+        }
+    }
+
+    /// Deletes at most [`RETENTION_STEP_ROWS`] rows that are too old or over
+    /// a server's byte budget, oldest first, in one transaction. Returns
+    /// whether more may be left.
+    fn retention_step(&mut self) -> rusqlite::Result<bool> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(false) };
+        let Retention { max_age_ms, max_bytes } = self.retention;
+        let cutoff = now_unix_ms().saturating_sub(max_age_ms);
+        let mut budget = RETENTION_STEP_ROWS;
+        let mut changes: Vec<(Uuid, u64, u64)> = Vec::new();
+        let tx = conn.transaction()?;
+        {
+            let mut by_age = tx.prepare_cached(
+                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE server = ?1 AND ts < ?2 LIMIT ?3) \
+                 RETURNING bytes",
+            )?;
+            let mut oldest =
+                tx.prepare_cached("SELECT seq, bytes FROM logs WHERE server = ?1 ORDER BY seq LIMIT ?2")?;
+            let mut up_to = tx.prepare_cached("DELETE FROM logs WHERE server = ?1 AND seq <= ?2 RETURNING bytes")?;
+            let sum = |rows: rusqlite::Rows<'_>| -> rusqlite::Result<(u64, u64)> {
+                let mut rows = rows;
+                let (mut n, mut bytes) = (0u64, 0u64);
+                while let Some(row) = rows.next()? {
+                    n += 1;
+                    bytes += db::from_sql_u64(row.get(0)?);
+                }
+                Ok((n, bytes))
+            };
+            for (&server, row) in &self.servers {
+                if budget == 0 {
+                    break;
+                }
+                let key = &server.as_bytes()[..];
+                let (mut n, mut bytes) = (0, 0);
+                if max_age_ms > 0 && row.entries > 0 {
+                    (n, bytes) = sum(by_age.query(params![key, cutoff, budget as i64])?)?;
+                    budget -= n as usize;
+                }
+                let left = row.bytes.saturating_sub(bytes);
+                if max_bytes > 0 && left > max_bytes && budget > 0 {
+                    let excess = left - max_bytes;
+                    let mut freed = 0;
+                    let mut last = None;
+                    let mut rows = oldest.query(params![key, budget as i64])?;
+                    while let Some(r) = rows.next()? {
+                        last = Some(r.get::<_, i64>(0)?);
+                        freed += db::from_sql_u64(r.get(1)?);
+                        if freed >= excess {
+                            break;
+                        }
+                    }
+                    drop(rows);
+                    if let Some(last) = last {
+                        let (n2, bytes2) = sum(up_to.query(params![key, last])?)?;
+                        budget = budget.saturating_sub(n2 as usize);
+                        n += n2;
+                        bytes += bytes2;
+                    }
+                }
+                if n > 0 {
+                    changes.push((server, n, bytes));
+                }
+            }
+            let mut update =
+                tx.prepare_cached("UPDATE servers SET entries = entries - ?2, bytes = bytes - ?3 WHERE server = ?1")?;
+            for (server, n, bytes) in &changes {
+                update.execute(params![&server.as_bytes()[..], db::to_sql_u64(*n), db::to_sql_u64(*bytes)])?;
+            }
+        }
+        tx.commit()?;
+        for (server, n, bytes) in changes {
+            if let Some(row) = self.servers.get_mut(&server) {
+                row.entries = row.entries.saturating_sub(n);
+                row.bytes = row.bytes.saturating_sub(bytes);
+            }
+            log::debug!("history: retention deleted {n} entries ({bytes} bytes) of server {server}");
+        }
+        self.publish_sizes();
+        Ok(budget == 0)
+    }
+
+    /// Shutdown (or every handle gone): writes everything pending within
+    /// [`SHUTDOWN_BUDGET`], then the counters and, when `clean` is asked and
+    /// nothing of this run was lost, the clean flag, all in the last
+    /// transaction. Returns whether the clean flag was written.
+    fn finish(&mut self, seqs: Vec<(String, u64)>, clean: bool) -> bool {
+        let deadline = Instant::now() + SHUTDOWN_BUDGET;
+        self.merge_counters(seqs);
+        loop {
+            let n = self.pending.len().min(BATCH);
+            let last = n == self.pending.len();
+            let mark_clean = clean && last && !self.lost;
+            if n == 0 && self.counters.is_empty() && !mark_clean {
+                break;
+            }
+            let now = Instant::now();
+            if self.retry_at.is_some_and(|r| r > now) {
+                // Failing: one more try now, there is no later.
+                self.retry_at = None;
+            }
+            match self.write(n, mark_clean) {
+                Ok(()) => {
+                    self.succeeded();
+                    if last {
+                        if mark_clean {
+                            self.checkpoint();
+                            return true;
+                        }
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.failed(&e, now);
+                    if Instant::now() >= deadline || self.failures >= 3 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if !self.pending.is_empty() {
+            let n = self.pending.len() as u64;
+            log::error!("history: {n} entries could not be written before stopping; they are lost");
+            self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+            self.shared.pending.fetch_sub(n, Ordering::Relaxed);
+            self.pending.clear();
+        }
+        if clean {
+            log::warn!("history: not marked clean; the next start begins a new epoch");
+        }
+        false
+    }
+
+    fn checkpoint(&mut self) {
+        if let Some(conn) = &self.conn {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                log::debug!("history: checkpoint at shutdown: {e}");
+            }
+        }
+    }
+
+    fn publish_sizes(&self) {
+        let (entries, bytes) = self.servers.values().fold((0, 0), |(e, b), r| (e + r.entries, b + r.bytes));
+        self.shared.stored_entries.store(entries, Ordering::Relaxed);
+        self.shared.stored_bytes.store(bytes, Ordering::Relaxed);
+    }
+}
+
+/// One transaction: the meta row (unless already written on this
+/// connection), the entries, per server its size and last offset, the logs
+/// channels' counters (raised to the batch's highest seq), the saved
+/// counters, and the clean flag when asked.
+fn write_batch<'a>(
+    conn: &mut Connection,
+    epoch: &str,
+    marked: bool,
+    entries: impl Iterator<Item = &'a (Instant, StoredLog)>,
+    counters: &HashMap<String, u64>,
+    clean: bool,
+) -> rusqlite::Result<HashMap<Uuid, Delta>> {
+    let tx = conn.transaction()?;
+    if !marked {
+        db::mark(&tx, epoch, false)?;
+    }
+    let mut deltas: HashMap<Uuid, Delta> = HashMap::new();
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO logs (server, epoch, seq, ts, level, envelope, agent_offset, bytes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut words = tx.prepare_cached(db::FTS_INSERT)?;
+        for (_, log) in entries {
+            let bytes = log.envelope.len() as u64;
+            insert.execute(params![
+                &log.server.as_bytes()[..],
+                log.epoch,
+                db::to_sql_u64(log.seq),
+                log.ts_ms,
+                level_to_sql(log.level),
+                log.envelope,
+                db::to_sql_u64(log.offset),
+                db::to_sql_u64(bytes),
+            ])?;
+            words.execute(params![tx.last_insert_rowid(), log.message, log.exception])?;
+            let d = deltas.entry(log.server).or_default();
+            d.entries += 1;
+            d.bytes += bytes;
+            if log.offset != 0 {
+                d.last_offset = log.offset;
+            }
+            d.max_seq = d.max_seq.max(log.seq);
+        }
+    }
+    {
+        let mut server = tx.prepare_cached(
+            "INSERT INTO servers (server, entries, bytes, last_offset) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(server) DO UPDATE SET entries = entries + excluded.entries, bytes = bytes + excluded.bytes, \
+             last_offset = CASE WHEN excluded.last_offset != 0 THEN excluded.last_offset ELSE last_offset END",
+        )?;
+        let mut counter = tx.prepare_cached(
+            "INSERT INTO counters (channel, seq) VALUES (?1, ?2) \
+             ON CONFLICT(channel) DO UPDATE SET seq = max(seq, excluded.seq)",
+        )?;
+        for (id, d) in &deltas {
+            server.execute(params![
+                &id.as_bytes()[..],
+                db::to_sql_u64(d.entries),
+                db::to_sql_u64(d.bytes),
+                db::to_sql_u64(d.last_offset)
+            ])?;
+            counter.execute(params![db::logs_channel(*id), db::to_sql_u64(d.max_seq)])?;
+        }
+        for (channel, seq) in counters {
+            counter.execute(params![channel, db::to_sql_u64(*seq)])?;
+        }
+    }
+    if clean {
+        db::mark(&tx, epoch, true)?;
+    }
+    tx.commit()?;
+    Ok(deltas)
+}
