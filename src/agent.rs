@@ -1,6 +1,6 @@
 //! The agent link: one thread that drives every configured agent over gRPC
 //! (`proto/agent.proto`) and hands what it learns to the reactor as
-//! [`AgentEvent`]s through a channel plus a `mio::Waker`.
+//! [`Event`]s through a [`Link`] (a channel plus a `mio::Waker`).
 //!
 //! The thread runs a `futures` `LocalPool`: per agent one monitor task
 //! (Ping, ListServers, GetMetrics, GetStatus polling when `WatchStatus` is
@@ -13,7 +13,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use log::{info, warn};
 use uuid::Uuid;
 
 use crate::config::{AgentConfig, Config};
+use crate::link::{AgentState, Event, Link};
 use crate::proto::agent::{self as pb, ListServersRequest, PingRequest, ServerRequest, StreamLogsRequest};
 use crate::proto::agent_grpc::AgentServiceClient;
 use crate::protocol::{
@@ -35,65 +35,13 @@ use crate::protocol::{
     StatusChange, Time,
 };
 
-/// What the agent thread tells the reactor.
-#[derive(Debug)]
-pub enum AgentEvent {
-    /// A message to publish.
-    Publish(Publish),
-    /// An agent's link state changed (for stats and `aymc_agent_up`).
-    State(AgentState),
-}
-
-/// The link state of one agent, as `/api/v1/stats` shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentState {
-    /// Configured id.
-    pub id: Uuid,
-    /// Configured address.
-    pub address: String,
-    /// Answering pings.
-    pub connected: bool,
-    /// Since when `connected` has had its value.
-    pub since: Option<Time>,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-    /// Streams open (`StreamLogs` and `WatchStatus`).
-    pub streams: usize,
-}
-
-/// The sending half: events go into a bounded channel and wake the reactor.
-/// When the reactor falls behind, the agent thread waits (gRPC flow control
-/// then slows the agents down); nothing is dropped.
-#[derive(Clone)]
-pub struct Link {
-    tx: SyncSender<AgentEvent>,
-    waker: Arc<mio::Waker>,
-}
-
-impl Link {
-    /// A link over `tx` that wakes `waker`.
-    pub fn new(tx: SyncSender<AgentEvent>, waker: Arc<mio::Waker>) -> Link {
-        Link { tx, waker }
-    }
-
-    fn send(&self, event: AgentEvent) {
-        if self.tx.send(event).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                warn!("cannot wake the reactor: {e}");
-            }
-        }
-    }
-
-    fn publish(&self, msg: Publish) {
-        self.send(AgentEvent::Publish(msg));
-    }
-}
-
 /// Names and owners of servers from the hub's `[[servers]]`.
 #[derive(Debug, Clone, Default)]
 struct Directory {
     names: HashMap<Uuid, String>,
     owners: HashMap<Uuid, Uuid>,
+    /// Last stored log offset per server (resume point after a restart).
+    offsets: HashMap<Uuid, u64>,
 }
 
 /// Backoff for reconnects: 1 s doubling to 30 s, with jitter.
@@ -164,7 +112,7 @@ type Shared = Rc<RefCell<AgentShared>>;
 
 impl AgentShared {
     fn report(&self) {
-        self.link.send(AgentEvent::State(AgentState {
+        self.link.send(Event::Agent(AgentState {
             id: self.id,
             address: self.cfg.address.clone(),
             connected: self.up == Some(true),
@@ -269,13 +217,21 @@ fn alert(severity: Severity, title: &str, message: String, source: AlertSource, 
 ///
 /// # Errors
 /// When the thread cannot be spawned.
-pub fn spawn(cfg: &Config, link: Link) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
+///
+/// `offsets` are the last log offsets the hub stored per server (on-disk
+/// history): the log streams resume after them.
+pub fn spawn(
+    cfg: &Config,
+    link: Link,
+    offsets: HashMap<Uuid, u64>,
+) -> std::io::Result<Option<std::thread::JoinHandle<()>>> {
     if cfg.agents.is_empty() {
         return Ok(None);
     }
     let dir = Directory {
         names: cfg.servers.iter().filter_map(|s| Some((s.id, s.name.clone()?))).collect(),
         owners: cfg.servers.iter().filter_map(|s| Some((s.id, s.owner?))).collect(),
+        offsets,
     };
     let agents = cfg.agents.clone();
     let interval = Duration::from_secs(cfg.monitor.health_interval_s);
@@ -401,7 +357,8 @@ async fn check(shared: &Shared, spawner: &futures::executor::LocalSpawner) -> bo
                 "" => id.to_string(),
                 n => n.to_string(),
             });
-            let track = s.servers.entry(id).or_default();
+            let offset = s.dir.offsets.get(&id).copied().unwrap_or(0);
+            let track = s.servers.entry(id).or_insert_with(|| ServerTrack { offset, ..ServerTrack::default() });
             track.name = name;
             !std::mem::replace(&mut track.tasks, true)
         };

@@ -75,6 +75,9 @@ pub struct HttpState {
     pub served: bool,
     /// A publish body being read.
     pub body: Option<PendingBody>,
+    /// A request waits for another thread's answer: `(bytes to consume,
+    /// close after it)`. Nothing more is parsed meanwhile.
+    pub waiting: Option<(usize, bool)>,
 }
 
 /// The token bucket of section 7 and the window of refusals.
@@ -224,6 +227,8 @@ pub struct Conn {
     pub stream: TcpStream,
     /// The peer.
     pub peer: SocketAddr,
+    /// Unique for the life of the process (slab keys are reused).
+    pub serial: u64,
     /// Bytes waiting for the socket.
     pub out: OutQueue,
     /// Where it is in its life.
@@ -244,12 +249,20 @@ pub struct Conn {
 
 impl Conn {
     /// A freshly accepted connection.
-    pub fn new(stream: TcpStream, peer: SocketAddr, reject: bool, now: Instant) -> Conn {
+    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, reject: bool, now: Instant) -> Conn {
         Conn {
             stream,
             peer,
+            serial,
             out: OutQueue::default(),
-            phase: Phase::Http(Box::new(HttpState { buf: Vec::new(), since: now, reject, served: false, body: None })),
+            phase: Phase::Http(Box::new(HttpState {
+                buf: Vec::new(),
+                since: now,
+                reject,
+                served: false,
+                body: None,
+                waiting: None,
+            })),
             counted: !reject,
             dirty: false,
             writable_registered: false,

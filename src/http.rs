@@ -208,6 +208,8 @@ pub enum Route {
     Stats,
     /// `GET /metrics`
     Metrics,
+    /// `GET /api/v1/servers/{id}/logs`
+    ServerLogs(uuid::Uuid),
 }
 
 /// Routes a request: `Ok(route)`, or `Err(None)` for an unknown path
@@ -219,13 +221,22 @@ pub fn route(req: &Request) -> Result<Route, Option<&'static str>> {
         "/healthz" => (Route::Health, "GET"),
         "/api/v1/stats" => (Route::Stats, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
-        _ => return Err(None),
+        path => match server_logs_path(path) {
+            Some(id) => (Route::ServerLogs(id), "GET"),
+            None => return Err(None),
+        },
     };
     if req.method == allow {
         Ok(route)
     } else {
         Err(Some(allow))
     }
+}
+
+/// The server id of `/api/v1/servers/{id}/logs`.
+fn server_logs_path(path: &str) -> Option<uuid::Uuid> {
+    let id = path.strip_prefix("/api/v1/servers/")?.strip_suffix("/logs")?;
+    (id.len() == 36).then(|| uuid::Uuid::try_parse(id).ok()).flatten()
 }
 
 fn reason(status: u16) -> &'static str {
@@ -348,5 +359,8 @@ mod tests {
         assert_eq!(route(&req("GET", "/api/v1/ws")), Ok(Route::WebSocket));
         assert_eq!(route(&req("GET", "/api/v1/publish")), Err(Some("POST")));
         assert_eq!(route(&req("GET", "/nope")), Err(None));
+        let logs = "/api/v1/servers/550e8400-e29b-41d4-a716-446655440000/logs";
+        assert!(matches!(route(&req("GET", logs)), Ok(Route::ServerLogs(_))));
+        assert_eq!(route(&req("GET", "/api/v1/servers/nope/logs")), Err(None));
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::{Authenticator, Identity, Role};
 use crate::conn::Conn;
 use crate::outq::{DropKey, DropReport};
 use crate::protocol::{self, AlertSource, Channel, ChannelKind, ErrorCode, Publish, Since, Time};
+use crate::store::{LogQuery, Page, Recovered, Store, StoreStats, StoredLog};
 use crate::ws;
 
 /// Counters for `/api/v1/stats` and `/metrics`.
@@ -83,6 +84,11 @@ pub struct Hub {
     dirty: Vec<usize>,
     /// Counters for stats.
     pub counters: Counters,
+    /// On-disk history, when configured.
+    store: Option<Store>,
+    /// A seq of a channel the store does not save by itself (all but logs)
+    /// moved since the last [`Hub::save_counters`].
+    counters_changed: bool,
 }
 
 /// What a client's `auth` did.
@@ -95,12 +101,20 @@ pub enum AuthOutcome {
 
 impl Hub {
     /// An empty hub in a new epoch.
-    pub fn new(limits: &crate::config::Limits, history: &crate::config::HistoryConfig) -> Hub {
-        let epoch = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
-        Hub {
+    ///
+    /// With on-disk history, `recovered` gives the epoch, each channel's
+    /// last seq and the recent log lines to refill the rings, and every log
+    /// line published is also handed to `store`.
+    pub fn new(
+        limits: &crate::config::Limits,
+        history: &crate::config::HistoryConfig,
+        store: Option<Store>,
+        recovered: Option<Recovered>,
+    ) -> Hub {
+        let mut hub = Hub {
             channels: Slab::new(),
             index: HashMap::new(),
-            epoch,
+            epoch: crate::store::new_epoch(),
             queue_cap: limits.client_queue,
             max_subscriptions: limits.max_subscriptions,
             log_lines: history.log_lines,
@@ -109,6 +123,54 @@ impl Hub {
             history_entries: 0,
             dirty: Vec::new(),
             counters: Counters::default(),
+            store,
+            counters_changed: false,
+        };
+        if let Some(recovered) = recovered {
+            hub.restore(recovered);
+        }
+        hub
+    }
+
+    /// Goes on from what the on-disk history knows (5: seq never reused in
+    /// an epoch; 5a: `since` across a restart).
+    fn restore(&mut self, recovered: Recovered) {
+        self.epoch = recovered.epoch;
+        for (name, seq) in recovered.seqs {
+            if let Some(channel) = Channel::parse(&name) {
+                let i = self.channel_index(channel);
+                self.channels[i].seq = seq;
+            }
+        }
+        for (server, entries) in recovered.recent {
+            let i = self.channel_index(Channel::logs(server));
+            let skip = entries.len().saturating_sub(self.log_lines);
+            for (seq, envelope) in entries.into_iter().skip(skip) {
+                self.keep(i, seq, ws::text(envelope.as_bytes()));
+            }
+            let entry = &mut self.channels[i];
+            entry.seq = entry.seq.max(entry.ring.back().map_or(0, |k| k.seq));
+            entry.evicted = skip > 0 || recovered.evicted.contains(&server);
+        }
+    }
+
+    /// Adds a message to a logs channel's ring, evicting what the caps
+    /// (`history.log_lines`, `history.max_bytes`) no longer allow.
+    fn keep(&mut self, i: usize, seq: u64, frame: Rc<[u8]>) {
+        let entry = &mut self.channels[i];
+        entry.ring_bytes += frame.len();
+        self.history_bytes += frame.len();
+        self.history_entries += 1;
+        entry.ring.push_back(Kept { seq, frame });
+        if entry.ring.len() > self.log_lines {
+            self.evict(i);
+        }
+        while self.history_bytes > self.history_max_bytes {
+            let largest = self.channels.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
+            match largest {
+                Some(k) if self.channels[k].ring_bytes > 0 => self.evict(k),
+                _ => break,
+            }
         }
     }
 
@@ -173,7 +235,8 @@ impl Hub {
         let entry = &mut self.channels[i];
         entry.seq += 1;
         let seq = entry.seq;
-        let frame = ws::text(&msg.encode(now, Some((seq, &self.epoch))));
+        let json = msg.encode(now, Some((seq, &self.epoch)));
+        let frame = ws::text(&json);
         let (mut queued, mut dropped) = (0, 0);
         for &key in &entry.subscribers {
             let Some(conn) = conns.get_mut(key) else { continue };
@@ -184,23 +247,27 @@ impl Hub {
         }
         match channel.kind {
             ChannelKind::Logs => {
-                entry.ring_bytes += frame.len();
-                self.history_bytes += frame.len();
-                self.history_entries += 1;
-                entry.ring.push_back(Kept { seq, frame });
-                if entry.ring.len() > self.log_lines {
-                    self.evict(i);
-                }
-                while self.history_bytes > self.history_max_bytes {
-                    let largest = self.channels.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
-                    match largest {
-                        Some(k) if self.channels[k].ring_bytes > 0 => self.evict(k),
-                        _ => break,
-                    }
+                self.keep(i, seq, frame);
+                if let (Some(store), Publish::Log(e)) = (&self.store, msg) {
+                    store.append(StoredLog {
+                        server: e.server_id,
+                        seq,
+                        epoch: self.epoch.clone(),
+                        ts_ms: e.timestamp.unwrap_or(now).0.timestamp_millis(),
+                        level: e.level,
+                        source: e.source,
+                        message: e.message,
+                        exception: e.exception,
+                        envelope: String::from_utf8(json).unwrap_or_default(),
+                        offset: e.offset,
+                    });
                 }
             }
-            ChannelKind::Metrics | ChannelKind::Status => entry.latest = Some(frame),
-            ChannelKind::Notifications => {}
+            ChannelKind::Metrics | ChannelKind::Status => {
+                entry.latest = Some(frame);
+                self.counters_changed = true;
+            }
+            ChannelKind::Notifications => self.counters_changed = true,
         }
         self.counters.messages_out += queued;
         self.counters.messages_dropped += dropped;
@@ -528,6 +595,48 @@ impl Hub {
             .iter()
             .filter(|(_, c)| !c.subscribers.is_empty())
             .map(|(_, c)| (c.name.as_str(), c.subscribers.len()))
+    }
+
+    /// Hands the seq counters of metrics, status and notification channels
+    /// to the store when they moved (logs channels are saved with their
+    /// lines).
+    pub fn save_counters(&mut self) {
+        if let Some(store) = &self.store {
+            if std::mem::take(&mut self.counters_changed) {
+                store.save_counters(self.seqs());
+            }
+        }
+    }
+
+    fn seqs(&self) -> Vec<(String, u64)> {
+        self.channels.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.name.clone(), c.seq)).collect()
+    }
+
+    /// Flushes and closes the store (clean shutdown: the epoch is kept).
+    pub fn close_store(&mut self) {
+        if let Some(store) = self.store.take() {
+            let seqs = self.seqs();
+            if !store.shutdown(seqs) {
+                log::warn!("on-disk history was not closed cleanly; the next start begins a new epoch");
+            }
+        }
+    }
+
+    /// The store's figures, when there is one.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.store.as_ref().map(Store::stats)
+    }
+
+    /// The store, when there is one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// A page of a server's kept log lines (no on-disk history).
+    pub fn memory_page(&self, query: &LogQuery) -> Page {
+        let kept = self.index.get(&Channel::logs(query.server)).and_then(|&i| self.channels.get(i));
+        let ring = kept.into_iter().flat_map(|c| c.ring.iter()).map(|k| (k.seq, frame_payload(&k.frame)));
+        crate::store::memory_page(query, ring)
     }
 
     /// Kept history: (entries, bytes).

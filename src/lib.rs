@@ -16,7 +16,10 @@
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
+//! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
+//! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
 //! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
+//! | [`store`] | on-disk history (SQLite): writer thread, epoch and seq recovery, retention, search |
 //! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
 //! | [`agentd`] | the `aymc-agent` binary's agent: log tailing and parsing, status, /proc metrics, Server List Ping, the gRPC service |
 //!
@@ -32,6 +35,8 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod hub;
+pub mod link;
+pub mod logs_api;
 pub mod outq;
 pub mod proto;
 pub mod protocol;

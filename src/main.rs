@@ -7,6 +7,7 @@ use aymc_hub::agent;
 use aymc_hub::auth::Authenticator;
 use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
 use aymc_hub::reactor::{self, Reactor};
+use aymc_hub::store::{self, StoreError};
 
 fn main() -> ExitCode {
     match run() {
@@ -59,7 +60,19 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
     }
     let listen = config.listen;
     let agents = config.clone();
-    let mut reactor = match Reactor::bind(config, auth) {
+    let (store, recovered) = match store::open(&config.history) {
+        Ok((store, recovered)) => {
+            log::info!("on-disk history at {} (epoch {})", store.path().display(), recovered.epoch);
+            (Some(store), Some(recovered))
+        }
+        Err(StoreError::NotConfigured) => (None, None),
+        Err(e) => {
+            log::error!("on-disk history unavailable ({e}); keeping history in memory only");
+            (None, None)
+        }
+    };
+    let offsets = recovered.as_ref().map(|r| r.offsets.clone()).unwrap_or_default();
+    let mut reactor = match Reactor::bind(config, auth, store, recovered) {
         Ok(r) => r,
         Err(e) => {
             log::error!("cannot listen on {listen}: {e}");
@@ -70,7 +83,7 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    if let Err(e) = agent::spawn(&agents, reactor.link()) {
+    if let Err(e) = agent::spawn(&agents, reactor.link(), offsets) {
         log::error!("cannot start the agent thread: {e}");
         return ExitCode::FAILURE;
     }

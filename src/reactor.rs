@@ -24,14 +24,17 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use tungstenite::protocol::frame::coding::Control;
+use uuid::Uuid;
 
-use crate::agent::{AgentEvent, AgentState, Link};
 use crate::auth::{AuthError, Authenticator, Role};
 use crate::config::Config;
 use crate::conn::{Conn, PendingBody, Phase, Rate, Reason, Session};
 use crate::http::{self, HttpError, Request, Route, TokenSource};
 use crate::hub::{describe, Hub};
-use crate::protocol::{self, ClientMessage, ErrorCode, Publish};
+use crate::link::{AgentState, Event, Link, Reply};
+use crate::logs_api::{self, Queries};
+use crate::protocol::{self, Channel, ClientMessage, ErrorCode, Publish};
+use crate::store::{LogQuery, Recovered, Store};
 use crate::ws::{self, Incoming};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -82,12 +85,16 @@ pub struct Reactor {
     read_again: Vec<usize>,
     started: Instant,
     waker: Arc<Waker>,
-    events_tx: SyncSender<AgentEvent>,
-    events: Receiver<AgentEvent>,
+    events_tx: SyncSender<Event>,
+    events: Receiver<Event>,
     /// Events were left in the queue last turn.
     events_pending: bool,
     /// Link state per configured agent, in config order.
     agents: Vec<AgentState>,
+    /// The stored-logs query thread (with on-disk history).
+    queries: Option<Queries>,
+    /// Connections accepted so far (each one's serial).
+    serials: u64,
 }
 
 /// Raises the soft limit of open files to the hard limit, so that
@@ -119,15 +126,24 @@ impl Reactor {
     /// # Errors
     /// The address cannot be bound, or the poll or signal handler cannot
     /// be created.
-    pub fn bind(cfg: Config, auth: Authenticator) -> io::Result<Reactor> {
+    pub fn bind(
+        cfg: Config,
+        auth: Authenticator,
+        store: Option<Store>,
+        recovered: Option<Recovered>,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let hub = Hub::new(&cfg.limits, &cfg.history);
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (events_tx, events) = sync_channel(EVENT_QUEUE);
+        let queries = match &store {
+            Some(store) => Some(Queries::spawn(store, Link::new(events_tx.clone(), Arc::clone(&waker)))?),
+            None => None,
+        };
+        let hub = Hub::new(&cfg.limits, &cfg.history, store, recovered);
         let agents = cfg
             .agents
             .iter()
@@ -161,6 +177,8 @@ impl Reactor {
             events,
             events_pending: false,
             agents,
+            queries,
+            serials: 0,
         })
     }
 
@@ -174,10 +192,11 @@ impl Reactor {
         self.events_pending = false;
         for _ in 0..EVENTS_PER_TURN {
             match self.events.try_recv() {
-                Ok(AgentEvent::Publish(msg)) => {
+                Ok(Event::Publish(msg)) => {
                     self.hub.publish(&mut self.conns, &self.auth, msg);
                 }
-                Ok(AgentEvent::State(state)) => match self.agents.iter_mut().find(|a| a.id == state.id) {
+                Ok(Event::Reply(reply)) => self.on_reply(reply),
+                Ok(Event::Agent(state)) => match self.agents.iter_mut().find(|a| a.id == state.id) {
                     Some(slot) => *slot = state,
                     None => self.agents.push(state),
                 },
@@ -255,6 +274,7 @@ impl Reactor {
                     for key in keys {
                         self.remove(key, Reason::Shutdown);
                     }
+                    self.hub.close_store();
                     info!("stopped");
                     return Ok(());
                 }
@@ -299,7 +319,8 @@ impl Reactor {
                 warn!("cannot register connection from {peer}: {e}");
                 continue;
             }
-            entry.insert(Conn::new(stream, peer, reject, now));
+            self.serials += 1;
+            entry.insert(Conn::new(stream, peer, self.serials, reject, now));
             if reject {
                 debug!("connection from {peer} over the cap; it will get 503");
             } else {
@@ -380,6 +401,9 @@ impl Reactor {
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             let Phase::Http(http) = &mut conn.phase else { return };
+            if http.waiting.is_some() {
+                return;
+            }
             if let Some(body) = &http.body {
                 let end = body.head_len + body.body_len;
                 if http.buf.len() < end {
@@ -493,6 +517,68 @@ impl Reactor {
                 !close
             }
             Route::Publish => self.start_publish(key, req, head_len, now),
+            Route::ServerLogs(server) => self.stored_logs(key, server, &req, head_len, now),
+        }
+    }
+
+    /// `GET /api/v1/servers/{id}/logs`: token and ACL as for the logs
+    /// channel; the query runs on the query thread (on-disk history) or
+    /// here (the rings). Returns true when the next request may be parsed.
+    fn stored_logs(&mut self, key: usize, server: Uuid, req: &Request, head_len: usize, now: Instant) -> bool {
+        let close = req.wants_close();
+        let identity = match req.token() {
+            TokenSource::None => Err(AuthError::Missing),
+            TokenSource::Found(t) => self.auth.validate(&t),
+        };
+        let refusal = match identity {
+            Err(e) => Some((401, e.to_string())),
+            Ok(who) if !self.auth.may_subscribe(&who, &Channel::logs(server)) => {
+                Some((403, "this token may not read this server's logs".to_string()))
+            }
+            Ok(_) => None,
+        };
+        if let Some((status, msg)) = refusal {
+            self.respond(key, http::error(status, &msg, &[], true), true, 0, now);
+            return false;
+        }
+        let query = match LogQuery::from_params(server, |n| req.query_param(n)) {
+            Ok(q) => q,
+            Err(msg) => {
+                self.respond(key, http::error(400, &msg, &[], true), true, 0, now);
+                return false;
+            }
+        };
+        let text = req.accept.as_deref().is_some_and(|a| a.contains("text/plain"));
+        let Some(queries) = &self.queries else {
+            let answer = logs_api::answer(&self.hub.memory_page(&query), text, close);
+            self.respond(key, answer, close, head_len, now);
+            return !close;
+        };
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let serial = conn.serial;
+        if let Phase::Http(http) = &mut conn.phase {
+            http.waiting = Some((head_len, close));
+        }
+        if !queries.send(logs_api::Job { key, serial, query, text, close }) {
+            let answer =
+                http::error(503, "the log history cannot be read now; retry later", &[("Retry-After", "5")], true);
+            self.respond(key, answer, true, 0, now);
+        }
+        false
+    }
+
+    /// A waited-for answer: sent if its connection is still the one waiting.
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(conn) = self.conns.get_mut(reply.key) else { return };
+        if conn.serial != reply.serial {
+            return;
+        }
+        let Phase::Http(http) = &mut conn.phase else { return };
+        let Some((consumed, close)) = http.waiting.take() else { return };
+        let now = Instant::now();
+        self.respond(reply.key, reply.response, close, consumed, now);
+        if !close {
+            self.process_http(reply.key, now);
         }
     }
 
@@ -787,7 +873,7 @@ impl Reactor {
                 continue;
             }
             match &mut conn.phase {
-                Phase::Http(http) if now.duration_since(http.since) >= head_timeout => {
+                Phase::Http(http) if http.waiting.is_none() && now.duration_since(http.since) >= head_timeout => {
                     if http.reject {
                         self.refuse_503(key, now);
                     } else if http.served && http.buf.is_empty() {
@@ -829,6 +915,7 @@ impl Reactor {
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept(now);
         }
+        self.hub.save_counters();
     }
 
     /// Frees a connection: deregisters it, drops its subscriptions, logs.
@@ -897,7 +984,15 @@ impl Reactor {
                 "last_error": a.last_error,
                 "streams": a.streams,
             })).collect::<Vec<_>>(),
-            "history": { "entries": entries, "bytes": bytes },
+            "history": { "entries": entries, "bytes": bytes, "disk": self.hub.store_stats().map(|d| json!({
+                "entries": d.stored_entries,
+                "bytes": d.stored_bytes,
+                "pending": d.pending,
+                "write_errors": d.write_errors,
+                "dropped": d.dropped,
+                "failing": d.failing,
+                "last_error": d.last_error,
+            })) },
             "epoch": self.hub.epoch(),
             "uptime_seconds": self.started.elapsed().as_secs(),
         })
@@ -921,6 +1016,19 @@ impl Reactor {
         let mut out = String::new();
         for (name, kind, help, value) in metrics {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+        }
+        if let Some(d) = self.hub.store_stats() {
+            let disk: [(&str, &str, &str, u64); 6] = [
+                ("aymc_history_disk_entries", "gauge", "Log lines stored on disk.", d.stored_entries),
+                ("aymc_history_disk_bytes", "gauge", "Bytes of log lines stored on disk.", d.stored_bytes),
+                ("aymc_history_disk_pending", "gauge", "Log lines waiting for the disk.", d.pending),
+                ("aymc_history_disk_write_errors_total", "counter", "Failed disk writes.", d.write_errors),
+                ("aymc_history_disk_dropped_total", "counter", "Log lines never written to disk.", d.dropped),
+                ("aymc_history_disk_failing", "gauge", "Whether disk writes fail now.", u64::from(d.failing)),
+            ];
+            for (name, kind, help, value) in disk {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            }
         }
         out.push_str("# HELP aymc_agent_up Whether the agent answers (1) or not (0).\n# TYPE aymc_agent_up gauge\n");
         for a in &self.agents {

@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
-pub use query::{fts_query, render_text, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT};
+pub use query::{fts_query, memory_page, render_text, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT};
 pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETENTION_INTERVAL, RETRY_INTERVAL};
 
 /// How long [`Store::shutdown`] waits for the writer before giving up.

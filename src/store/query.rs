@@ -186,6 +186,69 @@ impl Page {
     }
 }
 
+/// A page from entries kept in memory, for a hub without on-disk history:
+/// the rules of [`Reader::query`], except that `q` matches each word as a
+/// case-insensitive substring of `message` or `exception`. `kept` holds
+/// `(seq, envelope)` oldest first, as the hub's ring keeps them.
+pub fn memory_page<'a>(q: &LogQuery, kept: impl DoubleEndedIterator<Item = (u64, &'a [u8])>) -> Page {
+    #[derive(serde::Deserialize)]
+    struct Kept {
+        data: crate::protocol::LogEntry,
+        epoch: String,
+    }
+    let words: Vec<String> = q.q.as_deref().unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
+    let matching = move |(seq, envelope): (u64, &[u8])| -> Option<StoredLog> {
+        if q.after_seq.is_some_and(|a| seq <= a) || q.before_seq.is_some_and(|b| seq >= b) {
+            return None;
+        }
+        let kept: Kept = serde_json::from_slice(envelope).ok()?;
+        let e = kept.data;
+        let ts_ms = e.timestamp.map_or(0, |t| t.0.timestamp_millis());
+        if q.from_ms.is_some_and(|f| ts_ms < f) || q.to_ms.is_some_and(|t| ts_ms > t) {
+            return None;
+        }
+        if q.min_level.is_some_and(|l| e.level < l) {
+            return None;
+        }
+        let (message, exception) = (e.message.to_lowercase(), e.exception.to_lowercase());
+        if !words.iter().all(|w| message.contains(w.as_str()) || exception.contains(w.as_str())) {
+            return None;
+        }
+        Some(StoredLog {
+            server: e.server_id,
+            seq,
+            epoch: kept.epoch,
+            ts_ms,
+            level: e.level,
+            source: e.source,
+            message: e.message,
+            exception: e.exception,
+            envelope: String::from_utf8_lossy(envelope).into_owned(),
+            offset: 0,
+        })
+    };
+    let limit = q.limit.max(1);
+    let forward = q.is_forward();
+    let mut messages: Vec<StoredLog> = if forward {
+        kept.filter_map(&matching).take(limit + 1).collect()
+    } else {
+        let mut newest: Vec<StoredLog> = kept.rev().filter_map(&matching).take(limit + 1).collect();
+        newest.reverse();
+        newest
+    };
+    let more = messages.len() > limit;
+    if more {
+        if forward {
+            messages.truncate(limit);
+        } else {
+            messages.remove(0);
+        }
+    }
+    let next_after_seq = (forward && more).then(|| messages.last().map(|m| m.seq)).flatten();
+    let next_before_seq = (!forward && more).then(|| messages.first().map(|m| m.seq)).flatten();
+    Page { messages, forward, next_before_seq, next_after_seq }
+}
+
 fn level_name(level: Level) -> &'static str {
     match level {
         Level::Debug => "DEBUG",

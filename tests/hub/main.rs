@@ -15,6 +15,7 @@
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
 //! - `history`: `since` recovery, `history` paging, bounded rings (5a)
+//! - `disk`: on-disk history: restarts, SIGKILL, full disk, broken file, stored logs endpoint
 //! - `end_to_end`: aymc-agent + aymc-hub + a client, lines appended to a log file
 //! - `walkthrough`: the seed's manual tests 1-8 as PROTOCOL.md adapts them
 
@@ -25,6 +26,7 @@ mod agent_link;
 mod broadcast;
 mod config_cli;
 mod connect;
+mod disk;
 mod end_to_end;
 mod expiry;
 mod history;

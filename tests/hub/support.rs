@@ -144,6 +144,9 @@ pub struct HubConfig {
     /// Extra environment variables for the process (a value `{config}`
     /// becomes the path of the config file).
     pub env: Vec<(String, String)>,
+    /// `RLIMIT_FSIZE` for the process, with SIGXFSZ ignored, so writes past
+    /// it fail with EFBIG (a full disk).
+    pub fsize_limit: Option<u64>,
 }
 
 impl Default for HubConfig {
@@ -155,6 +158,7 @@ impl Default for HubConfig {
             limits: String::new(),
             extra: String::new(),
             env: Vec::new(),
+            fsize_limit: None,
         }
     }
 }
@@ -234,6 +238,18 @@ impl HubConfig {
                 cmd.env(k, &config_path);
             } else {
                 cmd.env(k, v);
+            }
+        }
+        if let Some(limit) = self.fsize_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    Ok(())
+                });
             }
         }
         let mut child = cmd.spawn().expect("spawn aymc-hub");
