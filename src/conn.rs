@@ -15,6 +15,7 @@ use crate::http::Request;
 use crate::hub::Sub;
 use crate::outq::OutQueue;
 use crate::ws::Decoder;
+use smallvec::SmallVec;
 
 /// Why a connection ends; logged at disconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct HttpState {
     /// At least one request was answered on this connection.
     pub served: bool,
     /// A publish body being read.
-    pub body: Option<PendingBody>,
+    pub body: Option<Box<PendingBody>>,
     /// A request waits for another thread's answer: `(bytes to consume,
     /// close after it)`. Nothing more is parsed meanwhile.
     pub waiting: Option<(usize, bool)>,
@@ -85,8 +86,10 @@ pub struct HttpState {
 pub struct RateLimit {
     tokens: f32,
     last: Instant,
-    /// Times of refused messages within the last 10 s.
-    refusals: VecDeque<Instant>,
+    /// Times of refused messages within the last 10 s (allocated only
+    /// while a client is being refused).
+    #[allow(clippy::box_collection)] // 8 bytes per idle connection instead of 32
+    refusals: Option<Box<VecDeque<Instant>>>,
     /// When the last `RATE_LIMITED` error was sent.
     last_error: Option<Instant>,
 }
@@ -106,7 +109,7 @@ pub enum Rate {
 
 impl RateLimit {
     fn new(burst: u32, now: Instant) -> RateLimit {
-        RateLimit { tokens: burst as f32, last: now, refusals: VecDeque::new(), last_error: None }
+        RateLimit { tokens: burst as f32, last: now, refusals: None, last_error: None }
     }
 
     /// Takes a token for one data message.
@@ -119,11 +122,12 @@ impl RateLimit {
             return Rate::Allow;
         }
         let window = Duration::from_secs(10);
-        while self.refusals.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
-            self.refusals.pop_front();
+        let refusals = self.refusals.get_or_insert_with(Box::default);
+        while refusals.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
+            refusals.pop_front();
         }
-        self.refusals.push_back(now);
-        if self.refusals.len() > 10 * rate as usize {
+        refusals.push_back(now);
+        if refusals.len() > 10 * rate as usize {
             return Rate::Abuse;
         }
         match self.last_error {
@@ -135,9 +139,12 @@ impl RateLimit {
         }
     }
 
-    fn release(&mut self) {
-        if self.refusals.is_empty() && self.refusals.capacity() > 0 {
-            self.refusals = VecDeque::new();
+    fn release(&mut self, now: Instant) {
+        let quiet = |r: &VecDeque<Instant>| {
+            r.back().is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(10))
+        };
+        if self.refusals.as_deref().is_some_and(quiet) {
+            self.refusals = None;
         }
     }
 }
@@ -147,8 +154,8 @@ impl RateLimit {
 pub struct Session {
     /// The token's identity.
     pub identity: Identity,
-    /// Subscriptions.
-    pub subs: Vec<Sub>,
+    /// Subscriptions (up to four without an allocation of their own).
+    pub subs: SmallVec<[Sub; 4]>,
     /// Fragments of a message in progress.
     pub decoder: Decoder,
     /// An incomplete frame (empty and unallocated between frames).
@@ -167,7 +174,7 @@ impl Session {
     pub fn new(identity: Identity, limits: &crate::config::Limits, expiry_notice_s: u64, now: Instant) -> Session {
         let mut s = Session {
             identity,
-            subs: Vec::new(),
+            subs: SmallVec::new(),
             decoder: Decoder::default(),
             partial: Vec::new(),
             rate: RateLimit::new(limits.rate_burst, now),
@@ -191,33 +198,46 @@ impl Session {
     }
 
     /// Frees buffers an idle session does not need.
-    pub fn release(&mut self) {
+    pub fn release(&mut self, now: Instant) {
         if self.partial.is_empty() && self.partial.capacity() > 0 {
             self.partial = Vec::new();
         }
-        self.rate.release();
+        self.rate.release(now);
     }
 }
 
 /// The state machine.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // the session inline is the point: most connections are upgraded
 pub enum Phase {
     /// Reading a request head or body.
     Http(Box<HttpState>),
-    /// Upgraded.
-    WebSocket(Box<Session>),
+    /// Upgraded. Held inline: an idle client costs its slab slot and
+    /// nothing else (per-connection memory, DESIGN.md rule 6).
+    WebSocket(Session),
     /// Output being flushed, then the write side shut, then waiting for
-    /// the peer to close until `deadline`. Input is discarded.
-    Closing {
-        /// Give up waiting then.
-        deadline: Instant,
-        /// Why, for the disconnect log.
-        reason: Reason,
-        /// The write side has been shut down.
-        shut: bool,
-        /// Who the upgraded client was, for the disconnect log.
-        who: Option<String>,
-    },
+    /// the peer to close. Input is discarded.
+    Closing(Box<Closing>),
+}
+
+/// The end of a connection's life.
+#[derive(Debug)]
+pub struct Closing {
+    /// Give up waiting then.
+    pub deadline: Instant,
+    /// Why, for the disconnect log.
+    pub reason: Reason,
+    /// The write side has been shut down.
+    pub shut: bool,
+    /// Who the upgraded client was, for the disconnect log.
+    pub who: Option<String>,
+}
+
+impl Phase {
+    /// The closing phase.
+    pub fn closing(deadline: Instant, reason: Reason, who: Option<String>) -> Phase {
+        Phase::Closing(Box::new(Closing { deadline, reason, shut: false, who }))
+    }
 }
 
 /// One connection.

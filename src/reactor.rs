@@ -60,6 +60,8 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// which its input is not read until they drain: a client that sends but
 /// never reads cannot grow its queue without bound.
 const MAX_REPLY_BACKLOG: usize = 4096;
+/// The heap is trimmed at most this often (and only after accepts).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -95,6 +97,9 @@ pub struct Reactor {
     queries: Option<Queries>,
     /// Connections accepted so far (each one's serial).
     serials: u64,
+    /// When the heap was last trimmed, and `serials` then.
+    last_trim: Instant,
+    trimmed_at_serial: u64,
 }
 
 /// Raises the soft limit of open files to the hard limit, so that
@@ -179,6 +184,8 @@ impl Reactor {
             agents,
             queries,
             serials: 0,
+            last_trim: Instant::now(),
+            trimmed_at_serial: 0,
         })
     }
 
@@ -343,7 +350,7 @@ impl Reactor {
             match conn.stream.read(&mut self.scratch) {
                 Ok(0) => {
                     let reason = match &conn.phase {
-                        Phase::Closing { reason, .. } => reason.clone(),
+                        Phase::Closing(c) => c.reason.clone(),
                         _ => Reason::PeerClosed,
                     };
                     self.remove(key, reason);
@@ -462,8 +469,7 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.out.push_control(Rc::from(answer));
         if close {
-            conn.phase =
-                Phase::Closing { deadline: now + CLOSE_LINGER, reason: Reason::HttpDone, shut: false, who: None };
+            conn.phase = Phase::closing(now + CLOSE_LINGER, Reason::HttpDone, None);
         } else if let Phase::Http(http) = &mut conn.phase {
             http.buf.drain(..consumed.min(http.buf.len()));
             if http.buf.is_empty() {
@@ -617,7 +623,7 @@ impl Reactor {
             }
         };
         let Some(Phase::Http(http)) = self.conns.get_mut(key).map(|c| &mut c.phase) else { return false };
-        http.body = Some(PendingBody { request: req, head_len, body_len });
+        http.body = Some(Box::new(PendingBody { request: req, head_len, body_len }));
         true
     }
 
@@ -656,7 +662,7 @@ impl Reactor {
         info!("client connected: user {} from {}", describe(&identity), conn.peer);
         let session = Session::new(identity, &self.cfg.limits, self.cfg.auth.expiry_notice_s, now);
         conn.out.push_control(Rc::from(http::switching_protocols(&ws_key)));
-        conn.phase = Phase::WebSocket(Box::new(session));
+        conn.phase = Phase::WebSocket(session);
         self.clients += 1;
         self.hub.touch(key, conn);
         self.token_timers(key, chrono::Utc::now().timestamp(), now);
@@ -776,14 +782,12 @@ impl Reactor {
             Some(t) => t.min(now + CLOSE_LINGER),
             None => now + CLOSE_LINGER,
         };
-        let previous = std::mem::replace(&mut conn.phase, Phase::Closing { deadline, reason, shut: false, who: None });
+        let who = conn.session().map(|s| describe(&s.identity));
+        let previous = std::mem::replace(&mut conn.phase, Phase::closing(deadline, reason, who));
         conn.out.push_control(frame);
         self.hub.touch(key, conn);
         if let Phase::WebSocket(session) = previous {
             self.clients -= 1;
-            if let Some(Phase::Closing { who, .. }) = self.conns.get_mut(key).map(|c| &mut c.phase) {
-                *who = Some(describe(&session.identity));
-            }
             self.hub.remove_client(&mut self.conns, &session.subs);
         }
     }
@@ -817,10 +821,10 @@ impl Reactor {
             (false, true) => Some(now),
             (false, false) => conn.stalled_since.or(Some(now)),
         };
-        if let Phase::Closing { shut, .. } = &mut conn.phase {
-            if conn.out.is_empty() && !*shut {
+        if let Phase::Closing(closing) = &mut conn.phase {
+            if conn.out.is_empty() && !closing.shut {
                 let _ = conn.stream.shutdown(Shutdown::Write);
-                *shut = true;
+                closing.shut = true;
             }
         }
         let want_write = !conn.out.is_empty();
@@ -900,13 +904,13 @@ impl Reactor {
                         self.hub.touch(key, conn);
                     } else if conn.out.is_empty() {
                         conn.out.release();
-                        session.release();
+                        session.release(now);
                     }
                     self.token_timers(key, unix_now, now);
                 }
-                Phase::Closing { deadline, reason, .. } => {
-                    if now >= *deadline {
-                        let reason = reason.clone();
+                Phase::Closing(closing) => {
+                    if now >= closing.deadline {
+                        let reason = closing.reason.clone();
                         self.remove(key, reason);
                     }
                 }
@@ -916,6 +920,21 @@ impl Reactor {
             self.accept(now);
         }
         self.hub.save_counters();
+        self.trim_heap(now);
+    }
+
+    /// Returns the heap's free pages to the OS after connections came and
+    /// went (handshake buffers, closed sessions), at most every
+    /// [`TRIM_EVERY`], so idle RSS follows the connections that remain.
+    fn trim_heap(&mut self, now: Instant) {
+        if self.serials != self.trimmed_at_serial && now.duration_since(self.last_trim) >= TRIM_EVERY {
+            self.last_trim = now;
+            self.trimmed_at_serial = self.serials;
+            // SAFETY: malloc_trim only gives free heap pages back to the OS.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 
     /// Frees a connection: deregisters it, drops its subscriptions, logs.
@@ -939,7 +958,8 @@ impl Reactor {
                 self.hub.remove_client(&mut self.conns, &session.subs);
                 info!("client disconnected: user {} from {}: {reason}", describe(&session.identity), conn.peer);
             }
-            Phase::Closing { who: Some(who), .. } => {
+            Phase::Closing(closing) if closing.who.is_some() => {
+                let who = closing.who.unwrap_or_default();
                 info!("client disconnected: user {who} from {}: {reason}", conn.peer)
             }
             _ => debug!("connection from {} closed: {reason}", conn.peer),
