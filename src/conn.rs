@@ -255,8 +255,10 @@ pub struct Conn {
     pub phase: Phase,
     /// Counted toward the connection caps (not marked for `503`).
     pub counted: bool,
-    /// Listed in the hub's flush list.
+    /// Listed in the hub's list of replies to flush.
     pub dirty: bool,
+    /// Listed in the hub's list of live messages to flush.
+    pub fanout: bool,
     /// WRITABLE is registered.
     pub writable_registered: bool,
     /// Last time bytes arrived.
@@ -285,6 +287,7 @@ impl Conn {
             })),
             counted: !reject,
             dirty: false,
+            fanout: false,
             writable_registered: false,
             last_read: now,
             stalled_since: None,

@@ -80,8 +80,13 @@ pub struct Hub {
     history_max_bytes: usize,
     history_bytes: usize,
     history_entries: usize,
-    /// Connections with new output, to flush at the end of the loop turn.
+    /// Connections with replies to flush at the end of the loop turn.
     dirty: Vec<usize>,
+    /// Connections with live messages, flushed together in batches (see
+    /// the reactor's `FANOUT_DELAY`).
+    fanout: Vec<usize>,
+    /// When the oldest live message not yet flushed was published.
+    fanout_since: Option<std::time::Instant>,
     /// Counters for stats.
     pub counters: Counters,
     /// On-disk history, when configured.
@@ -122,6 +127,8 @@ impl Hub {
             history_bytes: 0,
             history_entries: 0,
             dirty: Vec::new(),
+            fanout: Vec::new(),
+            fanout_since: None,
             counters: Counters::default(),
             store,
             counters_changed: false,
@@ -179,9 +186,20 @@ impl Hub {
         &self.epoch
     }
 
-    /// Takes the list of connections to flush.
+    /// Takes the list of connections with replies to flush.
     pub fn take_dirty(&mut self, into: &mut Vec<usize>) {
         into.append(&mut self.dirty);
+    }
+
+    /// Takes the list of connections with live messages to flush.
+    pub fn take_fanout(&mut self, into: &mut Vec<usize>) {
+        self.fanout_since = None;
+        into.append(&mut self.fanout);
+    }
+
+    /// When the oldest unflushed live message was published, if any.
+    pub fn fanout_since(&self) -> Option<std::time::Instant> {
+        self.fanout_since
     }
 
     /// Marks a connection as having output to flush.
@@ -238,9 +256,12 @@ impl Hub {
         let json = msg.encode(now, Some((seq, &self.epoch)));
         let frame = ws::text(&json);
         let (mut queued, mut dropped) = (0, 0);
+        if !entry.subscribers.is_empty() {
+            self.fanout_since.get_or_insert_with(std::time::Instant::now);
+        }
         for &key in &entry.subscribers {
             let Some(conn) = conns.get_mut(key) else { continue };
-            match offer(key, conn, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.dirty) {
+            match offer(key, conn, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -297,7 +318,8 @@ impl Hub {
             if !allowed {
                 continue;
             }
-            match offer(key, conn, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.dirty) {
+            self.fanout_since.get_or_insert_with(std::time::Instant::now);
+            match offer(key, conn, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -646,7 +668,7 @@ impl Hub {
 }
 
 /// Queues a live message for one connection (or counts the drop) and lists
-/// the connection for the flush. Returns whether it was queued.
+/// the connection for the next fan-out flush. Returns whether it was queued.
 fn offer(
     key: usize,
     conn: &mut Conn,
@@ -654,10 +676,13 @@ fn offer(
     cap: usize,
     drop: DropKey,
     seq: u64,
-    dirty: &mut Vec<usize>,
+    fanout: &mut Vec<usize>,
 ) -> bool {
     let queued = conn.out.push_live(frame, cap, drop, seq);
-    mark_dirty(key, conn, dirty);
+    if !conn.fanout {
+        conn.fanout = true;
+        fanout.push(key);
+    }
     queued
 }
 
