@@ -190,11 +190,6 @@ impl Authenticator {
             _ => self.may_watch(who, channel.id),
         }
     }
-
-    /// The owner of a server, from the config.
-    pub fn owner(&self, server: Uuid) -> Option<Uuid> {
-        self.owners.get(&server).copied()
-    }
 }
 
 /// Reads a PEM public key and picks the one algorithm of its type.

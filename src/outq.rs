@@ -109,11 +109,6 @@ impl OutQueue {
         self.items.is_empty()
     }
 
-    /// Counted messages waiting.
-    pub fn live(&self) -> usize {
-        self.live as usize
-    }
-
     /// Uncounted items (replies, replays) waiting.
     pub fn replies(&self) -> usize {
         self.items.len() - self.live as usize
@@ -222,7 +217,7 @@ mod tests {
         q.push_control(b);
         let mut pipe = Pipe { got: Vec::new(), room: 8 };
         assert_eq!(q.write_to(&mut pipe).unwrap(), 8);
-        assert_eq!(q.live(), 0);
+        assert_eq!(q.live, 0);
         pipe.room = 100;
         q.write_to(&mut pipe).unwrap();
         assert_eq!(pipe.got, b"hello world");

@@ -101,14 +101,6 @@ impl Channel {
     pub fn notifications(user: Uuid) -> Channel {
         Channel { kind: ChannelKind::Notifications, id: user }
     }
-
-    /// The server this channel belongs to, if it is a server channel.
-    pub fn server(&self) -> Option<Uuid> {
-        match self.kind {
-            ChannelKind::Notifications => None,
-            _ => Some(self.id),
-        }
-    }
 }
 
 impl fmt::Display for Channel {
