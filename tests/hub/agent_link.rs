@@ -27,19 +27,6 @@ fn agent_a() -> FakeAgent {
     FakeAgent::start(&[(SERVER_A, "survival-from-agent")])
 }
 
-/// Receives messages until `n` log entries came; returns their messages.
-/// Other message types are skipped.
-fn recv_logs(client: &mut Client, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let msg = client.recv_json_within(Duration::from_secs(10));
-        if msg["type"] == "log_entry" {
-            got.push(msg["data"]["message"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    got
-}
-
 /// The next message of `kind`, skipping others.
 fn recv_type(client: &mut Client, kind: &str) -> Value {
     loop {
@@ -48,10 +35,6 @@ fn recv_type(client: &mut Client, kind: &str) -> Value {
             return msg;
         }
     }
-}
-
-fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| format!("{prefix} {i}")).collect()
 }
 
 #[test]
@@ -64,7 +47,7 @@ fn agent_log_lines_reach_subscribers_in_order() {
     for line in numbered("line", 0..50) {
         agent.log(SERVER_A, &line);
     }
-    assert_eq!(recv_logs(&mut client, 50), numbered("line", 0..50));
+    assert_eq!(recv_log_messages(&mut client, 50), numbered("line", 0..50));
 }
 
 #[test]
@@ -78,12 +61,12 @@ fn a_broken_stream_resumes_after_the_last_offset_without_loss_or_repeat() {
     for line in numbered("before", 0..10) {
         last = agent.log(SERVER_A, &line);
     }
-    assert_eq!(recv_logs(&mut client, 10), numbered("before", 0..10));
+    assert_eq!(recv_log_messages(&mut client, 10), numbered("before", 0..10));
     agent.break_streams();
     for line in numbered("during", 0..10) {
         agent.log(SERVER_A, &line);
     }
-    assert_eq!(recv_logs(&mut client, 10), numbered("during", 0..10));
+    assert_eq!(recv_log_messages(&mut client, 10), numbered("during", 0..10));
     let requests = agent.state().stream_requests.clone();
     assert_eq!(requests[1], (SERVER_A.to_string(), last), "resumed after the last offset seen: {requests:?}");
     client.expect_no_message(Duration::from_millis(500));
@@ -100,7 +83,7 @@ fn an_agent_restart_is_seen_as_unreachable_then_resumed_with_one_alert_each_way(
     assert_eq!(first["data"]["new_status"], "running");
     assert_eq!(first["data"]["server_name"], "Survival", "the hub's [[servers]] name wins");
     agent.log(SERVER_A, "one");
-    assert_eq!(recv_logs(&mut admin, 1), ["one"]);
+    assert_eq!(recv_log_messages(&mut admin, 1), ["one"]);
 
     agent.stop();
     let alert = recv_type(&mut admin, "alert");
@@ -147,7 +130,7 @@ fn an_agent_down_at_start_up_is_reported_then_streamed_once_it_comes() {
     client.subscribe_ok(&[&logs(SERVER_A)]);
     agent.restart();
     agent.log(SERVER_A, "hello after start-up");
-    assert_eq!(recv_logs(&mut client, 1), ["hello after start-up"]);
+    assert_eq!(recv_log_messages(&mut client, 1), ["hello after start-up"]);
     let stats = hub.wait_stats(WAIT, |s| s["agents"][0]["connected"] == true && s["agents"][0]["streams"] == 2);
     assert!(stats["agents"][0]["since"].as_str().is_some_and(is_time), "{stats}");
 }
@@ -199,7 +182,7 @@ fn lines_the_agent_no_longer_held_raise_a_log_lines_lost_alert() {
     let mut owner = hub.connect(&user_token(OWNER, &[]));
     owner.subscribe_ok(&[&logs(SERVER_A)]);
     agent.log(SERVER_A, "seen");
-    assert_eq!(recv_logs(&mut owner, 1), ["seen"]);
+    assert_eq!(recv_log_messages(&mut owner, 1), ["seen"]);
     agent.stop();
     for line in numbered("lost", 0..3) {
         agent.log(SERVER_A, &line);
@@ -215,7 +198,7 @@ fn lines_the_agent_no_longer_held_raise_a_log_lines_lost_alert() {
     assert_eq!(alert["data"]["title"], "Log lines lost");
     assert_eq!(alert["data"]["severity"], "warning");
     assert_eq!(alert["data"]["source_id"], SERVER_A);
-    assert_eq!(recv_logs(&mut owner, 1), ["kept"]);
+    assert_eq!(recv_log_messages(&mut owner, 1), ["kept"]);
 }
 
 #[test]

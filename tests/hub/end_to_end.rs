@@ -58,21 +58,6 @@ fn append(path: &std::path::Path, lines: &[String]) {
     }
 }
 
-fn recv_messages(client: &mut Client, n: usize) -> Vec<String> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        let msg = client.recv_json_within(Duration::from_secs(15));
-        if msg["type"] == "log_entry" {
-            got.push(msg["data"]["message"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    got
-}
-
-fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| format!("{prefix} {i}")).collect()
-}
-
 #[test]
 fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
     let dir = TempDir::new();
@@ -97,9 +82,9 @@ fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
     let mut client = hub.connect(&user_token(OWNER, &[]));
     client.subscribe_ok(&[&logs(SERVER_A)]);
     // The agent streams what it keeps, then new lines as they are written.
-    assert_eq!(recv_messages(&mut client, 3), numbered("old", 0..3));
+    assert_eq!(recv_log_messages(&mut client, 3), numbered("old", 0..3));
     append(&log, &numbered("a", 0..200));
-    assert_eq!(recv_messages(&mut client, 200), numbered("a", 0..200));
+    assert_eq!(recv_log_messages(&mut client, 200), numbered("a", 0..200));
 
     // The agent dies; the server keeps writing; the agent comes back on the
     // same port and the hub resumes after the last line it had.
@@ -111,11 +96,11 @@ fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
     append(&log, &numbered("c", 0..100));
     let mut expected = numbered("b", 0..100);
     expected.extend(numbered("c", 0..100));
-    assert_eq!(recv_messages(&mut client, 200), expected);
+    assert_eq!(recv_log_messages(&mut client, 200), expected);
 
     // The server restarts: latest.log is renamed and a new one begins.
     std::fs::rename(&log, server_dir.join("logs").join("2026-11-29-1.log")).unwrap();
     append(&log, &numbered("d", 0..50));
-    assert_eq!(recv_messages(&mut client, 50), numbered("d", 0..50));
+    assert_eq!(recv_log_messages(&mut client, 50), numbered("d", 0..50));
     client.expect_no_message(Duration::from_millis(500));
 }

@@ -786,6 +786,43 @@ fn json_match(a: &Value, e: &Value, path: &str, errors: &mut Vec<String>) {
     }
 }
 
+/// The expected `data` of a `metrics_body(SERVER_A, 3, tps)` publish.
+pub fn metrics_data(tps: Option<f64>) -> Value {
+    let mut data = json!({
+        "server_id": SERVER_A,
+        "timestamp": "<time>",
+        "cpu_percent": 45.2,
+        "memory_used": 2147483648u64,
+        "memory_total": 4294967296u64,
+        "memory_percent": 50.0,
+        "players_online": 3,
+        "max_players": 20,
+        "uptime_seconds": 300,
+    });
+    if let Some(tps) = tps {
+        data["tps"] = json!(tps);
+    }
+    data
+}
+
+/// Receives messages until `n` log entries came (other types are
+/// skipped); returns their `message`s.
+pub fn recv_log_messages(client: &mut Client, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let msg = client.recv_json_within(Duration::from_secs(15));
+        if msg["type"] == "log_entry" {
+            got.push(msg["data"]["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    got
+}
+
+/// `["{prefix} {i}" for i in range]`.
+pub fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix} {i}")).collect()
+}
+
 /// The expected shape of a control notification.
 pub fn control(code: &str, message: &str, data: Value) -> Value {
     json!({"type": "notification", "data": {"code": code, "message": message, "data": data}, "timestamp": "<time>"})

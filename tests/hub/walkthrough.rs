@@ -34,20 +34,7 @@ fn log_entry(message: &str, seq: u64) -> Value {
 }
 
 fn metrics_msg(tps: Option<f64>, seq: u64) -> Value {
-    let mut data = json!({
-        "server_id": SERVER_A,
-        "timestamp": "<time>",
-        "cpu_percent": 45.2,
-        "memory_used": 2147483648u64,
-        "memory_total": 4294967296u64,
-        "memory_percent": 50.0,
-        "players_online": 3,
-        "max_players": 20,
-        "uptime_seconds": 300,
-    });
-    if let Some(tps) = tps {
-        data["tps"] = json!(tps);
-    }
+    let data = metrics_data(tps);
     json!({"type": "metrics", "channel": METRICS, "data": data, "timestamp": "<time>", "seq": seq, "epoch": "<string>"})
 }
 
