@@ -42,6 +42,11 @@ const MAX_CONNECTIONS: usize = 20_000;
 /// Whatever stops the run: the hub does not start, clients cannot connect...
 pub fn run(o: &Opts) -> Result<Value, Error> {
     let fds = aymc_hub::reactor::raise_fd_limit();
+    // SAFETY: sysconf has no preconditions.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    if let Some(cpu) = o.cpu.into_iter().chain(o.hub_cpu).find(|&c| c >= cpus) {
+        return Err(format!("CPU {cpu} does not exist ({cpus} online); use --cpu/--hub-cpu or --no-pin").into());
+    }
     if let Some(cpu) = o.cpu {
         // Before any thread starts, so that they all inherit it.
         pin_self(cpu)?;
@@ -166,9 +171,11 @@ enum Source<'a> {
     Agent(&'a BenchAgent),
 }
 
-/// One measured step. `readers`: clients that get (and read) every line.
+/// One measured step: `sources` channels get `rate` lines/s each for
+/// `secs`; `readers` clients get (and read) every line of a channel.
 struct Step {
     rate: f64,
+    sources: u64,
     secs: f64,
     warmup: f64,
     readers: u64,
@@ -190,7 +197,8 @@ fn measure(
     s: &Step,
 ) -> Result<(Value, Outcome), Error> {
     let hub = &mut bench.hub;
-    let lines = (s.rate * s.secs).round() as u64;
+    let per_source = (s.rate * s.secs).round() as u64;
+    let lines = per_source * s.sources;
     let snap = engine.tally.snapshot();
     let hub_dropped0 = hub.metric("aymc_messages_dropped_total")?;
     let (accepted0, recipients0, refused0) = match &engine.publisher {
@@ -205,7 +213,7 @@ fn measure(
             p.max_behind = 0;
             p.start(s.rate, lines, t0);
         }
-        Source::Agent(agent) => agent_run = Some(agent.run(s.rate, lines, t0)),
+        Source::Agent(agent) => agent_run = Some(agent.run(s.rate, per_source, t0)),
     }
     let w0 = t0 + (s.warmup * 1e6) as u64;
     let w1 = t0 + (s.secs * 1e6) as u64;
@@ -250,9 +258,10 @@ fn measure(
     let clean = missing == 0 && dropped_reported == 0 && seq_missing == 0 && refused == 0 && short == 0;
     let pass = clean && p.n > 0 && p.p99 <= o.p99_limit_ms;
     info!(
-        "rate {} lines/s x {} readers: delivered {:.0} frames/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
+        "rate {} lines/s x {} channels x {} readers: delivered {:.0} frames/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
          missing {missing}, dropped {dropped_reported}, seq gaps {seq_missing}, hub cpu {:.0}%, loadgen cpu {:.0}% {}",
         s.rate,
+        s.sources,
         s.readers,
         delivered,
         p.p50,
@@ -264,7 +273,7 @@ fn measure(
     );
     let mut step = json!({
         "rate_lines": s.rate,
-        "offered_fps": s.rate * s.readers as f64,
+        "offered_fps": s.rate * (s.sources * s.readers) as f64,
         "seconds": s.secs,
         "lines_due": lines,
         "lines_sent": sent,
@@ -341,7 +350,7 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
     let mut steps = Vec::new();
     let mut best: Option<(f64, Outcome)> = None;
     for rate in rates {
-        let step = Step { rate, secs, warmup: o.warmup, readers: n as u64 };
+        let step = Step { rate, sources: 1, secs, warmup: o.warmup, readers: n as u64 };
         let (json, outcome) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
         let pass = json["pass"].as_bool() == Some(true);
         steps.push(json);
@@ -404,7 +413,7 @@ fn many_channels(o: &Opts) -> Result<Value, Error> {
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
     require_all(&bench, &engine, &connect, channels * per)?;
-    let step = Step { rate, secs, warmup: o.warmup, readers: per as u64 };
+    let step = Step { rate, sources: channels as u64, secs, warmup: o.warmup, readers: per as u64 };
     let (json, outcome) = measure(o, &mut engine, &mut bench, &Source::Agent(&agent), &step)?;
     let result = json!({
         "lines_in_per_s": rate * channels as f64,
@@ -518,7 +527,7 @@ fn slow_consumer(o: &Opts) -> Result<Value, Error> {
     let connect = connect_all(&mut engine, specs, 120)?;
     require_all(&bench, &engine, &connect, n)?;
     add_publisher(o, &mut engine, &bench, &server)?;
-    let step = Step { rate, secs, warmup: o.warmup, readers: n as u64 };
+    let step = Step { rate, sources: 1, secs, warmup: o.warmup, readers: n as u64 };
     let (all_reading, a) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
     // The last clients stop reading; none of them is tracked (tracked ones
     // are spread from index 0 with a stride of n / tracked).
@@ -526,7 +535,7 @@ fn slow_consumer(o: &Opts) -> Result<Value, Error> {
     for i in n - slow..n {
         engine.pause(i);
     }
-    let step = Step { rate, secs: slow_secs, warmup: o.warmup, readers: (n - slow) as u64 };
+    let step = Step { rate, sources: 1, secs: slow_secs, warmup: o.warmup, readers: (n - slow) as u64 };
     let (with_slow, b) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
     let closed = bench.hub.log_count("client disconnected") - disconnected_before;
     let ratio = if a.p99 > 0.0 { b.p99 / a.p99 } else { 0.0 };
