@@ -8,10 +8,12 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
 
 use super::frames::{self, client_frame, want, FrameReader, Handler};
 use super::publisher::Publisher;
@@ -24,6 +26,8 @@ const READ_BUF: usize = 256 * 1024;
 const READS_PER_EVENT: usize = 4;
 /// Tokens at and above this belong to the publisher.
 pub const PUBLISHER_TOKENS: usize = 1 << 30;
+/// The pacing timer.
+const TIMER: Token = Token(PUBLISHER_TOKENS - 1);
 /// The key every client sends (the hub's answer is checked against it).
 const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
@@ -162,9 +166,55 @@ impl Handler for Ctx<'_> {
     }
 }
 
+/// A `timerfd` in the poll: `epoll_wait` only sleeps whole milliseconds,
+/// which would make every line up to 1 ms late on its own.
+#[derive(Debug)]
+struct Timer {
+    fd: OwnedFd,
+    armed_at: u64,
+}
+
+impl Timer {
+    fn new(registry: &Registry) -> io::Result<Timer> {
+        // SAFETY: timerfd_create has no memory preconditions; the fd is
+        // owned by the OwnedFd from here on.
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        registry.register(&mut SourceFd(&fd.as_raw_fd()), TIMER, Interest::READABLE)?;
+        Ok(Timer { fd, armed_at: 0 })
+    }
+
+    /// Fires at `at` (µs of [`now_us`], the same `CLOCK_MONOTONIC`).
+    fn arm(&mut self, at: u64) {
+        if at == self.armed_at {
+            return;
+        }
+        self.armed_at = at;
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: (at / 1_000_000) as i64, tv_nsec: (at % 1_000_000 * 1000) as i64 },
+        };
+        // SAFETY: the fd is ours; spec is a valid itimerspec.
+        unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    }
+
+    /// Consumes an expiry so the next one is a new edge.
+    fn clear(&mut self) {
+        let mut n = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into n.
+        unsafe { libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), n.len()) };
+        self.armed_at = 0;
+    }
+}
+
 /// The loop. See the module docs.
 pub struct Engine {
     poll: Poll,
+    timer: Timer,
     events: Option<Events>,
     addr: SocketAddr,
     accept: String,
@@ -191,8 +241,10 @@ impl Engine {
     /// # Errors
     /// The poll cannot be created.
     pub fn new(addr: SocketAddr, sample_every: u32, window: usize) -> Result<Engine, Error> {
+        let poll = Poll::new()?;
         Ok(Engine {
-            poll: Poll::new()?,
+            timer: Timer::new(poll.registry())?,
+            poll,
             events: Some(Events::with_capacity(4096)),
             addr,
             accept: tungstenite::handshake::derive_accept_key(WS_KEY.as_bytes()),
@@ -292,7 +344,11 @@ impl Engine {
         self.start_connects(now);
         let mut timeout = if self.again.is_empty() { max_wait } else { Duration::ZERO };
         if let Some(due) = self.publisher.as_ref().and_then(Publisher::next_due) {
-            timeout = timeout.min(Duration::from_micros(due.saturating_sub(now)));
+            if due <= now {
+                timeout = Duration::ZERO;
+            } else {
+                self.timer.arm(due);
+            }
         }
         let mut events = self.events.take().unwrap_or_else(|| Events::with_capacity(4096));
         let polled = self.poll.poll(&mut events, Some(timeout));
@@ -303,7 +359,9 @@ impl Engine {
         }
         for event in events.iter() {
             let Token(t) = event.token();
-            if t >= PUBLISHER_TOKENS {
+            if event.token() == TIMER {
+                self.timer.clear();
+            } else if t >= PUBLISHER_TOKENS {
                 if let Some(p) = &mut self.publisher {
                     p.on_event(t - PUBLISHER_TOKENS, self.poll.registry(), now);
                 }

@@ -581,10 +581,11 @@ fn reader_check(o: &Opts) -> Result<Value, Error> {
     let start = now_us() + (o.warmup * 1e6) as u64;
     engine.run_until(start, |_| false)?;
     let (frames0, bytes0, written0) = (engine.tally.frames, engine.tally.bytes, written.load(Ordering::Relaxed));
-    let cpu = CpuMeter::start("self");
+    // This thread only: the blaster thread is in this process too.
+    let cpu = CpuMeter::start("thread-self");
     let end = start + (secs * 1e6) as u64;
     engine.run_until(end, |_| false)?;
-    let (cpu_s, core) = cpu.read("self");
+    let (cpu_s, core) = cpu.read("thread-self");
     let frames = (engine.tally.frames - frames0) as f64;
     let bytes = (engine.tally.bytes - bytes0) as f64;
     let sent_bytes = (written.load(Ordering::Relaxed) - written0) as f64;

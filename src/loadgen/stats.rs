@@ -141,7 +141,8 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// CPU seconds (user + system) of a process from `/proc/<pid>/stat`.
+/// CPU seconds (user + system) of a process from `/proc/<pid>/stat`
+/// (`self` for this process, `thread-self` for the calling thread).
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which ends at the last ')'.
