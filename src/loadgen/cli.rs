@@ -13,8 +13,8 @@ scenarios (defaults in brackets):
   fanout-1k       clients [1000] on one logs channel, publish API; ramp --rate [500,1000,..,4000] lines/s,
                   --duration [5] s per step; reports the highest step with p99 <= --p99-limit and no drop
   fanout-10k      clients [10000], --rate [100] lines/s, --duration [10]
-  many-channels   --channels [2000] servers x --per-channel [5] clients, --rate [50] lines/s per server,
-                  --duration [10], fed by the in-process gRPC bench agent
+  many-channels   --channels [2000] servers x --per-channel [5] clients, --rate [50] lines/s per server
+                  (several: a ramp), --duration [10], fed by the in-process gRPC bench agent
   idle            clients [10000] x 3 channels; RSS --settle [10] s after the last SUBSCRIBED
   connect-storm   clients [10000] connect, authenticate (--alg hs256|es256) and subscribe, --window [10000]
                   handshakes in flight

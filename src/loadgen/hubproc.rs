@@ -182,15 +182,20 @@ impl HubProc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// A counter or gauge from `GET /metrics`.
+    /// The message counters of `GET /metrics`: in, out (copies queued), dropped.
     ///
     /// # Errors
-    /// The request fails or the metric is missing.
-    pub fn metric(&self, name: &str) -> Result<f64, Error> {
+    /// The request fails or a counter is missing.
+    pub fn counters(&self) -> Result<[f64; 3], Error> {
         let text = self.metrics_text()?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-            .ok_or_else(|| format!("metric {name} missing from /metrics").into())
+        let get = |name: &str| -> Result<f64, Error> {
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+                })
+                .ok_or_else(|| format!("metric {name} missing from /metrics").into())
+        };
+        Ok([get("aymc_messages_in_total")?, get("aymc_messages_out_total")?, get("aymc_messages_dropped_total")?])
     }
 
     fn metrics_text(&self) -> Result<String, Error> {

@@ -25,7 +25,7 @@ use super::engine::{ClientSpec, Engine};
 use super::frames;
 use super::hubproc::{pin_self, HubProc, HubSpec, TempDir};
 use super::publisher::Publisher;
-use super::stats::{now_us, round3, CpuMeter, Percentiles};
+use super::stats::{now_us, round3, CoreMeter, CpuMeter, Percentiles};
 use super::tokens::Signer;
 use super::{bench_line, Error};
 
@@ -200,7 +200,7 @@ fn measure(
     let per_source = (s.rate * s.secs).round() as u64;
     let lines = per_source * s.sources;
     let snap = engine.tally.snapshot();
-    let hub_dropped0 = hub.metric("aymc_messages_dropped_total")?;
+    let hub0 = hub.counters()?;
     let (accepted0, recipients0, refused0) = match &engine.publisher {
         Some(p) => (p.accepted, p.recipients, p.refused.values().sum::<u64>()),
         None => (0, 0, 0),
@@ -219,10 +219,12 @@ fn measure(
     let w1 = t0 + (s.secs * 1e6) as u64;
     engine.run_until(w0, |_| false)?;
     let (frames0, hub_cpu, my_cpu) = (engine.tally.frames, CpuMeter::start(&hub.pid), CpuMeter::start("self"));
+    let cores = (o.hub_cpu.map(CoreMeter::start), o.cpu.map(CoreMeter::start));
     engine.run_until(w1, |_| false)?;
     let frames1 = engine.tally.frames;
     let (hub_cpu_s, hub_core) = hub_cpu.read(&hub.pid);
     let (_, my_core) = my_cpu.read("self");
+    let (hub_core_busy, my_core_busy) = (cores.0.map(|c| round3(c.read())), cores.1.map(|c| round3(c.read())));
     let deadline = w1 + DRAIN_US;
     let (sent, agent_report) = match agent_run {
         Some(handle) => {
@@ -244,7 +246,8 @@ fn measure(
         t.samples[snap.samples..].iter().filter(|(stamp, _)| (w0..w1).contains(stamp)).map(|&(_, l)| l).collect();
     let p = Percentiles::of(&mut lat);
     let delivered = (frames1 - frames0) as f64 * 1e6 / (w1 - w0) as f64;
-    let hub_dropped = hub.metric("aymc_messages_dropped_total")? - hub_dropped0;
+    let hub1 = hub.counters()?;
+    let [hub_in, hub_out, hub_dropped] = [0, 1, 2].map(|i| hub1[i] - hub0[i]);
     let missing = expected.saturating_sub(received);
     let dropped_reported = t.dropped - snap.dropped;
     let seq_missing = t.seq_missing - snap.seq_missing;
@@ -259,7 +262,8 @@ fn measure(
     let pass = clean && p.n > 0 && p.p99 <= o.p99_limit_ms;
     info!(
         "rate {} lines/s x {} channels x {} readers: delivered {:.0} frames/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, \
-         missing {missing}, dropped {dropped_reported}, seq gaps {seq_missing}, hub cpu {:.0}%, loadgen cpu {:.0}% {}",
+         undelivered {missing}, dropped {dropped_reported}, seq gaps {seq_missing}, hub cpu {:.0}% (core {:.0}% busy), \
+         loadgen cpu {:.0}% (core {:.0}% busy) {}",
         s.rate,
         s.sources,
         s.readers,
@@ -268,7 +272,9 @@ fn measure(
         p.p99,
         p.max,
         hub_core * 100.0,
+        hub_core_busy.unwrap_or(0.0) * 100.0,
         my_core * 100.0,
+        my_core_busy.unwrap_or(0.0) * 100.0,
         if pass { "PASS" } else { "FAIL" }
     );
     let mut step = json!({
@@ -281,15 +287,17 @@ fn measure(
         "latency": p.json(),
         "expected_frames": expected,
         "received_frames": received,
-        "missing_frames": missing,
+        "undelivered_frames": missing,
         "dropped_reported": dropped_reported,
         "drop_reports": t.drop_reports - snap.drop_reports,
         "seq_missing": seq_missing,
         "seq_disorder": t.seq_disorder - snap.seq_disorder,
-        "hub_dropped": hub_dropped,
+        "hub_counters": { "in": hub_in, "out": hub_out, "dropped": hub_dropped },
         "hub_cpu_s": round3(hub_cpu_s),
         "hub_cpu_core": round3(hub_core),
         "loadgen_cpu_core": round3(my_core),
+        "hub_core_busy": hub_core_busy,
+        "loadgen_core_busy": my_core_busy,
         "hub_rss": hub.rss(),
         "pass": pass,
     });
@@ -377,7 +385,7 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
             "delivered_fps": last["delivered_fps"],
             "offered_fps": last["offered_fps"],
             "latency": last["latency"],
-            "clean": last["missing_frames"] == 0 && last["dropped_reported"] == 0 && last["seq_missing"] == 0,
+            "clean": last["undelivered_frames"] == 0 && last["dropped_reported"] == 0 && last["seq_missing"] == 0,
         })
     };
     Ok(json!({
@@ -394,7 +402,7 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
 fn many_channels(o: &Opts) -> Result<Value, Error> {
     let channels = o.channels.unwrap_or(2000);
     let per = o.per_channel.unwrap_or(5);
-    let rate = o.rates.first().copied().unwrap_or(50.0);
+    let rates = if o.rates.is_empty() { vec![50.0] } else { o.rates.clone() };
     let secs = o.duration.unwrap_or(10.0);
     let agent = BenchAgent::start(channels)?;
     let mut bench = Bench::start(o, Some(SocketAddr::from(([127, 0, 0, 1], agent.port))))?;
@@ -413,24 +421,45 @@ fn many_channels(o: &Opts) -> Result<Value, Error> {
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
     require_all(&bench, &engine, &connect, channels * per)?;
-    let step = Step { rate, sources: channels as u64, secs, warmup: o.warmup, readers: per as u64 };
-    let (json, outcome) = measure(o, &mut engine, &mut bench, &Source::Agent(&agent), &step)?;
-    let result = json!({
+    let mut steps = Vec::new();
+    let mut best = 0.0;
+    let mut last = None;
+    for &rate in &rates {
+        let step = Step { rate, sources: channels as u64, secs, warmup: o.warmup, readers: per as u64 };
+        let (json, outcome) = measure(o, &mut engine, &mut bench, &Source::Agent(&agent), &step)?;
+        let pass = json["pass"].as_bool() == Some(true);
+        steps.push(json);
+        last = Some((rate, outcome));
+        if pass {
+            best = rate;
+        } else if rates.len() > 1 {
+            break;
+        }
+    }
+    let (rate, outcome) = last.ok_or("no rate to run")?;
+    let step = steps.last().cloned().unwrap_or_default();
+    let mut result = json!({
+        "rate_per_channel": rate,
         "lines_in_per_s": rate * channels as f64,
         "offered_fps": rate * (channels * per) as f64,
         "delivered_fps": outcome.delivered.round(),
-        "latency": json["latency"],
+        "latency": step["latency"],
         "clean": outcome.clean,
-        "hub_cpu_core": json["hub_cpu_core"],
+        "hub_cpu_core": step["hub_cpu_core"],
+        "hub_peak_rss": bench.hub.peak_rss(),
     });
+    if rates.len() > 1 {
+        result["max_rate_per_channel"] = json!(best);
+        result["max_lines_in_per_s"] = json!(best * channels as f64);
+    }
     let hub = hub_summary(&mut bench, base);
     bench.hub.stop();
     agent.stop();
     Ok(json!({
-        "params": { "channels": channels, "per_channel": per, "rate_per_channel": rate, "seconds": secs,
+        "params": { "channels": channels, "per_channel": per, "rates_per_channel": rates, "seconds": secs,
                     "warmup_s": o.warmup, "sample_every": o.sample, "tracked": o.tracked },
         "connect": connect,
-        "steps": [json],
+        "steps": steps,
         "result": result,
         "hub": hub,
     }))

@@ -185,6 +185,43 @@ impl CpuMeter {
     }
 }
 
+/// Busy and total jiffies of one CPU from `/proc/stat` (busy: everything
+/// but idle and iowait, so softirq work and other processes count too).
+fn cpu_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&name))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+/// How busy one CPU was between two moments, whoever kept it busy.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreMeter {
+    cpu: usize,
+    start: (u64, u64),
+}
+
+impl CoreMeter {
+    /// Starts measuring CPU `cpu`.
+    pub fn start(cpu: usize) -> CoreMeter {
+        CoreMeter { cpu, start: cpu_jiffies(cpu).unwrap_or((0, 0)) }
+    }
+
+    /// The busy share of the CPU since the start.
+    pub fn read(&self) -> f64 {
+        let (busy, total) = cpu_jiffies(self.cpu).unwrap_or(self.start);
+        let (db, dt) = (busy.saturating_sub(self.start.0), total.saturating_sub(self.start.1));
+        if dt == 0 {
+            0.0
+        } else {
+            db as f64 / dt as f64
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

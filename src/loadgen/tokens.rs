@@ -2,7 +2,7 @@
 //! secret, or ES256 with a fresh P-256 key pair made by the `openssl` CLI
 //! (the hub gets the public half as `auth.jwt_public_key`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -38,16 +38,12 @@ impl Signer {
     pub fn es256(dir: &Path) -> Result<Signer, Error> {
         let private = dir.join("es256.pem");
         let public = dir.join("es256.pub.pem");
-        run_openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"], &private)?;
-        let mut args = vec!["pkey".to_string(), "-in".into(), private.display().to_string(), "-pubout".into()];
-        args.extend(["-out".to_string(), public.display().to_string()]);
-        let status = Command::new("openssl").args(&args).status().map_err(|e| format!("cannot run openssl: {e}"))?;
-        if !status.success() {
-            return Err("openssl pkey -pubout failed".into());
-        }
-        let pem = std::fs::read(&private).map_err(|e| format!("cannot read {}: {e}", private.display()))?;
+        let (private_s, public_s) = (private.display().to_string(), public.display().to_string());
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", &private_s])?;
+        openssl(&["pkey", "-in", &private_s, "-pubout", "-out", &public_s])?;
+        let pem = std::fs::read(&private).map_err(|e| format!("cannot read {private_s}: {e}"))?;
         let key = EncodingKey::from_ec_pem(&pem)?;
-        Ok(Signer { key, alg: Algorithm::ES256, keys: Keys::PublicKey(PathBuf::from(public)) })
+        Ok(Signer { key, alg: Algorithm::ES256, keys: Keys::PublicKey(public) })
     }
 
     /// A token for `sub` with `role` (`user`, `service`, `admin`) allowed to
@@ -68,10 +64,9 @@ impl Signer {
     }
 }
 
-fn run_openssl(args: &[&str], out: &Path) -> Result<(), Error> {
+fn openssl(args: &[&str]) -> Result<(), Error> {
     let status = Command::new("openssl")
         .args(args)
-        .arg(out)
         .status()
         .map_err(|e| format!("cannot run openssl (needed for ES256 keys): {e}"))?;
     if !status.success() {
