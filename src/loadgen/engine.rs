@@ -264,9 +264,9 @@ impl Engine {
         self.poll.registry()
     }
 
-    /// Queues clients for connecting; returns the index of the first.
-    pub fn add_clients(&mut self, specs: Vec<ClientSpec>) -> usize {
-        let first = self.clients.len();
+    /// Queues clients for connecting, in order: client `i` of all the
+    /// clients added is the `i`th queued.
+    pub fn add_clients(&mut self, specs: Vec<ClientSpec>) {
         for spec in specs {
             let request = format!(
                 "GET /api/v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -288,7 +288,6 @@ impl Engine {
                 meta: Meta { tracked: spec.tracked, ..Meta::default() },
             });
         }
-        first
     }
 
     /// True while some client is still queued or between connect and `SUBSCRIBED`.
@@ -308,11 +307,11 @@ impl Engine {
         self.clients.iter().filter(|c| c.phase == Phase::Open).count()
     }
 
-    fn start_connects(&mut self, now: u64) {
+    fn start_connects(&mut self) {
         while self.in_flight < self.window {
             let Some(i) = self.queue.pop_front() else { return };
             let c = &mut self.clients[i];
-            c.meta.started_at = now;
+            c.meta.started_at = now_us();
             let mut stream = match TcpStream::connect(self.addr) {
                 Ok(s) => s,
                 Err(e) => {
@@ -340,8 +339,8 @@ impl Engine {
     /// # Errors
     /// Only when `poll` fails.
     pub fn turn(&mut self, max_wait: Duration) -> Result<(), Error> {
+        self.start_connects();
         let now = now_us();
-        self.start_connects(now);
         let mut timeout = if self.again.is_empty() { max_wait } else { Duration::ZERO };
         if let Some(due) = self.publisher.as_ref().and_then(Publisher::next_due) {
             if due <= now {
