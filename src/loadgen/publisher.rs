@@ -123,9 +123,10 @@ impl Publisher {
         self.next = 0;
     }
 
-    /// When the next line is due (µs), while the run has lines left.
+    /// When the next line is due (µs), while the run has lines left and a
+    /// connection is free to send it (else the next answer wakes the loop).
     pub fn next_due(&self) -> Option<u64> {
-        (self.next < self.total).then(|| self.due(self.next))
+        (self.next < self.total && !self.idle.is_empty()).then(|| self.due(self.next))
     }
 
     fn due(&self, i: u64) -> u64 {
