@@ -4,7 +4,7 @@
 //! that intended time as its stamp, so a publisher held up by a slow hub
 //! shows as latency instead of hiding it (no coordinated omission).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
@@ -34,7 +34,9 @@ struct Conn {
 pub struct Publisher {
     addr: SocketAddr,
     conns: Vec<Conn>,
-    idle: Vec<usize>,
+    /// Free connections, used in turn (first freed, first used) so that
+    /// none sits idle long enough for the hub's head timeout.
+    idle: VecDeque<usize>,
     head: String,
     channel: String,
     server: String,
@@ -71,7 +73,7 @@ impl Publisher {
             conns: (0..conns.max(1))
                 .map(|_| Conn { stream: None, state: State::Connecting, out: Vec::new(), inbuf: Vec::new() })
                 .collect(),
-            idle: Vec::new(),
+            idle: VecDeque::new(),
             head,
             channel: format!("server:{server}:logs"),
             server: server.to_string(),
@@ -141,7 +143,7 @@ impl Publisher {
     /// Sends what is due on idle connections.
     pub fn tick(&mut self, registry: &Registry, now: u64) {
         while self.next < self.total && self.due(self.next) <= now {
-            let Some(j) = self.idle.pop() else {
+            let Some(j) = self.idle.pop_front() else {
                 let due_by_now = (((now - self.t0) as f64 * self.rate / 1e6) as u64 + 1).min(self.total);
                 self.max_behind = self.max_behind.max(due_by_now - self.next);
                 return;
@@ -197,7 +199,7 @@ impl Publisher {
             match stream.peer_addr() {
                 Ok(_) => {
                     c.state = State::Idle;
-                    self.idle.push(j);
+                    self.idle.push_back(j);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
                 Err(_) => return self.broken(j, registry),
@@ -245,6 +247,11 @@ impl Publisher {
         }
         let code = resp.code.unwrap_or(0);
         let body = &c.inbuf[head_len..head_len + length];
+        if c.state != State::Busy {
+            // An answer to no request: the hub timing out an idle connection.
+            log::debug!("publisher connection {j} got {code} while idle; reconnecting");
+            return self.broken(j, registry);
+        }
         if code == 202 {
             self.accepted += 1;
             let text = String::from_utf8_lossy(body);
@@ -265,7 +272,7 @@ impl Publisher {
                 log::warn!("publisher connection {j} cannot reconnect: {e}");
             }
         } else {
-            self.idle.push(j);
+            self.idle.push_back(j);
         }
     }
 }
