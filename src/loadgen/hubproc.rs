@@ -117,19 +117,24 @@ impl HubProc {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
-        if let Some(cpu) = spec.cpu {
-            // SAFETY: between fork and exec only async-signal-safe calls
-            // (sched_setaffinity, no allocation).
-            unsafe {
-                cmd.pre_exec(move || {
+        let cpu = spec.cpu;
+        // SAFETY: between fork and exec only async-signal-safe calls
+        // (prctl, sched_setaffinity; no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                // The hub ends with us, even when we are killed.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(cpu) = cpu {
                     let mut set: libc::cpu_set_t = std::mem::zeroed();
                     libc::CPU_SET(cpu, &mut set);
                     if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", spec.bin.display()))?;
         let mut hub = HubProc { pid: child.id().to_string(), child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
