@@ -19,7 +19,8 @@ scenarios (defaults in brackets):
   connect-storm   clients [10000] connect, authenticate (--alg hs256|es256) and subscribe, --window [10000]
                   handshakes in flight
   slow-consumer   clients [1000], --rate [1600] lines/s; a phase of --duration [6] s with everyone reading,
-                  then one of --slow-duration [15] s with --slow [10] clients not reading
+                  then --slow [10] clients stop reading: a phase while their buffers fill (as long as
+                  tcp_wmem's maximum takes at the rate), then one of --slow-duration [15] s, measured
   reader-check    no hub: a blaster thread on --hub-cpu feeds clients [1000]; measures the reader's capacity
 options:
   --clients N  --rate R[,R..]  --duration S  --warmup S [1]  --channels N  --per-channel N  --settle S

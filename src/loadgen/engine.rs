@@ -40,6 +40,10 @@ pub struct ClientSpec {
     pub channels: Vec<String>,
     /// Check the `seq` of every frame it gets.
     pub tracked: bool,
+    /// `SO_RCVBUF` to set before connecting (slow consumers: a small one,
+    /// so that a client that stops reading fills up within a second
+    /// instead of the megabytes loopback autotuning allows).
+    pub rcvbuf: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +79,7 @@ struct Client {
     request: Vec<u8>,
     /// The subscribe frame, moved to `out` after the `101`.
     subscribe: Vec<u8>,
+    rcvbuf: Option<u32>,
     head: Vec<u8>,
     out: Vec<u8>,
     reader: FrameReader,
@@ -282,6 +287,7 @@ impl Engine {
                 phase: Phase::Waiting,
                 request: request.into_bytes(),
                 subscribe,
+                rcvbuf: spec.rcvbuf,
                 head: Vec::new(),
                 out: Vec::new(),
                 reader: FrameReader::default(),
@@ -312,7 +318,11 @@ impl Engine {
             let Some(i) = self.queue.pop_front() else { return };
             let c = &mut self.clients[i];
             c.meta.started_at = now_us();
-            let mut stream = match TcpStream::connect(self.addr) {
+            let connected = match c.rcvbuf {
+                Some(bytes) => connect_with_rcvbuf(self.addr, bytes),
+                None => TcpStream::connect(self.addr),
+            };
+            let mut stream = match connected {
                 Ok(s) => s,
                 Err(e) => {
                     self.tally.fail(format!("connect: {e}"));
@@ -498,6 +508,42 @@ impl Engine {
             }
         }
         self.again.push(i);
+    }
+}
+
+/// A non-blocking connect with `SO_RCVBUF` set first (it must precede the
+/// handshake to bound the window the client advertises).
+fn connect_with_rcvbuf(addr: SocketAddr, bytes: u32) -> io::Result<TcpStream> {
+    let SocketAddr::V4(v4) = addr else {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "a receive buffer size needs an IPv4 hub address"));
+    };
+    // SAFETY: plain socket calls on a descriptor this function owns (the
+    // OwnedFd closes it on every error path); the structs are initialized.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let size = bytes as libc::c_int;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(*v4.ip()).to_be() },
+            sin_zero: [0; 8],
+        };
+        let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), sa_len) != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
     }
 }
 
