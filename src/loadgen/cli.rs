@@ -20,11 +20,12 @@ scenarios (defaults in brackets):
                   handshakes in flight
   slow-consumer   clients [1000], --rate [1600] lines/s; a phase of --duration [6] s with everyone reading,
                   then --slow [10] clients stop reading: a phase while their buffers fill (as long as
-                  tcp_wmem's maximum takes at the rate), then one of --slow-duration [15] s, measured
+                  tcp_wmem's maximum takes at the rate, or --fill-duration S), then one of
+                  --slow-duration [15] s, measured
   reader-check    no hub: a blaster thread on --hub-cpu feeds clients [1000]; measures the reader's capacity
 options:
   --clients N  --rate R[,R..]  --duration S  --warmup S [1]  --channels N  --per-channel N  --settle S
-  --window N  --alg hs256|es256  --slow N  --slow-duration S  --p99-limit MS [50]
+  --window N  --alg hs256|es256  --slow N  --slow-duration S  --fill-duration S  --p99-limit MS [50]
   --publishers N [32]  --sample N [64] (one latency sample per N frames)  --tracked N [20] (seq-checked clients)
   --hub PATH [aymc-hub beside this binary]  --hub-cpu N [0]  --cpu N [1]  --no-pin
   --hub-limit KEY=VALUE (extra [limits] line, repeatable)  --keep (keep the temp dir)  --out FILE (JSON copy)
@@ -67,6 +68,8 @@ pub struct Opts {
     pub slow: Option<usize>,
     /// `--slow-duration`, seconds.
     pub slow_duration: Option<f64>,
+    /// `--fill-duration`, seconds.
+    pub fill_duration: Option<f64>,
     /// `--p99-limit`, ms.
     pub p99_limit_ms: f64,
     /// `--publishers`
@@ -118,6 +121,7 @@ impl Opts {
             alg: "hs256".into(),
             slow: None,
             slow_duration: None,
+            fill_duration: None,
             p99_limit_ms: 50.0,
             publishers: 32,
             sample: 64,
@@ -156,6 +160,7 @@ impl Opts {
                 }
                 "--slow" => o.slow = Some(number(&flag, value())?),
                 "--slow-duration" => o.slow_duration = Some(number(&flag, value())?),
+                "--fill-duration" => o.fill_duration = Some(number(&flag, value())?),
                 "--p99-limit" => o.p99_limit_ms = number(&flag, value())?,
                 "--publishers" => o.publishers = number(&flag, value())?,
                 "--sample" => o.sample = number(&flag, value())?,
@@ -171,8 +176,12 @@ impl Opts {
                 other => return Err(format!("unknown option '{other}'").into()),
             }
         }
-        if o.duration.is_some_and(|d| d <= o.warmup) {
-            return Err("--duration must be longer than --warmup".into());
+        for (flag, d) in
+            [("--duration", o.duration), ("--slow-duration", o.slow_duration), ("--fill-duration", o.fill_duration)]
+        {
+            if d.is_some_and(|d| d <= o.warmup) {
+                return Err(format!("{flag} must be longer than --warmup").into());
+            }
         }
         if o.scenario != "reader-check" && !o.hub.exists() {
             return Err(format!("no hub binary at {} (build it, or pass --hub)", o.hub.display()).into());

@@ -579,7 +579,9 @@ fn slow_consumer(o: &Opts) -> Result<Value, Error> {
     // size; the measured phase comes after it.
     let frame_bytes = (engine.tally.bytes as f64 / engine.tally.frames.max(1) as f64).max(100.0);
     let buffered = tcp_wmem_max() + f64::from(SLOW_RCVBUF) + 256.0 * frame_bytes;
-    let fill_secs = (buffered / (rate * frame_bytes) * 1.2 + 2.0).clamp(o.warmup + 1.0, 60.0).round();
+    let fill_secs = o
+        .fill_duration
+        .unwrap_or_else(|| (buffered / (rate * frame_bytes) * 1.2 + 2.0).clamp(o.warmup + 1.0, 60.0).round());
     info!("{slow} clients stop reading; {fill_secs} s for their buffers to fill, then {slow_secs} s measured");
     let step = Step { rate, sources: 1, secs: fill_secs, warmup: o.warmup, readers: (n - slow) as u64 };
     let (filling, f) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
