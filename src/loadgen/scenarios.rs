@@ -300,6 +300,7 @@ fn measure(
         "hub_counters": { "in": hub_in, "out": hub_out, "dropped": hub_dropped },
         "hub_cpu_s": round3(hub_cpu_s),
         "hub_cpu_core": round3(hub_core),
+        "frames_per_hub_cpu_s": ((frames1 - frames0) as f64 / hub_cpu_s.max(1e-6)).round(),
         "loadgen_cpu_core": round3(my_core),
         "hub_core_busy": hub_core_busy,
         "loadgen_core_busy": my_core_busy,
@@ -373,7 +374,8 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
             break;
         }
     }
-    let result = if ramp {
+    let per_cpu = steps.iter().filter_map(|s| s["frames_per_hub_cpu_s"].as_f64()).fold(0.0, f64::max);
+    let mut result = if ramp {
         match &best {
             Some((rate, out)) => json!({
                 "max_rate_lines": rate,
@@ -393,6 +395,8 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
             "clean": last["undelivered_frames"] == 0 && last["dropped_reported"] == 0 && last["seq_missing"] == 0,
         })
     };
+    result["max_frames_per_hub_cpu_s"] = json!(per_cpu);
+    result["hub_cpu_core_at_last_step"] = steps.last().map_or(Value::Null, |s| s["hub_cpu_core"].clone());
     Ok(json!({
         "params": { "clients": n, "seconds_per_step": secs, "warmup_s": o.warmup, "publishers": o.publishers,
                     "sample_every": o.sample, "tracked": o.tracked, "p99_limit_ms": o.p99_limit_ms },
