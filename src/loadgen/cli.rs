@@ -28,7 +28,8 @@ options:
   --window N  --alg hs256|es256  --slow N  --slow-duration S  --fill-duration S  --p99-limit MS [50]
   --publishers N [32]  --sample N [64] (one latency sample per N frames)  --tracked N [20] (seq-checked clients)
   --hub PATH [aymc-hub beside this binary]  --hub-cpu N [0]  --cpu N [1]  --no-pin
-  --hub-limit KEY=VALUE (extra [limits] line, repeatable)  --keep (keep the temp dir)  --out FILE (JSON copy)
+  --hub-set SECTION.KEY=VALUE (a hub config line, e.g. history.max_bytes=1e9 → [history] max_bytes = 1e9;
+  sections limits, history, monitor; repeatable)  --keep (keep the temp dir)  --out FILE (JSON copy)
 output: one JSON object on stdout; progress on stderr (LOADGEN_LOG=debug for more)";
 
 /// The scenarios.
@@ -78,8 +79,8 @@ pub struct Opts {
     pub sample: u32,
     /// `--tracked`
     pub tracked: usize,
-    /// `--hub-limit`
-    pub hub_limits: Vec<String>,
+    /// `--hub-set`: `(section, "key = value")`.
+    pub hub_set: Vec<(String, String)>,
     /// `--keep`
     pub keep: bool,
     /// `--out`
@@ -126,7 +127,7 @@ impl Opts {
             publishers: 32,
             sample: 64,
             tracked: 20,
-            hub_limits: Vec::new(),
+            hub_set: Vec::new(),
             keep: false,
             out: None,
         };
@@ -165,10 +166,15 @@ impl Opts {
                 "--publishers" => o.publishers = number(&flag, value())?,
                 "--sample" => o.sample = number(&flag, value())?,
                 "--tracked" => o.tracked = number(&flag, value())?,
-                "--hub-limit" => {
-                    let kv = value().ok_or("--hub-limit needs KEY=VALUE")?;
-                    let (k, v) = kv.split_once('=').ok_or("--hub-limit needs KEY=VALUE")?;
-                    o.hub_limits.push(format!("{} = {}", k.trim(), v.trim()));
+                "--hub-set" => {
+                    const NEEDS: &str = "--hub-set needs SECTION.KEY=VALUE (section limits, history or monitor)";
+                    let kv = value().ok_or(NEEDS)?;
+                    let (k, v) = kv.split_once('=').ok_or(NEEDS)?;
+                    let (section, key) = k.trim().split_once('.').ok_or(NEEDS)?;
+                    if !["limits", "history", "monitor"].contains(&section) {
+                        return Err(NEEDS.into());
+                    }
+                    o.hub_set.push((section.to_string(), format!("{key} = {}", v.trim())));
                 }
                 "--keep" => o.keep = true,
                 "--out" => o.out = Some(PathBuf::from(value().ok_or("--out needs a path")?)),
@@ -200,13 +206,13 @@ mod tests {
 
     #[test]
     fn options_override_defaults() {
-        let o = parse(&["reader-check", "--clients", "50", "--rate", "10,20", "--no-pin", "--hub-limit", "a=1"])
+        let o = parse(&["reader-check", "--clients", "50", "--rate", "10,20", "--no-pin", "--hub-set", "history.a=1"])
             .unwrap()
             .unwrap();
         assert_eq!(o.clients, Some(50));
         assert_eq!(o.rates, vec![10.0, 20.0]);
         assert_eq!((o.cpu, o.hub_cpu), (None, None));
-        assert_eq!(o.hub_limits, vec!["a = 1".to_string()]);
+        assert_eq!(o.hub_set, vec![("history".to_string(), "a = 1".to_string())]);
     }
 
     #[test]

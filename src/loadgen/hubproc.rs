@@ -66,8 +66,8 @@ pub struct HubSpec {
     pub max_connections: usize,
     /// Address of the bench agent, if any (`[[agents]]`).
     pub agent: Option<SocketAddr>,
-    /// Extra `key = value` lines for `[limits]` (experiments: `--hub-limit`).
-    pub limits: Vec<String>,
+    /// Extra `(section, "key = value")` lines (experiments: `--hub-set`).
+    pub set: Vec<(String, String)>,
 }
 
 /// The running hub.
@@ -241,11 +241,15 @@ fn render_config(spec: &HubSpec) -> String {
         Keys::Secret(s) => format!("jwt_secret = \"{s}\""),
         Keys::PublicKey(p) => format!("jwt_public_key = \"{}\"", p.display()),
     };
-    let mut toml =
-        format!("listen = \"127.0.0.1:0\"\n\n[auth]\n{auth}\n\n[limits]\nmax_connections = {}\n", spec.max_connections);
-    for line in &spec.limits {
-        toml.push_str(line);
-        toml.push('\n');
+    let mut toml = format!("listen = \"127.0.0.1:0\"\n\n[auth]\n{auth}\n");
+    for section in ["limits", "history", "monitor"] {
+        let mut lines: Vec<String> = spec.set.iter().filter(|(s, _)| s == section).map(|(_, l)| l.clone()).collect();
+        if section == "limits" {
+            lines.insert(0, format!("max_connections = {}", spec.max_connections));
+        }
+        if !lines.is_empty() {
+            toml.push_str(&format!("\n[{section}]\n{}\n", lines.join("\n")));
+        }
     }
     if let Some(agent) = spec.agent {
         toml.push_str(&format!("\n[[agents]]\nid = \"6f1c2a9e-0000-4000-8000-00000000be7c\"\naddress = \"{agent}\"\n"));
