@@ -231,7 +231,7 @@ pub struct Engine {
     queue: VecDeque<usize>,
     in_flight: usize,
     /// Handshakes (connect to `SUBSCRIBED`) in flight at most.
-    pub window: usize,
+    window: usize,
     /// The publish-API publisher, when the scenario has one.
     pub publisher: Option<Publisher>,
 }
@@ -372,7 +372,7 @@ impl Engine {
                 self.timer.clear();
             } else if t >= PUBLISHER_TOKENS {
                 if let Some(p) = &mut self.publisher {
-                    p.on_event(t - PUBLISHER_TOKENS, self.poll.registry(), now);
+                    p.on_event(t - PUBLISHER_TOKENS, self.poll.registry());
                 }
             } else {
                 self.on_client(t, now);

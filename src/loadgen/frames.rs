@@ -122,7 +122,7 @@ impl FrameReader {
         while pos < data.len() {
             if self.in_frame {
                 let take = self.remaining.min(data.len() - pos);
-                self.absorb(&data[pos..pos + take], h);
+                self.absorb(&data[pos..pos + take]);
                 pos += take;
                 self.remaining -= take;
                 if self.remaining == 0 {
@@ -188,7 +188,7 @@ impl FrameReader {
         }
     }
 
-    fn absorb(&mut self, mut bytes: &[u8], _h: &mut impl Handler) {
+    fn absorb(&mut self, mut bytes: &[u8]) {
         if self.capture == Capture::Prefix {
             let take = (LOG_PREFIX.len() - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..take]);

@@ -192,7 +192,7 @@ impl Publisher {
     }
 
     /// Handles readiness of connection `j`.
-    pub fn on_event(&mut self, j: usize, registry: &Registry, _now: u64) {
+    pub fn on_event(&mut self, j: usize, registry: &Registry) {
         let Some(c) = self.conns.get_mut(j) else { return };
         let Some(stream) = &mut c.stream else { return };
         if c.state == State::Connecting {

@@ -156,14 +156,12 @@ fn connect_all(engine: &mut Engine, specs: Vec<ClientSpec>, timeout_s: u64) -> R
     }))
 }
 
-fn require_all(bench: &Bench, engine: &Engine, connect: &Value, n: usize) -> Result<(), Error> {
+fn require_all(bench: &Bench, connect: &Value, n: usize) -> Result<(), Error> {
     if connect["subscribed"].as_u64() != Some(n as u64) {
-        return Err(bench.failed(&format!(
-            "only {} of {n} clients subscribed; failures {}, errors {}",
-            connect["subscribed"],
-            connect["failures"],
-            json!(engine.tally.errors)
-        )));
+        let (subscribed, failures, errors) = (&connect["subscribed"], &connect["failures"], &connect["errors"]);
+        return Err(
+            bench.failed(&format!("only {subscribed} of {n} clients subscribed; failures {failures}, errors {errors}"))
+        );
     }
     Ok(())
 }
@@ -359,7 +357,7 @@ fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: bool) -> Res
     let specs = bench.clients(o, &vec![vec![server]; n], |_| vec![logs(&server)])?;
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &engine, &connect, n)?;
+    require_all(&bench, &connect, n)?;
     add_publisher(o, &mut engine, &bench, &server)?;
     let mut steps = Vec::new();
     let mut best: Option<(f64, Outcome)> = None;
@@ -431,7 +429,7 @@ fn many_channels(o: &Opts) -> Result<Value, Error> {
     let specs = bench.clients(o, &watch, |i| vec![logs(&servers[i / per])])?;
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &engine, &connect, channels * per)?;
+    require_all(&bench, &connect, channels * per)?;
     let mut steps = Vec::new();
     let mut best = 0.0;
     let mut last = None;
@@ -490,7 +488,7 @@ fn idle(o: &Opts) -> Result<Value, Error> {
     })?;
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &engine, &connect, n)?;
+    require_all(&bench, &connect, n)?;
     let right_after = bench.hub.rss();
     let until = engine.tally.last_subscribed_at + (settle * 1e6) as u64;
     engine.run_until(until, |_| false)?;
@@ -568,7 +566,7 @@ fn slow_consumer(o: &Opts) -> Result<Value, Error> {
     }
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &engine, &connect, n)?;
+    require_all(&bench, &connect, n)?;
     add_publisher(o, &mut engine, &bench, &server)?;
     let step = Step { rate, sources: 1, secs, warmup: o.warmup, readers: n as u64 };
     let (all_reading, a) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
