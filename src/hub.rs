@@ -172,11 +172,17 @@ impl Hub {
         if entry.ring.len() > self.log_lines {
             self.evict(i);
         }
-        while self.history_bytes > self.history_max_bytes {
-            let largest = self.channels.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
-            match largest {
-                Some(k) if self.channels[k].ring_bytes > 0 => self.evict(k),
-                _ => break,
+        if self.history_bytes > self.history_max_bytes {
+            // Evict the oldest of the largest ring down to a low-water mark,
+            // so the scan for the largest runs once per 1/64 of the budget
+            // rather than once per published line.
+            let low = self.history_max_bytes - self.history_max_bytes / 64;
+            while self.history_bytes > low {
+                let largest = self.channels.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
+                let Some(k) = largest.filter(|&k| self.channels[k].ring_bytes > 0) else { break };
+                while self.history_bytes > low && !self.channels[k].ring.is_empty() {
+                    self.evict(k);
+                }
             }
         }
     }

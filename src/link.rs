@@ -2,6 +2,7 @@
 //! [`Link`] (a bounded channel plus a `mio::Waker`); the reactor drains the
 //! channel when woken. Nothing else crosses threads (DESIGN.md rule 2).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
@@ -57,18 +58,22 @@ pub struct Reply {
 pub struct Link {
     tx: SyncSender<Event>,
     waker: Arc<mio::Waker>,
+    /// Set by the first sender after the reactor last looked; only that
+    /// sender wakes it (one `eventfd` write per batch, not per event).
+    woken: Arc<AtomicBool>,
 }
 
 impl Link {
-    /// A link over `tx` that wakes `waker`.
-    pub fn new(tx: SyncSender<Event>, waker: Arc<mio::Waker>) -> Link {
-        Link { tx, waker }
+    /// A link over `tx` that wakes `waker` when `woken` is not set yet; the
+    /// reactor clears `woken` before it drains the channel.
+    pub fn new(tx: SyncSender<Event>, waker: Arc<mio::Waker>, woken: Arc<AtomicBool>) -> Link {
+        Link { tx, waker, woken }
     }
 
-    /// Sends an event and wakes the reactor (nothing happens once the
-    /// reactor is gone).
+    /// Sends an event and wakes the reactor if no wake is pending (nothing
+    /// happens once the reactor is gone).
     pub fn send(&self, event: Event) {
-        if self.tx.send(event).is_ok() {
+        if self.tx.send(event).is_ok() && !self.woken.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.waker.wake() {
                 log::warn!("cannot wake the reactor: {e}");
             }

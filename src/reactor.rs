@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,6 +69,12 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// messages instead of one per message (fewer syscalls and wake-ups, the
 /// hot path of a fan-out). When a turn publishes nothing, they go at once.
 const FANOUT_DELAY: Duration = Duration::from_millis(2);
+/// The listen backlog asked for.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+/// Kernel send buffer per connection (Linux doubles it). Without a cap it
+/// autotunes up to `tcp_wmem`'s maximum (4 MiB), which hides a stalled
+/// client from the queue cap and the write timeout for tens of seconds.
+const SEND_BUFFER: libc::c_int = 256 * 1024;
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -96,6 +104,8 @@ pub struct Reactor {
     events: Receiver<Event>,
     /// Events were left in the queue last turn.
     events_pending: bool,
+    /// A sender has woken the reactor since it last drained (see [`Link`]).
+    woken: Arc<AtomicBool>,
     /// Link state per configured agent, in config order.
     agents: Vec<AgentState>,
     /// The stored-logs query thread (with on-disk history).
@@ -126,6 +136,21 @@ pub fn raise_fd_limit() -> u64 {
     lim.rlim_cur
 }
 
+/// Caps the socket's kernel send buffer at [`SEND_BUFFER`].
+fn cap_send_buffer(stream: &mio::net::TcpStream) {
+    let size = SEND_BUFFER;
+    // SAFETY: setsockopt with a pointer to a c_int of the given length.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -144,13 +169,23 @@ impl Reactor {
     ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
+        // std listens with a backlog of 128: a storm of connects overflows
+        // it and clients wait a second for a SYN retry. Listening again
+        // raises it (the kernel caps it at net.core.somaxconn).
+        // SAFETY: listen(2) on the socket this listener owns.
+        unsafe {
+            libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG);
+        }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGTERM, SIGINT])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let woken = Arc::new(AtomicBool::new(false));
         let (events_tx, events) = sync_channel(EVENT_QUEUE);
         let queries = match &store {
-            Some(store) => Some(Queries::spawn(store, Link::new(events_tx.clone(), Arc::clone(&waker)))?),
+            Some(store) => {
+                Some(Queries::spawn(store, Link::new(events_tx.clone(), Arc::clone(&waker), Arc::clone(&woken)))?)
+            }
             None => None,
         };
         let hub = Hub::new(&cfg.limits, &cfg.history, store, recovered);
@@ -186,6 +221,7 @@ impl Reactor {
             events_tx,
             events,
             events_pending: false,
+            woken,
             agents,
             queries,
             serials: 0,
@@ -196,12 +232,13 @@ impl Reactor {
 
     /// A sending end for the agent thread (or any other publisher thread).
     pub fn link(&self) -> Link {
-        Link::new(self.events_tx.clone(), Arc::clone(&self.waker))
+        Link::new(self.events_tx.clone(), Arc::clone(&self.waker), Arc::clone(&self.woken))
     }
 
     /// Handles queued agent events, at most [`EVENTS_PER_TURN`].
     fn drain_events(&mut self) {
         self.events_pending = false;
+        self.woken.store(false, std::sync::atomic::Ordering::SeqCst);
         for _ in 0..EVENTS_PER_TURN {
             match self.events.try_recv() {
                 Ok(Event::Publish(msg)) => {
@@ -341,6 +378,7 @@ impl Reactor {
             let reject = self.counted >= l.max_connections
                 || (l.max_connections_per_ip > 0 && ip_count >= l.max_connections_per_ip);
             let _ = stream.set_nodelay(true);
+            cap_send_buffer(&stream);
             let entry = self.conns.vacant_entry();
             if let Err(e) = self.poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE) {
                 warn!("cannot register connection from {peer}: {e}");
