@@ -3,7 +3,7 @@
 //! SIGKILL while logs flow, a full disk and a broken database file, and the
 //! agent offset resumed after a hub restart.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -142,7 +142,7 @@ fn a_sigkill_loses_at_most_the_last_moments_and_never_reuses_a_seq() {
     let db = dir.join("history.db");
     let mut hub = hub_with_db(&db);
     let epoch = hub.stats()["epoch"].as_str().unwrap().to_string();
-    let acked = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let running = Arc::new(AtomicBool::new(true));
     let publisher = {
         let (acked, running, addr) = (Arc::clone(&acked), Arc::clone(&running), hub.addr);
@@ -155,21 +155,25 @@ fn a_sigkill_loses_at_most_the_last_moments_and_never_reuses_a_seq() {
                 let body = log_body(SERVER_A, &format!("line {i}")).to_string();
                 conn.send(&publish_request(Some(&token), body.as_bytes()));
                 match conn.read_response(Duration::from_secs(2)) {
-                    Ok(r) if r.status == 202 => acked.store(i, Ordering::SeqCst),
+                    Ok(r) if r.status == 202 => acked.lock().unwrap().push(Instant::now()),
                     _ => return,
                 }
             }
         })
     };
-    assert!(wait_until(Duration::from_secs(10), || acked.load(Ordering::SeqCst) >= 3000));
-    let acked_before_kill = acked.load(Ordering::SeqCst);
+    // Logs flow for over a second, so most lines are long settled at the kill.
+    let started = Instant::now();
+    assert!(wait_until(Duration::from_secs(10), || acked.lock().unwrap().len() >= 3000));
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
     let killed_at = Instant::now();
     hub.signal(libc::SIGKILL);
     hub.wait_exit(Duration::from_secs(5));
     running.store(false, Ordering::SeqCst);
     let _ = publisher.join();
-    let acked_total = acked.load(Ordering::SeqCst);
-    assert!(killed_at.elapsed() < Duration::from_secs(5));
+    let acked = acked.lock().unwrap().clone();
+    // The writer commits at least every 200 ms (or 1,000 entries): every
+    // line acknowledged well before the kill is on disk.
+    let settled = acked.iter().filter(|t| **t + Duration::from_millis(400) <= killed_at).count() as u64;
 
     let hub = hub_with_db(&db);
     let new_epoch = hub.stats()["epoch"].as_str().unwrap().to_string();
@@ -189,9 +193,9 @@ fn a_sigkill_loses_at_most_the_last_moments_and_never_reuses_a_seq() {
     }
     let n = stored_seqs.len() as u64;
     assert_eq!(stored_seqs, (1..=n).collect::<Vec<u64>>(), "no hole: every seq from 1 on, once");
-    // Lines answered 202 more than ~1,000 entries before the kill are stored.
-    assert!(n + 1000 >= acked_before_kill, "stored {n} of {acked_before_kill} acknowledged before the kill");
-    assert!(n <= acked_total, "nothing stored that was not published");
+    assert!(settled >= 1000, "the test publishes long enough: {settled}");
+    assert!(n >= settled, "stored {n}; {settled} were acknowledged more than 400 ms before the kill");
+    assert!(n <= acked.len() as u64 + 1, "nothing stored that was not published");
     hub.publish(&log_body(SERVER_A, "after the kill"));
     let mut c = hub.connect_admin();
     c.send_json(&json!({"type": "history", "channel": logs(SERVER_A), "data": {"limit": 1}}));
