@@ -440,6 +440,34 @@ fn stream_opened(shared: &Shared, delta: isize) {
     s.report();
 }
 
+/// How a followed stream ended.
+enum Ended {
+    /// The call failed (the agent went away, or refused it).
+    Failed(grpcio::Error),
+    /// The agent ended the stream.
+    Closed,
+    /// The monitor found the agent down and cancelled it.
+    Cancelled,
+}
+
+/// Follows an open server stream, handing each item to `on_item`, until it
+/// fails, ends, or is cancelled because the agent stopped answering; counts
+/// it among the agent's open streams meanwhile.
+async fn follow<T>(shared: &Shared, mut stream: grpcio::ClientSStreamReceiver<T>, mut on_item: impl FnMut(T)) -> Ended {
+    stream_opened(shared, 1);
+    let mut cancel = cancel_handle(shared);
+    let ended = loop {
+        match future::select(stream.next(), &mut cancel).await {
+            Either::Left((Some(Ok(item)), _)) => on_item(item),
+            Either::Left((Some(Err(e)), _)) => break Ended::Failed(e),
+            Either::Left((None, _)) => break Ended::Closed,
+            Either::Right(_) => break Ended::Cancelled,
+        }
+    };
+    stream_opened(shared, -1);
+    ended
+}
+
 /// One server's `StreamLogs`, resumed from the last offset after every break.
 async fn stream_logs(shared: Shared, server: Uuid) {
     let mut backoff = Backoff::new();
@@ -453,22 +481,17 @@ async fn stream_logs(shared: Shared, server: Uuid) {
         req.set_after_offset(offset);
         let error = match client.stream_logs_opt(&req, CallOption::default()) {
             Err(e) => e.to_string(),
-            Ok(mut stream) => {
-                stream_opened(&shared, 1);
-                let mut cancel = cancel_handle(&shared);
-                let error = loop {
-                    match future::select(stream.next(), &mut cancel).await {
-                        Either::Left((Some(Ok(entry)), _)) => {
-                            backoff.reset();
-                            take_entry(&shared, server, entry);
-                        }
-                        Either::Left((Some(Err(e)), _)) => break e.to_string(),
-                        Either::Left((None, _)) => break "stream ended".to_string(),
-                        Either::Right(_) => break "agent unreachable".to_string(),
-                    }
-                };
-                stream_opened(&shared, -1);
-                error
+            Ok(stream) => {
+                let ended = follow(&shared, stream, |entry| {
+                    backoff.reset();
+                    take_entry(&shared, server, entry);
+                })
+                .await;
+                match ended {
+                    Ended::Failed(e) => e.to_string(),
+                    Ended::Closed => "stream ended".to_string(),
+                    Ended::Cancelled => "agent unreachable".to_string(),
+                }
             }
         };
         log::debug!("log stream of {server} broke: {error}");
@@ -525,27 +548,19 @@ async fn watch_status(shared: Shared, server: Uuid) {
         req.set_server_id(server.to_string());
         let error = match client.watch_status_opt(&req, CallOption::default()) {
             Err(e) => e,
-            Ok(mut stream) => {
-                stream_opened(&shared, 1);
-                let mut cancel = cancel_handle(&shared);
-                let error = loop {
-                    match future::select(stream.next(), &mut cancel).await {
-                        Either::Left((Some(Ok(status)), _)) => {
-                            backoff.reset();
-                            if std::mem::take(&mut broke) {
-                                shared.borrow_mut().recheck = true;
-                            }
-                            apply_status(&shared, server, &status);
-                        }
-                        Either::Left((Some(Err(e)), _)) => break Some(e),
-                        Either::Left((None, _)) | Either::Right(_) => break None,
+            Ok(stream) => {
+                let ended = follow(&shared, stream, |status| {
+                    backoff.reset();
+                    if std::mem::take(&mut broke) {
+                        shared.borrow_mut().recheck = true;
                     }
-                };
-                stream_opened(&shared, -1);
+                    apply_status(&shared, server, &status);
+                })
+                .await;
                 broke = true;
-                match error {
-                    Some(e) => e,
-                    None => {
+                match ended {
+                    Ended::Failed(e) => e,
+                    Ended::Closed | Ended::Cancelled => {
                         backoff_sleep(&shared, backoff.step()).await;
                         continue;
                     }
