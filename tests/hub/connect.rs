@@ -42,6 +42,12 @@ fn query_token_upgrades_without_protocol_or_extensions() {
     client.ping_pong();
 }
 
+/// A real WebSocket client whose upgrade carries `name: value` and no query.
+fn connect_with_header(hub: &Hub, name: &str, value: String) -> Client {
+    let uri = format!("ws://{}/api/v1/ws", hub.addr).parse().unwrap();
+    ws_connect_request(hub.addr, ClientRequestBuilder::new(uri).with_header(name, value)).unwrap()
+}
+
 #[test]
 fn bearer_header_token_upgrades() {
     let hub = Hub::start("");
@@ -50,10 +56,7 @@ fn bearer_header_token_upgrades() {
     // The scheme is case-insensitive.
     assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Authorization", &format!("bearer {token}"))]));
     assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Authorization", &format!("BEARER {token}"))]));
-    let uri = format!("ws://{}/api/v1/ws", hub.addr).parse().unwrap();
-    let req = ClientRequestBuilder::new(uri).with_header("Authorization", format!("Bearer {token}"));
-    let mut client = ws_connect_request(hub.addr, req).unwrap();
-    client.ping_pong();
+    connect_with_header(&hub, "Authorization", format!("Bearer {token}")).ping_pong();
 }
 
 #[test]
@@ -62,10 +65,7 @@ fn cookie_token_upgrades() {
     let token = admin_token();
     assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("theme=dark; token={token}; lang=en"))]));
     assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("token={token}"))]));
-    let uri = format!("ws://{}/api/v1/ws", hub.addr).parse().unwrap();
-    let req = ClientRequestBuilder::new(uri).with_header("Cookie", format!("token={token}"));
-    let mut client = ws_connect_request(hub.addr, req).unwrap();
-    client.ping_pong();
+    connect_with_header(&hub, "Cookie", format!("token={token}")).ping_pong();
 }
 
 #[test]
