@@ -655,11 +655,6 @@ impl Hub {
         self.store.as_ref().map(Store::stats)
     }
 
-    /// The store, when there is one.
-    pub fn store(&self) -> Option<&Store> {
-        self.store.as_ref()
-    }
-
     /// A page of a server's kept log lines (no on-disk history).
     pub fn memory_page(&self, query: &LogQuery) -> Page {
         let kept = self.index.get(&Channel::logs(query.server)).and_then(|&i| self.channels.get(i));
