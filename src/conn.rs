@@ -1,21 +1,19 @@
-//! One connection: its socket, its outgoing queue and its state machine
-//! (`Http` -> `WebSocket` -> `Closing`). The reactor drives it; this module
-//! holds the per-connection state and the small policies that need nothing
-//! else (rate limit, timers of one connection). It never reaches into other
-//! connections.
+//! One connection's socket side: the stream, the peer, and the state of the
+//! bytes that cross it (`Http` → `WebSocket` → `Closing`): a request head
+//! being read, the frames of a message in progress, the close handshake.
+//! What the client *is* (queue, session) lives in [`crate::client`]; the
+//! [`Outcome`] of every handler tells the reactor whether the connection
+//! stays, and only the reactor removes one. [`Conn::interest`] is the one
+//! place that decides what the socket is registered for.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::TcpStream;
+use mio::Interest;
 
-use crate::auth::Identity;
 use crate::http::Request;
-use crate::hub::Sub;
-use crate::outq::OutQueue;
 use crate::ws::Decoder;
-use smallvec::SmallVec;
 
 /// Why a connection ends; logged at disconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +49,20 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// What a handler decided about its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Outcome {
+    /// It goes on.
+    Keep,
+    /// It ends gracefully: what the handler queued (a response, a Close
+    /// frame) is written, the write side is shut, then the peer gets a
+    /// moment to close.
+    Close(Reason),
+    /// It ends now, without writing anything more.
+    Drop(Reason),
+}
+
 /// A request whose body is still arriving (`POST /api/v1/publish`).
 #[derive(Debug)]
 pub struct PendingBody {
@@ -81,143 +93,13 @@ pub struct HttpState {
     pub waiting: Option<(usize, bool)>,
 }
 
-/// The token bucket of section 7 and the window of refusals.
-#[derive(Debug)]
-pub struct RateLimit {
-    tokens: f32,
-    last: Instant,
-    /// Times of refused messages within the last 10 s (allocated only
-    /// while a client is being refused).
-    #[allow(clippy::box_collection)] // 8 bytes per idle connection instead of 32
-    refusals: Option<Box<VecDeque<Instant>>>,
-    /// When the last `RATE_LIMITED` error was sent.
-    last_error: Option<Instant>,
-}
-
-/// What the rate limiter says about one incoming data message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rate {
-    /// Handle it.
-    Allow,
-    /// Ignore it and send `RATE_LIMITED`.
-    RefuseAndTell,
-    /// Ignore it silently (an error went out less than a second ago).
-    Refuse,
-    /// Close with `1008`.
-    Abuse,
-}
-
-impl RateLimit {
-    fn new(burst: u32, now: Instant) -> RateLimit {
-        RateLimit { tokens: burst as f32, last: now, refusals: None, last_error: None }
-    }
-
-    /// Takes a token for one data message.
-    pub fn check(&mut self, rate: u32, burst: u32, now: Instant) -> Rate {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Rate::Allow;
-        }
-        let window = Duration::from_secs(10);
-        let refusals = self.refusals.get_or_insert_with(Box::default);
-        while refusals.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
-            refusals.pop_front();
-        }
-        refusals.push_back(now);
-        if refusals.len() > 10 * rate as usize {
-            return Rate::Abuse;
-        }
-        match self.last_error {
-            Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => Rate::Refuse,
-            _ => {
-                self.last_error = Some(now);
-                Rate::RefuseAndTell
-            }
-        }
-    }
-
-    fn release(&mut self, now: Instant) {
-        let quiet = |r: &VecDeque<Instant>| {
-            r.back().is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(10))
-        };
-        if self.refusals.as_deref().is_some_and(quiet) {
-            self.refusals = None;
-        }
-    }
-}
-
-/// An upgraded connection's session.
-#[derive(Debug)]
-pub struct Session {
-    /// The token's identity.
-    pub identity: Identity,
-    /// Subscriptions (up to four without an allocation of their own).
-    pub subs: SmallVec<[Sub; 4]>,
+/// The WebSocket phase: framing state only (the session is the hub's).
+#[derive(Debug, Default)]
+pub struct WsState {
     /// Fragments of a message in progress.
     pub decoder: Decoder,
     /// An incomplete frame (empty and unallocated between frames).
     pub partial: Vec<u8>,
-    /// Rate limit state.
-    pub rate: RateLimit,
-    /// When the next Ping goes out.
-    pub next_ping: Instant,
-    /// When `TOKEN_EXPIRING` is due (unix s); `None` once sent.
-    pub notice_at: Option<i64>,
-    expiry_notice_s: i64,
-}
-
-impl Session {
-    /// A new session for a validated identity.
-    pub fn new(identity: Identity, limits: &crate::config::Limits, expiry_notice_s: u64, now: Instant) -> Session {
-        let mut s = Session {
-            identity,
-            subs: SmallVec::new(),
-            decoder: Decoder::default(),
-            partial: Vec::new(),
-            rate: RateLimit::new(limits.rate_burst, now),
-            next_ping: now + Duration::from_secs(limits.ping_interval_s),
-            notice_at: None,
-            expiry_notice_s: expiry_notice_s as i64,
-        };
-        s.schedule_notice();
-        s
-    }
-
-    /// Replaces the identity (in-band `auth`): a new token gets its own
-    /// `TOKEN_EXPIRING`.
-    pub fn set_identity(&mut self, identity: Identity) {
-        self.identity = identity;
-        self.schedule_notice();
-    }
-
-    fn schedule_notice(&mut self) {
-        self.notice_at = Some(self.identity.exp - self.expiry_notice_s);
-    }
-
-    /// Frees buffers an idle session does not need.
-    pub fn release(&mut self, now: Instant) {
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
-            self.partial = Vec::new();
-        }
-        self.rate.release(now);
-    }
-}
-
-/// The state machine.
-#[derive(Debug)]
-#[allow(clippy::large_enum_variant)] // the session inline is the point: most connections are upgraded
-pub enum Phase {
-    /// Reading a request head or body.
-    Http(Box<HttpState>),
-    /// Upgraded. Held inline: an idle client costs its slab slot and
-    /// nothing else (per-connection memory, DESIGN.md rule 6).
-    WebSocket(Session),
-    /// Output being flushed, then the write side shut, then waiting for
-    /// the peer to close. Input is discarded.
-    Closing(Box<Closing>),
 }
 
 /// The end of a connection's life.
@@ -233,14 +115,19 @@ pub struct Closing {
     pub who: Option<String>,
 }
 
-impl Phase {
-    /// The closing phase.
-    pub fn closing(deadline: Instant, reason: Reason, who: Option<String>) -> Phase {
-        Phase::Closing(Box::new(Closing { deadline, reason, shut: false, who }))
-    }
+/// The state machine.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading a request head or body.
+    Http(Box<HttpState>),
+    /// Upgraded.
+    WebSocket(WsState),
+    /// Output being flushed, then the write side shut, then waiting for
+    /// the peer to close. Input is discarded.
+    Closing(Box<Closing>),
 }
 
-/// One connection.
+/// One connection's socket side.
 #[derive(Debug)]
 pub struct Conn {
     /// The socket.
@@ -249,18 +136,12 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// Unique for the life of the process (slab keys are reused).
     pub serial: u64,
-    /// Bytes waiting for the socket.
-    pub out: OutQueue,
     /// Where it is in its life.
     pub phase: Phase,
     /// Counted toward the connection caps (not marked for `503`).
     pub counted: bool,
-    /// Listed in the hub's list of replies to flush.
-    pub dirty: bool,
-    /// Listed in the hub's list of live messages to flush.
-    pub fanout: bool,
-    /// WRITABLE is registered.
-    pub writable_registered: bool,
+    /// The interest registered now.
+    pub registered: Interest,
     /// Last time bytes arrived.
     pub last_read: Instant,
     /// Since when bytes have waited without any progress.
@@ -270,13 +151,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A freshly accepted connection.
+    /// A freshly accepted connection, registered READABLE.
     pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, reject: bool, now: Instant) -> Conn {
         Conn {
             stream,
             peer,
             serial,
-            out: OutQueue::default(),
             phase: Phase::Http(Box::new(HttpState {
                 buf: Vec::new(),
                 since: now,
@@ -286,50 +166,26 @@ impl Conn {
                 waiting: None,
             })),
             counted: !reject,
-            dirty: false,
-            fanout: false,
-            writable_registered: false,
+            registered: Interest::READABLE,
             last_read: now,
             stalled_since: None,
             read_paused: false,
         }
     }
 
-    /// The session, when upgraded and not closing.
-    pub fn session(&self) -> Option<&Session> {
-        match &self.phase {
-            Phase::WebSocket(s) => Some(s),
-            _ => None,
+    /// What the socket should be registered for: READABLE always (a paused
+    /// reader is resumed by the reactor, not by readiness), WRITABLE only
+    /// while bytes wait.
+    pub fn interest(&self, bytes_waiting: bool) -> Interest {
+        if bytes_waiting {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
         }
     }
 
-    /// The session, mutably.
-    pub fn session_mut(&mut self) -> Option<&mut Session> {
-        match &mut self.phase {
-            Phase::WebSocket(s) => Some(s),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limit_refuses_over_burst_tells_once_per_second_and_closes_on_abuse() {
-        let t0 = Instant::now();
-        let mut r = RateLimit::new(2, t0);
-        assert_eq!(r.check(1, 2, t0), Rate::Allow);
-        assert_eq!(r.check(1, 2, t0), Rate::Allow);
-        assert_eq!(r.check(1, 2, t0), Rate::RefuseAndTell);
-        assert_eq!(r.check(1, 2, t0), Rate::Refuse);
-        let t1 = t0 + Duration::from_millis(1500);
-        assert_eq!(r.check(1, 2, t1), Rate::Allow, "refilled");
-        let mut last = Rate::Allow;
-        for _ in 0..10 {
-            last = r.check(1, 2, t1);
-        }
-        assert_eq!(last, Rate::Abuse, "more than 10 x rate refused within 10 s");
+    /// Ends the connection gracefully (see [`Outcome::Close`]).
+    pub fn begin_closing(&mut self, deadline: Instant, reason: Reason, who: Option<String>) {
+        self.phase = Phase::Closing(Box::new(Closing { deadline, reason, shut: false, who }));
     }
 }

@@ -7,19 +7,23 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | command line, `AYMC_*` environment, TOML file → validated [`config::Config`] |
-//! | [`reactor`] | the `mio` loop: listener, connections (slab), timers, signals |
-//! | [`conn`] | one connection's state machine (`Http` → `WebSocket` → `Closing`), rate limit |
-//! | [`http`] | request heads (`httparse`), routing, responses |
+//! | [`reactor`] | the `mio` loop only: listener, sockets (slab), reads into one buffer, outcomes, flushes, timers, signals, waker |
+//! | [`conn`] | one connection's socket side: the state machine (`Http` → `WebSocket` → `Closing`), [`conn::Outcome`], its interest |
+//! | [`app`] | what handlers work with: the hub, the token checker, the config, agent states, the query thread |
+//! | [`endpoints`] | the HTTP side: pipelined requests, publish bodies, routing, endpoint handlers, upgrade checks |
+//! | [`dispatch`] | the WebSocket side: frames, control frames, rate limit, client messages → hub |
+//! | [`stats`] | `/api/v1/stats` and `/metrics` rendering |
+//! | [`http`] | request heads (`httparse`), the route table, responses |
 //! | [`ws`] | WebSocket frames: decoding with small buffers, encoding once |
-//! | [`outq`] | a connection's outgoing queue: shared frames, `writev`, drops |
-//! | [`hub`] | channels, subscriptions, publish (encode once), seq/epoch, history rings |
+//! | [`client`] | what a client is: out-queue, session (identity, subscriptions, rate limit, timers) |
+//! | [`outq`] | a client's outgoing queue: shared frames, `writev`, drops |
+//! | [`hub`] | clients and channels: subscriptions, publish (encode once), seq/epoch, history rings; no sockets |
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
 //! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
-//! | [`store`] | on-disk history (SQLite): writer thread, epoch and seq recovery, retention, search |
 //! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
 //! | [`agentd`] | the `aymc-agent` binary's agent: log tailing and parsing, status, /proc metrics, Server List Ping, the gRPC service |
 //!
@@ -30,9 +34,13 @@
 
 pub mod agent;
 pub mod agentd;
+pub mod app;
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod conn;
+pub mod dispatch;
+pub mod endpoints;
 pub mod http;
 pub mod hub;
 pub mod link;
@@ -41,5 +49,6 @@ pub mod outq;
 pub mod proto;
 pub mod protocol;
 pub mod reactor;
+pub mod stats;
 pub mod store;
 pub mod ws;

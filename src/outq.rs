@@ -104,6 +104,11 @@ impl OutQueue {
         }
     }
 
+    /// Forgets every pending report (the session ended).
+    pub fn discard_reports(&mut self) {
+        self.drops = None;
+    }
+
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
@@ -166,6 +171,12 @@ impl OutQueue {
             }
             self.items.pop_front();
         }
+    }
+
+    /// The queued frames, oldest first.
+    #[cfg(test)]
+    pub fn frames(&self) -> impl Iterator<Item = &Rc<[u8]>> {
+        self.items.iter().map(|i| &i.bytes)
     }
 
     /// Frees the queue's buffer when it is empty (idle connections).

@@ -1,0 +1,41 @@
+//! What the connection handlers work with, apart from the connection
+//! itself: the hub, the token checker, the configuration, the agents' link
+//! state and the stored-logs query thread. The reactor owns one [`App`] and
+//! hands it to [`endpoints`](crate::endpoints) and
+//! [`dispatch`](crate::dispatch) with the connection an event is for.
+
+use std::time::Instant;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::link::AgentState;
+use crate::logs_api::Queries;
+
+/// See the module docs.
+pub struct App {
+    /// Clients, channels, history.
+    pub hub: Hub,
+    /// Token validation and the channel ACL.
+    pub auth: Authenticator,
+    /// The validated configuration.
+    pub cfg: Config,
+    /// Link state per configured agent, in config order (stats).
+    pub agents: Vec<AgentState>,
+    /// The stored-logs query thread (with on-disk history).
+    pub queries: Option<Queries>,
+    /// When the hub started (stats).
+    pub started: Instant,
+    /// Open connections (stats).
+    pub connections: usize,
+}
+
+impl App {
+    /// Records an agent's link state.
+    pub fn agent_state(&mut self, state: AgentState) {
+        match self.agents.iter_mut().find(|a| a.id == state.id) {
+            Some(slot) => *slot = state,
+            None => self.agents.push(state),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The HTTP side of a connection (PROTOCOL.md sections 1, 8, 9): request
+//! heads one after the other (keep-alive, pipelining), publish bodies,
+//! requests that wait for the query thread, routing, the endpoint handlers
+//! and the checks of an upgrade. Responses are queued on the connection's
+//! client in the hub; each entry point returns the connection's
+//! [`Outcome`].
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use log::info;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::{AuthError, Identity, Role};
+use crate::client::Session;
+use crate::conn::{Conn, HttpState, Outcome, PendingBody, Phase, Reason, WsState};
+use crate::http::{self, HttpError, Request, Route, TokenSource};
+use crate::logs_api;
+use crate::protocol::{Channel, Publish};
+use crate::store::LogQuery;
+use crate::{dispatch, stats};
+
+/// Bytes arrived on a connection in the HTTP phase.
+pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
+    let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
+    http.buf.extend_from_slice(bytes);
+    process(app, key, conn, now)
+}
+
+/// The answer of the query thread for a request that waits for it.
+pub fn on_reply(app: &mut App, key: usize, conn: &mut Conn, response: Vec<u8>, now: Instant) -> Outcome {
+    let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
+    let Some((consumed, close)) = http.waiting.take() else { return Outcome::Keep };
+    match respond(app, key, http, response, close, consumed, now) {
+        Outcome::Keep => process(app, key, conn, now),
+        outcome => outcome,
+    }
+}
+
+/// The head timer (every tick): a connection whose request head has not
+/// arrived within `head_timeout_s` is answered `408` (`503` when it was
+/// accepted over a cap); an idle keep-alive connection is closed quietly.
+pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome {
+    let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
+    let timeout = std::time::Duration::from_secs(app.cfg.limits.head_timeout_s);
+    if http.waiting.is_some() || now.duration_since(http.since) < timeout {
+        return Outcome::Keep;
+    }
+    if http.reject {
+        refuse_503(app, key)
+    } else if http.served && http.buf.is_empty() {
+        Outcome::Drop(Reason::HttpDone)
+    } else {
+        let answer = http::error(408, "request head not received in time", &[], true);
+        respond(app, key, http, answer, true, 0, now)
+    }
+}
+
+/// Parses and answers the complete requests in the buffer, one after the
+/// other.
+fn process(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome {
+    loop {
+        let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
+        if http.waiting.is_some() {
+            return Outcome::Keep;
+        }
+        if let Some(body) = http.body.as_deref() {
+            let (start, end, close) = (body.head_len, body.head_len + body.body_len, body.request.connection_close);
+            if http.buf.len() < end {
+                return Outcome::Keep;
+            }
+            http.body = None;
+            let answer = match Publish::from_api(http.buf.get(start..end).unwrap_or_default()) {
+                Ok(msg) => {
+                    let recipients = app.hub.publish(&app.auth, msg);
+                    http::json(202, &json!({ "recipients": recipients }), close)
+                }
+                Err(reason) => http::error(400, &reason, &[], close),
+            };
+            match respond(app, key, http, answer, close, end, now) {
+                Outcome::Keep => continue,
+                outcome => return outcome,
+            }
+        }
+        if http.buf.is_empty() {
+            return Outcome::Keep;
+        }
+        let l = &app.cfg.limits;
+        let parsed = http::parse_head(&http.buf, l.head_max_bytes, l.head_max_headers);
+        if http.reject && !matches!(parsed, Ok(None)) {
+            return refuse_503(app, key);
+        }
+        let (request, head_len) = match parsed {
+            Ok(None) => return Outcome::Keep,
+            Err(HttpError::TooLarge) => {
+                return respond(app, key, http, http::error(431, "request head too large", &[], true), true, 0, now)
+            }
+            Err(HttpError::BadRequest) => {
+                let answer = http::error(400, "malformed HTTP/1.1 request", &[], true);
+                return respond(app, key, http, answer, true, 0, now);
+            }
+            Ok(Some(head)) => head,
+        };
+        match on_request(app, key, conn, request, head_len, now) {
+            Next::Parse => {}
+            Next::Stop(outcome) => return outcome,
+        }
+    }
+}
+
+/// What comes after a request.
+enum Next {
+    /// The next request on the connection may be parsed now.
+    Parse,
+    /// Stop parsing (waiting for a body or another thread, upgraded, or
+    /// the connection ends).
+    Stop(Outcome),
+}
+
+impl From<Outcome> for Next {
+    /// After a response: parse on while the connection stays.
+    fn from(outcome: Outcome) -> Next {
+        match outcome {
+            Outcome::Keep => Next::Parse,
+            other => Next::Stop(other),
+        }
+    }
+}
+
+fn refuse_503(app: &mut App, key: usize) -> Outcome {
+    let answer = http::error(503, "too many connections; retry later", &[("Retry-After", "5")], true);
+    app.hub.queue(key, Rc::from(answer));
+    Outcome::Close(Reason::HttpDone)
+}
+
+/// Queues an HTTP response. With `close`, the connection then closes; else
+/// `consumed` bytes leave the buffer and the next request may come.
+fn respond(
+    app: &mut App,
+    key: usize,
+    http: &mut HttpState,
+    answer: Vec<u8>,
+    close: bool,
+    consumed: usize,
+    now: Instant,
+) -> Outcome {
+    app.hub.queue(key, Rc::from(answer));
+    if close {
+        return Outcome::Close(Reason::HttpDone);
+    }
+    http.buf.drain(..consumed.min(http.buf.len()));
+    if http.buf.is_empty() {
+        http.buf = Vec::new();
+    }
+    http.served = true;
+    http.since = now;
+    Outcome::Keep
+}
+
+/// Answers a request with an error response that closes the connection.
+fn refuse(app: &mut App, key: usize, status: u16, message: &str, extra: &[(&str, &str)]) -> Next {
+    app.hub.queue(key, Rc::from(http::error(status, message, extra, true)));
+    Next::Stop(Outcome::Close(Reason::HttpDone))
+}
+
+/// Routes one request head.
+fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: usize, now: Instant) -> Next {
+    let close = req.wants_close();
+    let route = match http::route(&req) {
+        Ok(route) => route,
+        Err(None) => return refuse(app, key, 404, "no such endpoint", &[]),
+        Err(Some(allow)) => return refuse(app, key, 405, "method not allowed", &[("Allow", allow)]),
+    };
+    let Phase::Http(http) = &mut conn.phase else { return Next::Stop(Outcome::Keep) };
+    let answer = match route {
+        Route::WebSocket => return Next::Stop(upgrade(app, key, conn, req, head_len, now)),
+        Route::Publish => return start_publish(app, key, http, req, head_len),
+        Route::ServerLogs(server) => return stored_logs(app, key, conn, server, &req, head_len, now),
+        Route::Health => http::json(200, &json!({"status": "ok"}), close),
+        Route::Metrics => {
+            http::response(200, "text/plain; version=0.0.4", &[], stats::prometheus(app).as_bytes(), close)
+        }
+        Route::Stats => match admit(app, req.token(), false) {
+            Ok(()) => http::json(200, &stats::json(app), close),
+            Err((status, msg)) => return refuse(app, key, status, &msg, &[]),
+        },
+    };
+    respond(app, key, http, answer, close, head_len, now).into()
+}
+
+/// Validates the token of a request.
+fn identify(app: &App, token: TokenSource) -> Result<Identity, AuthError> {
+    match token {
+        TokenSource::None => Err(AuthError::Missing),
+        TokenSource::Found(t) => app.auth.validate(&t),
+    }
+}
+
+/// Checks a token for the admin endpoints (`publish`: service too).
+fn admit(app: &App, token: TokenSource, service_ok: bool) -> Result<(), (u16, String)> {
+    let identity = identify(app, token).map_err(|e| (401, e.to_string()))?;
+    match identity.role {
+        Role::Admin => Ok(()),
+        Role::Service if service_ok => Ok(()),
+        _ => Err((403, "this token's role may not use this endpoint".into())),
+    }
+}
+
+/// `POST /api/v1/publish`: checks the token and the length, then waits
+/// for the body.
+fn start_publish(app: &mut App, key: usize, http: &mut HttpState, req: Request, head_len: usize) -> Next {
+    let token = req.bearer().map_or(TokenSource::None, TokenSource::Found);
+    if let Err((status, msg)) = admit(app, token, true) {
+        return refuse(app, key, status, &msg, &[]);
+    }
+    let max = app.cfg.limits.publish_max_bytes;
+    let body_len = match req.content_length {
+        Some(Ok(n)) if n > max => return refuse(app, key, 413, &format!("body over {max} bytes"), &[]),
+        Some(Ok(n)) if !req.chunked => n,
+        _ => return refuse(app, key, 400, "a body with Content-Length is required", &[]),
+    };
+    http.body = Some(Box::new(PendingBody { request: req, head_len, body_len }));
+    Next::Parse
+}
+
+/// `GET /api/v1/servers/{id}/logs`: token and ACL as for the logs channel;
+/// the query runs on the query thread (on-disk history) or here (the
+/// rings).
+fn stored_logs(
+    app: &mut App,
+    key: usize,
+    conn: &mut Conn,
+    server: Uuid,
+    req: &Request,
+    head_len: usize,
+    now: Instant,
+) -> Next {
+    let close = req.wants_close();
+    match identify(app, req.token()) {
+        Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),
+        Ok(who) if !app.auth.may_subscribe(&who, &Channel::logs(server)) => {
+            return refuse(app, key, 403, "this token may not read this server's logs", &[])
+        }
+        Ok(_) => {}
+    }
+    let query = match LogQuery::from_params(server, |n| req.query_param(n)) {
+        Ok(q) => q,
+        Err(msg) => return refuse(app, key, 400, &msg, &[]),
+    };
+    let text = req.accept.as_deref().is_some_and(|a| a.contains("text/plain"));
+    let serial = conn.serial;
+    let Phase::Http(http) = &mut conn.phase else { return Next::Stop(Outcome::Keep) };
+    let Some(queries) = &app.queries else {
+        let answer = logs_api::answer(&app.hub.memory_page(&query), text, close);
+        return respond(app, key, http, answer, close, head_len, now).into();
+    };
+    if !queries.send(logs_api::Job { key, serial, query, text, close }) {
+        return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")]);
+    }
+    http.waiting = Some((head_len, close));
+    Next::Stop(Outcome::Keep)
+}
+
+/// `GET /api/v1/ws`: section 1's checks in order, then `101` and the
+/// session; frames that came with the head are handled at once.
+fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: usize, now: Instant) -> Outcome {
+    let allowed = match (&app.cfg.auth.allowed_origins, &req.origin) {
+        (Some(list), Some(origin)) => list.iter().any(|o| o == origin),
+        _ => true,
+    };
+    let checked = if !allowed {
+        Err((403, "origin not allowed", None))
+    } else {
+        match (identify(app, req.token()), &req.ws_key) {
+            (Err(e), _) => return stop(refuse(app, key, 401, &e.to_string(), &[])),
+            (Ok(_), None) => Err((400, "not a WebSocket upgrade", None)),
+            (Ok(_), Some(_)) if !req.upgrade_websocket || !req.connection_upgrade => {
+                Err((400, "not a WebSocket upgrade", None))
+            }
+            (Ok(_), Some(_)) if req.ws_version.as_deref() != Some("13") => {
+                Err((400, "unsupported WebSocket version", Some(("Sec-WebSocket-Version", "13"))))
+            }
+            (Ok(identity), Some(ws_key)) => Ok((identity, ws_key.clone())),
+        }
+    };
+    let (identity, ws_key) = match checked {
+        Ok(pair) => pair,
+        Err((status, msg, extra)) => return stop(refuse(app, key, status, msg, extra.as_slice())),
+    };
+    let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
+    let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
+    let session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
+    info!("client connected: user {} from {}", session.describe(), conn.peer);
+    app.hub.queue(key, Rc::from(http::switching_protocols(&ws_key)));
+    app.hub.open_session(key, session);
+    conn.phase = Phase::WebSocket(WsState::default());
+    if let Some(outcome) = dispatch::check_token(app, key, chrono::Utc::now().timestamp()) {
+        return outcome;
+    }
+    if leftover.is_empty() {
+        return Outcome::Keep;
+    }
+    dispatch::on_bytes(app, key, conn, &mut leftover, now)
+}
+
+/// The outcome of a refusal.
+fn stop(next: Next) -> Outcome {
+    match next {
+        Next::Parse => Outcome::Keep,
+        Next::Stop(outcome) => outcome,
+    }
+}

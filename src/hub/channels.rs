@@ -1,0 +1,226 @@
+//! The channel table: every channel with subscribers or a seq, its
+//! subscriber list, its seq counter, the history ring of a `logs` channel
+//! and the latest value of a `metrics`/`status` channel (PROTOCOL.md 5a).
+//! Rings are bounded by `history.log_lines` each and `history.max_bytes` in
+//! all; over the byte budget the oldest entries of the largest ring go.
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use slab::Slab;
+
+use crate::config::HistoryConfig;
+use crate::protocol::{Channel, Since};
+use crate::store::Recovered;
+use crate::ws;
+
+/// A kept message: its seq and its frame.
+pub(super) struct Kept {
+    pub seq: u64,
+    pub frame: Rc<[u8]>,
+}
+
+/// One channel.
+pub(super) struct Entry {
+    pub channel: Channel,
+    pub name: String,
+    /// Client keys; a client's `Sub::pos` is its index here.
+    pub subscribers: Vec<usize>,
+    /// Last seq issued in this epoch (0: none).
+    pub seq: u64,
+    /// Logs channels: the last `history.log_lines` messages.
+    pub ring: VecDeque<Kept>,
+    /// Bytes of `ring`.
+    ring_bytes: usize,
+    /// Something was evicted from `ring` in this epoch.
+    pub evicted: bool,
+    /// Metrics and status channels: the latest message.
+    pub latest: Option<Rc<[u8]>>,
+}
+
+/// The table. See the module docs.
+pub(super) struct Channels {
+    slab: Slab<Entry>,
+    index: HashMap<Channel, usize>,
+    log_lines: usize,
+    max_bytes: usize,
+    bytes: usize,
+    entries: usize,
+}
+
+impl Channels {
+    pub fn new(history: &HistoryConfig) -> Channels {
+        Channels {
+            slab: Slab::new(),
+            index: HashMap::new(),
+            log_lines: history.log_lines,
+            max_bytes: history.max_bytes,
+            bytes: 0,
+            entries: 0,
+        }
+    }
+
+    /// Goes on from what the on-disk history knows: each channel's last seq
+    /// and the recent log lines refill the rings. Returns the epoch.
+    pub fn restore(&mut self, recovered: Recovered) -> String {
+        for (name, seq) in recovered.seqs {
+            if let Some(channel) = Channel::parse(&name) {
+                let i = self.index_of(channel);
+                if let Some(entry) = self.slab.get_mut(i) {
+                    entry.seq = seq;
+                }
+            }
+        }
+        for (server, entries) in recovered.recent {
+            let i = self.index_of(Channel::logs(server));
+            let skip = entries.len().saturating_sub(self.log_lines);
+            for (seq, envelope) in entries.into_iter().skip(skip) {
+                self.keep(i, seq, ws::text(envelope.as_bytes()));
+            }
+            if let Some(entry) = self.slab.get_mut(i) {
+                entry.seq = entry.seq.max(entry.ring.back().map_or(0, |k| k.seq));
+                entry.evicted = skip > 0 || recovered.evicted.contains(&server);
+            }
+        }
+        recovered.epoch
+    }
+
+    /// The index of `channel`, created when it has none.
+    pub fn index_of(&mut self, channel: Channel) -> usize {
+        if let Some(&i) = self.index.get(&channel) {
+            return i;
+        }
+        let i = self.slab.insert(Entry {
+            channel,
+            name: channel.to_string(),
+            subscribers: Vec::new(),
+            seq: 0,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            evicted: false,
+            latest: None,
+        });
+        self.index.insert(channel, i);
+        i
+    }
+
+    /// The index of `channel`, if it exists.
+    pub fn find(&self, channel: &Channel) -> Option<usize> {
+        self.index.get(channel).copied()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&Entry> {
+        self.slab.get(i)
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut Entry> {
+        self.slab.get_mut(i)
+    }
+
+    /// Forgets a channel that has no subscriber and never had a message.
+    pub fn forget_if_unused(&mut self, i: usize) {
+        if self.slab.get(i).is_some_and(|c| c.subscribers.is_empty() && c.seq == 0) {
+            let entry = self.slab.remove(i);
+            self.index.remove(&entry.channel);
+        }
+    }
+
+    /// Number of channels in the table.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Adds a message to a logs channel's ring, evicting what the caps
+    /// (`history.log_lines`, `history.max_bytes`) no longer allow.
+    pub fn keep(&mut self, i: usize, seq: u64, frame: Rc<[u8]>) {
+        let Some(entry) = self.slab.get_mut(i) else { return };
+        entry.ring_bytes += frame.len();
+        self.bytes += frame.len();
+        self.entries += 1;
+        entry.ring.push_back(Kept { seq, frame });
+        if entry.ring.len() > self.log_lines {
+            self.evict(i);
+        }
+        if self.bytes > self.max_bytes {
+            // Evict the oldest of the largest ring down to a low-water mark,
+            // so the scan for the largest runs once per 1/64 of the budget
+            // rather than once per published line.
+            let low = self.max_bytes - self.max_bytes / 64;
+            while self.bytes > low {
+                let largest = self.slab.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
+                let Some(k) = largest.filter(|&k| self.slab.get(k).is_some_and(|c| c.ring_bytes > 0)) else {
+                    break;
+                };
+                while self.bytes > low && self.slab.get(k).is_some_and(|c| !c.ring.is_empty()) {
+                    self.evict(k);
+                }
+            }
+        }
+    }
+
+    fn evict(&mut self, i: usize) {
+        let Some(entry) = self.slab.get_mut(i) else { return };
+        if let Some(old) = entry.ring.pop_front() {
+            entry.ring_bytes -= old.frame.len();
+            entry.evicted = true;
+            self.bytes -= old.frame.len();
+            self.entries -= 1;
+        }
+    }
+
+    /// The kept messages after `since` (appended to `out`), or false when
+    /// they cannot all be given (5a).
+    pub fn recover(&self, i: usize, since: &Since, epoch: &str, out: &mut Vec<Rc<[u8]>>) -> bool {
+        let Some(entry) = self.slab.get(i) else { return false };
+        if since.epoch != epoch || since.seq > entry.seq {
+            return false;
+        }
+        if since.seq == entry.seq {
+            return true;
+        }
+        match entry.ring.front() {
+            Some(first) if first.seq <= since.seq + 1 => {
+                out.extend(entry.ring.iter().filter(|k| k.seq > since.seq).map(|k| Rc::clone(&k.frame)));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The newest `limit` kept messages of `channel` with `seq <
+    /// before_seq`, oldest first, and whether the first of them is the
+    /// oldest the channel ever had in this epoch (5a `complete`).
+    pub fn page(&self, channel: &Channel, limit: usize, before_seq: Option<u64>) -> (Vec<&Kept>, bool) {
+        let Some(e) = self.find(channel).and_then(|i| self.slab.get(i)) else { return (Vec::new(), true) };
+        let below = e.ring.iter().filter(|k| before_seq.is_none_or(|b| k.seq < b));
+        let count = below.clone().count();
+        let kept: Vec<&Kept> = below.skip(count.saturating_sub(limit)).collect();
+        let first_is_oldest = match (kept.first(), e.ring.front()) {
+            (Some(k), Some(front)) => k.seq == front.seq,
+            (None, _) => true,
+            _ => false,
+        };
+        (kept, !e.evicted && first_is_oldest)
+    }
+
+    /// The ring of a channel, oldest first (empty when it has none).
+    pub fn ring(&self, channel: &Channel) -> impl DoubleEndedIterator<Item = &Kept> {
+        self.find(channel).and_then(|i| self.slab.get(i)).into_iter().flat_map(|c| c.ring.iter())
+    }
+
+    /// Channel name → subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.slab.iter().filter(|(_, c)| !c.subscribers.is_empty()).map(|(_, c)| (c.name.as_str(), c.subscribers.len()))
+    }
+
+    /// Every channel's last seq (channels that issued one).
+    pub fn seqs(&self) -> Vec<(String, u64)> {
+        self.slab.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.name.clone(), c.seq)).collect()
+    }
+
+    /// Kept history: (entries, bytes).
+    pub fn size(&self) -> (usize, usize) {
+        (self.entries, self.bytes)
+    }
+}

@@ -1,0 +1,658 @@
+//! The hub: clients and channels, and everything that happens between them.
+//! It keeps one [`Client`] per open connection (its out-queue and, once
+//! upgraded, its [`Session`]), the channel table with `seq`/`epoch`, the
+//! history rings and latest values (PROTOCOL.md 5, 5a), and answers the
+//! client requests that act on them (`subscribe`, `unsubscribe`,
+//! `history`, `auth`). [`Hub::publish`] serializes and frames a message
+//! once and shares the bytes with every subscriber's queue.
+//!
+//! It knows queues and sessions, not sockets: output is written through
+//! [`Hub::write_out`] to any `Write`, and the connections to flush are
+//! listed for the reactor ([`Hub::take_dirty`], [`Hub::take_fanout`]).
+
+mod channels;
+#[cfg(test)]
+mod tests;
+
+use std::io::{self, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::Control;
+
+use crate::auth::{Authenticator, Role};
+use crate::client::{Client, Session, Sub};
+use crate::config::{HistoryConfig, Limits};
+use crate::outq::{DropKey, DropReport};
+use crate::protocol::{self, AlertSource, Channel, ChannelKind, ErrorCode, Publish, Since, Time};
+use crate::store::{LogQuery, Page, Recovered, Store, StoreStats, StoredLog};
+use crate::ws;
+use channels::Channels;
+
+/// Counters for `/api/v1/stats` and `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    /// Messages published.
+    pub messages_in: u64,
+    /// Copies queued to clients.
+    pub messages_out: u64,
+    /// Copies dropped for slow clients.
+    pub messages_dropped: u64,
+}
+
+/// What [`Hub::write_out`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Some bytes went out.
+    pub progress: bool,
+    /// Nothing waits any more.
+    pub empty: bool,
+    /// Replies (uncounted items) still waiting.
+    pub replies: usize,
+}
+
+/// The hub. See the module docs.
+pub struct Hub {
+    /// Indexed by connection key; `None` for free keys.
+    clients: Vec<Option<Client>>,
+    /// Clients with a session.
+    sessions: usize,
+    channels: Channels,
+    epoch: String,
+    /// Live messages queued per client at most (`limits.client_queue`).
+    queue_cap: usize,
+    max_subscriptions: usize,
+    /// Clients with replies to flush at the end of the loop turn.
+    dirty: Vec<usize>,
+    /// Clients with live messages, flushed together in batches (see the
+    /// reactor's `FANOUT_DELAY`).
+    fanout: Vec<usize>,
+    /// When the oldest live message not yet flushed was published.
+    fanout_since: Option<Instant>,
+    /// Counters for stats.
+    pub counters: Counters,
+    /// On-disk history, when configured.
+    store: Option<Store>,
+    /// A seq of a channel the store does not save by itself (all but logs)
+    /// moved since the last [`Hub::save_counters`].
+    counters_changed: bool,
+}
+
+impl Hub {
+    /// An empty hub in a new epoch.
+    ///
+    /// With on-disk history, `recovered` gives the epoch, each channel's
+    /// last seq and the recent log lines to refill the rings, and every log
+    /// line published is also handed to `store`.
+    pub fn new(limits: &Limits, history: &HistoryConfig, store: Option<Store>, recovered: Option<Recovered>) -> Hub {
+        let mut channels = Channels::new(history);
+        let epoch = match recovered {
+            Some(recovered) => channels.restore(recovered),
+            None => crate::store::new_epoch(),
+        };
+        Hub {
+            clients: Vec::new(),
+            sessions: 0,
+            channels,
+            epoch,
+            queue_cap: limits.client_queue,
+            max_subscriptions: limits.max_subscriptions,
+            dirty: Vec::new(),
+            fanout: Vec::new(),
+            fanout_since: None,
+            counters: Counters::default(),
+            store,
+            counters_changed: false,
+        }
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    // ---- clients ----
+
+    /// Adds a client for a new connection under its key.
+    pub fn connect(&mut self, key: usize) {
+        if self.clients.len() <= key {
+            self.clients.resize_with(key + 1, || None);
+        }
+        if let Some(slot) = self.clients.get_mut(key) {
+            *slot = Some(Client::default());
+        }
+    }
+
+    /// Removes a connection's client, dropping its subscriptions.
+    pub fn disconnect(&mut self, key: usize) -> Option<Client> {
+        self.end_session(key);
+        let client = self.clients.get_mut(key)?.take();
+        while self.clients.last().is_some_and(Option::is_none) {
+            self.clients.pop();
+        }
+        client
+    }
+
+    /// The client of a connection.
+    pub fn client(&self, key: usize) -> Option<&Client> {
+        self.clients.get(key)?.as_ref()
+    }
+
+    fn client_mut(&mut self, key: usize) -> Option<&mut Client> {
+        self.clients.get_mut(key)?.as_mut()
+    }
+
+    /// The session of an upgraded connection.
+    pub fn session(&self, key: usize) -> Option<&Session> {
+        self.client(key)?.session.as_ref()
+    }
+
+    /// The session, mutably.
+    pub fn session_mut(&mut self, key: usize) -> Option<&mut Session> {
+        self.client_mut(key)?.session.as_mut()
+    }
+
+    /// Upgraded clients.
+    pub fn sessions(&self) -> usize {
+        self.sessions
+    }
+
+    /// Starts a client's session (the connection was upgraded).
+    pub fn open_session(&mut self, key: usize, session: Session) {
+        if let Some(client) = self.client_mut(key) {
+            if client.session.replace(session).is_none() {
+                self.sessions += 1;
+            }
+        }
+    }
+
+    /// Ends a client's session: its subscriptions and pending drop reports
+    /// go; what is queued stays to be written. Returns the session.
+    pub fn end_session(&mut self, key: usize) -> Option<Session> {
+        let client = self.client_mut(key)?;
+        let session = client.session.take()?;
+        client.out.discard_reports();
+        self.sessions -= 1;
+        for &sub in &session.subs {
+            self.remove_subscriber(sub);
+        }
+        Some(session)
+    }
+
+    // ---- output ----
+
+    /// Queues bytes that are never dropped (a response, a control frame,
+    /// a replayed copy) and lists the client for the end of the turn.
+    pub fn queue(&mut self, key: usize, bytes: Rc<[u8]>) {
+        let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { return };
+        client.out.push_control(bytes);
+        mark(key, &mut client.dirty, &mut self.dirty);
+    }
+
+    /// Queues a control reply (a text frame, never dropped, not counted).
+    pub fn reply(&mut self, key: usize, payload: &[u8]) {
+        self.queue(key, ws::text(payload));
+    }
+
+    /// Lists a client for the end of the turn (its socket became writable).
+    pub fn touch(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { return };
+        mark(key, &mut client.dirty, &mut self.dirty);
+    }
+
+    /// Writes what a client has queued to `w` (its socket) until it would
+    /// block; once live messages have drained below the cap, the pending
+    /// `MESSAGES_DROPPED` reports are queued and written too.
+    ///
+    /// # Errors
+    /// A write error other than WouldBlock/Interrupted: the connection is
+    /// gone.
+    pub fn write_out(&mut self, key: usize, w: &mut impl Write) -> io::Result<Written> {
+        let cap = self.queue_cap;
+        let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else {
+            return Ok(Written { progress: false, empty: true, replies: 0 });
+        };
+        client.dirty = false;
+        client.fanout = false;
+        let mut progress = false;
+        loop {
+            progress |= client.out.write_to(w)? > 0;
+            let reports = client.out.take_reports(cap);
+            if reports.is_empty() {
+                break;
+            }
+            for error in drop_errors(&self.channels, reports) {
+                client.out.push_control(ws::text(&error));
+            }
+        }
+        Ok(Written { progress, empty: client.out.is_empty(), replies: client.out.replies() })
+    }
+
+    /// Takes the list of clients with replies to flush.
+    pub fn take_dirty(&mut self, into: &mut Vec<usize>) {
+        into.append(&mut self.dirty);
+    }
+
+    /// Takes the list of clients with live messages to flush.
+    pub fn take_fanout(&mut self, into: &mut Vec<usize>) {
+        self.fanout_since = None;
+        into.append(&mut self.fanout);
+    }
+
+    /// When the oldest unflushed live message was published, if any.
+    pub fn fanout_since(&self) -> Option<Instant> {
+        self.fanout_since
+    }
+
+    // ---- session timers ----
+
+    /// Queues a WebSocket Ping when one is due; frees an idle client's
+    /// buffers otherwise.
+    pub fn ping_if_due(&mut self, key: usize, now: Instant, interval: Duration) {
+        let Some(client) = self.client_mut(key) else { return };
+        let Some(session) = &mut client.session else { return };
+        if now < session.next_ping {
+            return client.release(now);
+        }
+        session.next_ping = now + interval;
+        self.queue(key, ws::control(Control::Ping, &[]));
+    }
+
+    /// Sends `TOKEN_EXPIRING` when due. Returns true when the token has
+    /// expired (`exp` + `leeway` passed): the caller closes with `4001`.
+    pub fn token_expired(&mut self, key: usize, unix_now: i64, leeway: i64) -> bool {
+        let Some(session) = self.session_mut(key) else { return false };
+        let exp = session.identity.exp;
+        if unix_now >= exp.saturating_add(leeway) {
+            return true;
+        }
+        if session.notice_at.is_some_and(|t| unix_now >= t) {
+            session.notice_at = None;
+            let notice = protocol::control("TOKEN_EXPIRING", "Token expiring", json!({ "expires_at": exp }), None);
+            self.reply(key, &notice);
+        }
+        false
+    }
+
+    // ---- publish ----
+
+    /// Publishes one message: stamps it, gives it its channel's next seq,
+    /// serializes and frames it once, and queues the shared bytes for every
+    /// subscriber (alerts: every client the ACL allows). Returns the number
+    /// of clients it was queued for.
+    pub fn publish(&mut self, auth: &Authenticator, mut msg: Publish) -> usize {
+        let now = Time::now();
+        msg.stamp(now);
+        self.counters.messages_in += 1;
+        let Some(channel) = msg.channel() else {
+            return self.publish_alert(auth, &msg, now);
+        };
+        let i = self.channels.index_of(channel);
+        let Some(entry) = self.channels.get_mut(i) else { return 0 };
+        entry.seq += 1;
+        let seq = entry.seq;
+        let json = msg.encode(now, Some((seq, &self.epoch)));
+        let frame = ws::text(&json);
+        let (mut queued, mut dropped) = (0, 0);
+        if !entry.subscribers.is_empty() {
+            self.fanout_since.get_or_insert_with(Instant::now);
+        }
+        for &key in &entry.subscribers {
+            let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { continue };
+            match offer(key, client, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.fanout) {
+                true => queued += 1,
+                false => dropped += 1,
+            }
+        }
+        match channel.kind {
+            ChannelKind::Logs => {
+                self.channels.keep(i, seq, frame);
+                if let (Some(store), Publish::Log(e)) = (&self.store, msg) {
+                    store.append(StoredLog {
+                        server: e.server_id,
+                        seq,
+                        epoch: self.epoch.clone(),
+                        ts_ms: e.timestamp.unwrap_or(now).0.timestamp_millis(),
+                        level: e.level,
+                        source: e.source,
+                        message: e.message,
+                        exception: e.exception,
+                        envelope: String::from_utf8(json).unwrap_or_default(),
+                        offset: e.offset,
+                    });
+                }
+            }
+            ChannelKind::Metrics | ChannelKind::Status => {
+                entry.latest = Some(frame);
+                self.counters_changed = true;
+            }
+            ChannelKind::Notifications => self.counters_changed = true,
+        }
+        self.counters.messages_out += queued;
+        self.counters.messages_dropped += dropped;
+        queued as usize
+    }
+
+    fn publish_alert(&mut self, auth: &Authenticator, msg: &Publish, now: Time) -> usize {
+        let Publish::Alert(alert) = msg else { return 0 };
+        let frame = ws::text(&msg.encode(now, None));
+        let (mut queued, mut dropped) = (0, 0);
+        for (key, slot) in self.clients.iter_mut().enumerate() {
+            let Some(client) = slot else { continue };
+            let Some(session) = &client.session else { continue };
+            let allowed = match (alert.source, alert.source_id) {
+                (AlertSource::Server, Some(server)) => auth.may_watch(&session.identity, server),
+                _ => session.identity.role == Role::Admin,
+            };
+            if !allowed {
+                continue;
+            }
+            self.fanout_since.get_or_insert_with(Instant::now);
+            match offer(key, client, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.fanout) {
+                true => queued += 1,
+                false => dropped += 1,
+            }
+        }
+        self.counters.messages_out += queued;
+        self.counters.messages_dropped += dropped;
+        queued as usize
+    }
+
+    // ---- client requests ----
+
+    /// Handles `subscribe` (section 4 order: errors, `SUBSCRIBED`, replays).
+    pub fn subscribe(&mut self, key: usize, auth: &Authenticator, names: &[String], since: Option<&[(String, Since)]>) {
+        let (mut forbidden, mut invalid, mut too_many) = (Vec::new(), Vec::new(), Vec::new());
+        let mut listed: Vec<Channel> = Vec::new();
+        let mut newly: Vec<usize> = Vec::new();
+        for name in names {
+            let Some(channel) = Channel::parse(name) else {
+                push_unique(&mut invalid, name);
+                continue;
+            };
+            let Some(session) = self.session(key) else { return };
+            if !auth.may_subscribe(&session.identity, &channel) {
+                push_unique(&mut forbidden, name);
+                continue;
+            }
+            let existing = self.channels.find(&channel);
+            let already = existing.is_some_and(|i| session.subs.iter().any(|s| s.channel as usize == i));
+            if !already {
+                if session.subs.len() >= self.max_subscriptions {
+                    push_unique(&mut too_many, name);
+                    continue;
+                }
+                let i = self.channels.index_of(channel);
+                self.add_subscriber(key, i);
+                newly.push(i);
+            }
+            if !listed.contains(&channel) {
+                listed.push(channel);
+            }
+        }
+        for (code, list, text) in [
+            (ErrorCode::Forbidden, forbidden, "Access denied to channels"),
+            (ErrorCode::InvalidChannel, invalid, "Invalid channel names"),
+            (ErrorCode::TooManySubscriptions, too_many, "Too many subscriptions"),
+        ] {
+            if !list.is_empty() {
+                self.reply(key, &protocol::error(code, text, Some(json!(list))));
+            }
+        }
+        let mut recovered = serde_json::Map::new();
+        let mut replays: Vec<Rc<[u8]>> = Vec::new();
+        for &i in &newly {
+            let Some(entry) = self.channels.get(i) else { continue };
+            match entry.channel.kind {
+                ChannelKind::Logs => {
+                    let wanted =
+                        since.unwrap_or_default().iter().find(|(n, _)| Channel::parse(n) == Some(entry.channel));
+                    if let Some((_, since)) = wanted {
+                        let ok = self.channels.recover(i, since, &self.epoch, &mut replays);
+                        recovered.insert(entry.name.clone(), Value::Bool(ok));
+                    }
+                }
+                ChannelKind::Metrics | ChannelKind::Status => replays.extend(entry.latest.clone()),
+                ChannelKind::Notifications => {}
+            }
+        }
+        let listed: Vec<String> = listed.iter().map(Channel::to_string).collect();
+        let extra = since.is_some().then_some(("recovered", Value::Object(recovered)));
+        let answer = protocol::control("SUBSCRIBED", "Successfully subscribed to channels", json!(listed), extra);
+        self.reply(key, &answer);
+        for frame in replays {
+            self.queue(key, frame);
+        }
+    }
+
+    fn add_subscriber(&mut self, key: usize, i: usize) {
+        let Some(entry) = self.channels.get_mut(i) else { return };
+        let pos = entry.subscribers.len() as u32;
+        entry.subscribers.push(key);
+        if let Some(session) = self.session_mut(key) {
+            session.subs.push(Sub { channel: i as u32, pos });
+        }
+    }
+
+    /// Removes a subscriber from channel `sub.channel`, fixing the position
+    /// of the subscriber moved into its place.
+    fn remove_subscriber(&mut self, sub: Sub) {
+        let i = sub.channel as usize;
+        let Some(entry) = self.channels.get_mut(i) else { return };
+        let pos = sub.pos as usize;
+        if pos >= entry.subscribers.len() {
+            return;
+        }
+        entry.subscribers.swap_remove(pos);
+        if let Some(&moved) = entry.subscribers.get(pos) {
+            if let Some(session) = self.session_mut(moved) {
+                if let Some(s) = session.subs.iter_mut().find(|s| s.channel as usize == i) {
+                    s.pos = sub.pos;
+                }
+            }
+        }
+        self.channels.forget_if_unused(i);
+    }
+
+    /// Drops one subscription of a client, with its pending drop report.
+    fn unsubscribe_one(&mut self, key: usize, i: usize) -> bool {
+        let Some(client) = self.client_mut(key) else { return false };
+        client.out.discard_report(DropKey::Channel(i));
+        let Some(session) = &mut client.session else { return false };
+        let Some(at) = session.subs.iter().position(|s| s.channel as usize == i) else { return false };
+        let sub = session.subs.swap_remove(at);
+        self.remove_subscriber(sub);
+        true
+    }
+
+    /// Handles `unsubscribe`: `INVALID_CHANNEL` for malformed names, then
+    /// `UNSUBSCRIBED` listing the channels that were subscribed.
+    pub fn unsubscribe(&mut self, key: usize, names: &[String]) {
+        let mut invalid = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        for name in names {
+            let Some(channel) = Channel::parse(name) else {
+                push_unique(&mut invalid, name);
+                continue;
+            };
+            let Some(i) = self.channels.find(&channel) else { continue };
+            if self.unsubscribe_one(key, i) {
+                removed.push(channel.to_string());
+            }
+        }
+        if !invalid.is_empty() {
+            let error = protocol::error(ErrorCode::InvalidChannel, "Invalid channel names", Some(json!(invalid)));
+            self.reply(key, &error);
+        }
+        let answer = protocol::control("UNSUBSCRIBED", "Successfully unsubscribed from channels", json!(removed), None);
+        self.reply(key, &answer);
+    }
+
+    /// Handles `history` (5a): the newest `limit` kept messages below
+    /// `before_seq`, oldest first.
+    pub fn history(&mut self, key: usize, auth: &Authenticator, name: &str, limit: usize, before_seq: Option<u64>) {
+        let Some(session) = self.session(key) else { return };
+        let channel = match Channel::parse(name) {
+            None => Err((ErrorCode::InvalidChannel, "Invalid channel names")),
+            Some(c) if c.kind != ChannelKind::Logs => {
+                Err((ErrorCode::InvalidMessage, "Only logs channels have history"))
+            }
+            Some(c) if !auth.may_subscribe(&session.identity, &c) => {
+                Err((ErrorCode::Forbidden, "Access denied to channels"))
+            }
+            Some(c) => Ok(c),
+        };
+        let channel = match channel {
+            Ok(c) => c,
+            Err((code, text)) => return self.reply(key, &protocol::error(code, text, Some(json!([name])))),
+        };
+        let (kept, complete) = self.channels.page(&channel, limit, before_seq);
+        let mut body = String::from("{\"type\":\"history\",\"channel\":");
+        body.push_str(&Value::from(channel.to_string()).to_string());
+        body.push_str(",\"data\":{\"messages\":[");
+        for (n, k) in kept.iter().enumerate() {
+            if n > 0 {
+                body.push(',');
+            }
+            body.push_str(std::str::from_utf8(frame_payload(&k.frame)).unwrap_or("null"));
+        }
+        body.push_str(&format!("],\"complete\":{complete}}},\"timestamp\":\"{}\"}}", Time::now()));
+        self.reply(key, body.as_bytes());
+    }
+
+    /// Handles `auth`: replaces the token of the same user, unsubscribing
+    /// channels the new claims no longer allow.
+    pub fn reauth(&mut self, key: usize, auth: &Authenticator, token: &str) {
+        let Some(session) = self.session(key) else { return };
+        let identity = match auth.validate(token) {
+            Ok(id) if id.user == session.identity.user => id,
+            Ok(_) => return self.refuse_auth(key, "Token belongs to another user"),
+            Err(e) => return self.refuse_auth(key, &format!("Token refused: {e}")),
+        };
+        let revoked: Vec<usize> = session
+            .subs
+            .iter()
+            .map(|s| s.channel as usize)
+            .filter(|&i| self.channels.get(i).is_some_and(|c| !auth.may_subscribe(&identity, &c.channel)))
+            .collect();
+        let mut names = Vec::new();
+        for i in revoked {
+            names.extend(self.channels.get(i).map(|c| c.name.clone()));
+            self.unsubscribe_one(key, i);
+        }
+        let exp = identity.exp;
+        if let Some(session) = self.session_mut(key) {
+            session.set_identity(identity);
+        }
+        let data = json!({ "expires_at": exp, "revoked": names });
+        self.reply(key, &protocol::control("AUTHENTICATED", "Token refreshed", data, None));
+    }
+
+    fn refuse_auth(&mut self, key: usize, text: &str) {
+        self.reply(key, &protocol::error(ErrorCode::Unauthorized, text, None));
+    }
+
+    // ---- stats, store ----
+
+    /// Stats: channel name -> subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.channels.subscriptions()
+    }
+
+    /// Hands the seq counters of metrics, status and notification channels
+    /// to the store when they moved (logs channels are saved with their
+    /// lines).
+    pub fn save_counters(&mut self) {
+        if let Some(store) = &self.store {
+            if std::mem::take(&mut self.counters_changed) {
+                store.save_counters(self.channels.seqs());
+            }
+        }
+    }
+
+    /// Flushes and closes the store (clean shutdown: the epoch is kept).
+    pub fn close_store(&mut self) {
+        if let Some(store) = self.store.take() {
+            if !store.shutdown(self.channels.seqs()) {
+                log::warn!("on-disk history was not closed cleanly; the next start begins a new epoch");
+            }
+        }
+    }
+
+    /// The store's figures, when there is one.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.store.as_ref().map(Store::stats)
+    }
+
+    /// A page of a server's kept log lines (no on-disk history).
+    pub fn memory_page(&self, query: &LogQuery) -> Page {
+        let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, frame_payload(&k.frame)));
+        crate::store::memory_page(query, ring)
+    }
+
+    /// Kept history: (entries, bytes).
+    pub fn history_size(&self) -> (usize, usize) {
+        self.channels.size()
+    }
+}
+
+/// Queues a live message for one client (or counts the drop) and lists the
+/// client for the next fan-out flush. Returns whether it was queued.
+fn offer(
+    key: usize,
+    client: &mut Client,
+    frame: &Rc<[u8]>,
+    cap: usize,
+    drop: DropKey,
+    seq: u64,
+    fanout: &mut Vec<usize>,
+) -> bool {
+    let queued = client.out.push_live(frame, cap, drop, seq);
+    mark(key, &mut client.fanout, fanout);
+    queued
+}
+
+/// Lists `key` once in `list` (the flag says it is listed already).
+fn mark(key: usize, listed: &mut bool, list: &mut Vec<usize>) {
+    if !*listed {
+        *listed = true;
+        list.push(key);
+    }
+}
+
+/// `MESSAGES_DROPPED` errors for drop reports (section 5, "Drops").
+fn drop_errors(channels: &Channels, reports: Vec<DropReport>) -> impl Iterator<Item = Vec<u8>> + '_ {
+    reports.into_iter().map(|r| {
+        let details = match r.key {
+            DropKey::Channel(i) => json!({
+                "channel": channels.get(i).map(|c| c.name.as_str()),
+                "dropped": r.dropped,
+                "from_seq": r.from_seq,
+                "to_seq": r.to_seq,
+            }),
+            DropKey::Alerts => json!({ "channel": null, "dropped": r.dropped }),
+        };
+        protocol::error(
+            ErrorCode::MessagesDropped,
+            "Messages were dropped because the client reads too slowly",
+            Some(details),
+        )
+    })
+}
+
+/// The payload of an unmasked server frame.
+fn frame_payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
+fn push_unique(list: &mut Vec<String>, name: &str) {
+    if !list.iter().any(|n| n == name) {
+        list.push(name.to_string());
+    }
+}

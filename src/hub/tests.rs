@@ -1,0 +1,221 @@
+//! The hub driven without sockets: clients are keys, output is read back
+//! through `write_out` into memory, as a client would receive it.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::*;
+use crate::auth::Identity;
+use crate::config::AuthConfig;
+
+const SERVER: Uuid = Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440000);
+const OTHER: Uuid = Uuid::from_u128(0x650e8400_e29b_41d4_a716_446655440000);
+const USER: Uuid = Uuid::from_u128(0x123e4567_e89b_12d3_a456_426614174000);
+
+fn logs(server: Uuid) -> String {
+    format!("server:{server}:logs")
+}
+
+struct Fixture {
+    hub: Hub,
+    auth: Authenticator,
+}
+
+impl Fixture {
+    fn new(client_queue: usize, log_lines: usize) -> Fixture {
+        let limits = Limits { client_queue, ..Limits::default() };
+        let history = HistoryConfig { log_lines, ..HistoryConfig::default() };
+        let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+        let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+        Fixture { hub: Hub::new(&limits, &history, None, None), auth }
+    }
+
+    /// A connected, upgraded client of `user` allowed `servers`.
+    fn client(&mut self, key: usize, role: Role, servers: &[Uuid]) {
+        let identity = Identity { user: USER, role, servers: servers.into(), exp: i64::MAX / 2 };
+        self.hub.connect(key);
+        self.hub.open_session(key, Session::new(identity, &Limits::default(), 60, Instant::now()));
+    }
+
+    fn subscribe(&mut self, key: usize, channels: &[&str], since: Option<(&str, u64, &str)>) {
+        let names: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
+        let since = since.map(|(c, seq, epoch)| vec![(c.to_string(), Since { seq, epoch: epoch.to_string() })]);
+        self.hub.subscribe(key, &self.auth, &names, since.as_deref());
+    }
+
+    fn log(&mut self, server: Uuid, message: &str) -> usize {
+        let body = json!({"type": "log_entry", "channel": logs(server),
+            "data": {"server_id": server, "level": "INFO", "source": "server", "message": message}});
+        self.hub.publish(&self.auth, Publish::from_api(body.to_string().as_bytes()).unwrap())
+    }
+
+    /// Everything queued for `key`, written out and parsed as JSON.
+    fn read(&mut self, key: usize) -> Vec<Value> {
+        let mut wire = Vec::new();
+        self.hub.write_out(key, &mut wire).unwrap();
+        let mut out = Vec::new();
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let (len, header) = match rest[1] & 0x7f {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+                n => (n as usize, 2),
+            };
+            if rest[0] & 0x0f == 1 {
+                out.push(serde_json::from_slice(&rest[header..header + len]).unwrap());
+            }
+            rest = &rest[header + len..];
+        }
+        out
+    }
+}
+
+fn codes(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["data"]["code"].as_str().map_or_else(|| m["type"].as_str().unwrap().to_string(), str::to_string))
+        .collect()
+}
+
+#[test]
+fn subscribe_applies_the_acl_and_answers_in_section_4_order() {
+    let mut f = Fixture::new(256, 1000);
+    f.client(1, Role::User, &[SERVER]);
+    let other = logs(OTHER);
+    f.subscribe(1, &[&logs(SERVER), &other, "nope", &other, &logs(SERVER)], None);
+    let got = f.read(1);
+    assert_eq!(codes(&got), ["FORBIDDEN", "INVALID_CHANNEL", "SUBSCRIBED"]);
+    assert_eq!(got[0]["data"]["data"], json!([other]), "listed once");
+    assert_eq!(got[2]["data"]["data"], json!([logs(SERVER)]));
+    assert_eq!(f.hub.subscriptions().collect::<Vec<_>>(), [(logs(SERVER).as_str(), 1)]);
+
+    f.hub.unsubscribe(1, &[logs(SERVER), other, "bad".into()]);
+    assert_eq!(codes(&f.read(1)), ["INVALID_CHANNEL", "UNSUBSCRIBED"]);
+    assert_eq!(f.hub.subscriptions().count(), 0);
+    assert_eq!(f.hub.channels.len(), 0, "a channel without subscribers or messages is freed");
+}
+
+#[test]
+fn publish_numbers_each_channel_and_shares_one_frame_with_every_subscriber() {
+    let mut f = Fixture::new(256, 1000);
+    for key in 0..3 {
+        f.client(key, Role::Admin, &[]);
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    assert_eq!(f.log(SERVER, "one"), 3);
+    assert_eq!(f.log(SERVER, "two"), 3);
+    assert_eq!(f.log(OTHER, "elsewhere"), 0, "no subscriber, still a seq");
+    let first: Vec<Rc<[u8]>> = (0..3).map(|k| f.hub.client(k).unwrap().out.frames().next().unwrap().clone()).collect();
+    assert!(first.iter().all(|frame| Rc::ptr_eq(frame, &first[0])), "encoded once, shared");
+    for key in 0..3 {
+        let got = f.read(key);
+        assert_eq!(got.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+        assert!(got.iter().all(|m| m["epoch"] == f.hub.epoch()));
+        assert_eq!(got[1]["data"]["message"], "two");
+    }
+    assert_eq!(f.hub.counters.messages_in, 3);
+    assert_eq!(f.hub.counters.messages_out, 6);
+}
+
+#[test]
+fn overflow_drops_for_the_slow_client_only_and_reports_the_exact_range() {
+    let mut f = Fixture::new(2, 1000);
+    f.client(1, Role::Admin, &[]);
+    f.client(2, Role::Admin, &[]);
+    for key in [1, 2] {
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    f.log(SERVER, "a");
+    f.log(SERVER, "b");
+    let mut fast = f.read(2);
+    for m in ["c", "d", "e"] {
+        f.log(SERVER, m);
+        fast.extend(f.read(2));
+    }
+    let slow = f.read(1);
+    assert_eq!(codes(&slow), ["log_entry", "log_entry", "MESSAGES_DROPPED"]);
+    assert_eq!(slow[2]["data"]["data"], json!({"channel": logs(SERVER), "dropped": 3, "from_seq": 3, "to_seq": 5}));
+    assert_eq!(fast.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(f.hub.counters.messages_dropped, 3);
+}
+
+#[test]
+fn since_replays_from_the_ring_without_a_seam_or_says_it_cannot() {
+    let mut f = Fixture::new(256, 3);
+    for m in ["1", "2", "3", "4", "5"] {
+        f.log(SERVER, m);
+    }
+    let epoch = f.hub.epoch().to_string();
+    let channel = logs(SERVER);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&channel], Some((&channel, 3, &epoch)));
+    f.log(SERVER, "6");
+    let got = f.read(1);
+    assert_eq!(got[0]["data"]["recovered"], json!({ &channel: true }));
+    let seqs: Vec<u64> = got[1..].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [4, 5, 6], "replay, then live, no gap, no double");
+
+    for (seq, epoch) in [(1, epoch.as_str()), (9, epoch.as_str()), (4, "other")] {
+        f.client(2, Role::Admin, &[]);
+        f.subscribe(2, &[&channel], Some((&channel, seq, epoch)));
+        let got = f.read(2);
+        assert_eq!(got.len(), 1, "nothing partial is replayed");
+        assert_eq!(got[0]["data"]["recovered"], json!({ &channel: false }), "since {seq} in {epoch}");
+        f.hub.disconnect(2);
+    }
+}
+
+#[test]
+fn history_pages_backwards_and_knows_when_it_is_complete() {
+    let mut f = Fixture::new(256, 4);
+    f.client(1, Role::User, &[SERVER]);
+    for m in ["1", "2", "3"] {
+        f.log(SERVER, m);
+    }
+    let channel = logs(SERVER);
+    f.hub.history(1, &f.auth, &channel, 2, None);
+    f.hub.history(1, &f.auth, &channel, 2, Some(2));
+    let got = f.read(1);
+    let seqs = |m: &Value| {
+        m["data"]["messages"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!((seqs(&got[0]), &got[0]["data"]["complete"]), (vec![2, 3], &json!(false)));
+    assert_eq!((seqs(&got[1]), &got[1]["data"]["complete"]), (vec![1], &json!(true)));
+
+    for m in ["4", "5"] {
+        f.log(SERVER, m);
+    }
+    f.hub.history(1, &f.auth, &channel, 100, None);
+    f.hub.history(1, &f.auth, &logs(OTHER), 10, None);
+    f.hub.history(1, &f.auth, &format!("server:{SERVER}:status"), 10, None);
+    let got = f.read(1);
+    assert_eq!((seqs(&got[0]), &got[0]["data"]["complete"]), (vec![2, 3, 4, 5], &json!(false)), "1 was evicted");
+    assert_eq!(codes(&got[1..]), ["FORBIDDEN", "INVALID_MESSAGE"]);
+}
+
+#[test]
+fn a_closed_client_leaves_every_channel_and_moves_no_one_elses_position() {
+    let mut f = Fixture::new(256, 10);
+    for key in 0..3 {
+        f.client(key, Role::Admin, &[]);
+        f.subscribe(key, &[&logs(SERVER), &logs(OTHER)], None);
+        f.read(key);
+    }
+    assert!(f.hub.disconnect(0).is_some());
+    f.hub.unsubscribe(2, &[logs(OTHER)]);
+    f.read(2);
+    assert_eq!(f.log(SERVER, "x"), 2);
+    assert_eq!(f.log(OTHER, "y"), 1);
+    assert_eq!(codes(&f.read(1)), ["log_entry", "log_entry"]);
+    assert_eq!(f.hub.sessions(), 2);
+    f.hub.end_session(1);
+    f.hub.end_session(2);
+    assert_eq!(f.hub.subscriptions().count(), 0);
+    assert_eq!(f.hub.channels.len(), 2, "channels with a seq stay for their history");
+}
