@@ -87,6 +87,22 @@ pub struct Limits {
     pub publish_max_bytes: usize,
     /// Time clients get to finish after SIGTERM before the hub exits.
     pub shutdown_grace_s: u64,
+    /// Channels one `subscribe`/`unsubscribe` may name; more: the request
+    /// is refused as a whole with one `TOO_MANY_SUBSCRIPTIONS`.
+    pub max_channels_per_request: usize,
+    /// Reply bytes (HTTP answers, `history`, control replies) queued for one
+    /// connection; over it the hub reads nothing more from that connection
+    /// until they drain.
+    pub max_reply_bytes: usize,
+    /// Connections still sending their request head; over it the oldest of
+    /// them is answered `408` and closed (slowloris).
+    pub max_pending: usize,
+    /// Time for a WebSocket message to arrive, first frame to last; over
+    /// it: close `1008`.
+    pub message_timeout_s: u64,
+    /// Channels without subscribers the hub keeps (their seq and latest
+    /// value); over it the least recently used are forgotten.
+    pub max_idle_channels: usize,
 }
 
 impl Default for Limits {
@@ -107,6 +123,11 @@ impl Default for Limits {
             head_timeout_s: 10,
             publish_max_bytes: 1024 * 1024,
             shutdown_grace_s: 5,
+            max_channels_per_request: 1024,
+            max_reply_bytes: 1024 * 1024,
+            max_pending: 1000,
+            message_timeout_s: 30,
+            max_idle_channels: 100_000,
         }
     }
 }
@@ -370,6 +391,7 @@ impl Config {
             ("limits.pong_timeout_s", l.pong_timeout_s),
             ("limits.write_timeout_s", l.write_timeout_s),
             ("limits.head_timeout_s", l.head_timeout_s),
+            ("limits.message_timeout_s", l.message_timeout_s),
             ("monitor.health_interval_s", self.monitor.health_interval_s),
         ] {
             if v == 0 {
@@ -384,6 +406,10 @@ impl Config {
             ("limits.head_max_bytes", l.head_max_bytes),
             ("limits.head_max_headers", l.head_max_headers),
             ("limits.publish_max_bytes", l.publish_max_bytes),
+            ("limits.max_channels_per_request", l.max_channels_per_request),
+            ("limits.max_reply_bytes", l.max_reply_bytes),
+            ("limits.max_pending", l.max_pending),
+            ("limits.max_idle_channels", l.max_idle_channels),
         ] {
             if v == 0 {
                 return err(format!("{name} must be at least 1"));

@@ -98,8 +98,22 @@ pub struct HttpState {
 pub struct WsState {
     /// Fragments of a message in progress.
     pub decoder: Decoder,
-    /// An incomplete frame (empty and unallocated between frames).
+    /// Bytes not decoded yet: an incomplete frame, or frames left while
+    /// input is paused (empty and unallocated otherwise).
     pub partial: Vec<u8>,
+    /// Since when a message has been arriving (`limits.message_timeout_s`).
+    pub message_since: Option<Instant>,
+}
+
+/// Output that waits: the bytes that waited when the window opened must be
+/// written within `write_timeout_s`, so a trickle of progress does not keep
+/// a stalled queue alive (PROTOCOL.md 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// When the window opened.
+    pub since: Instant,
+    /// Bytes of it still to write.
+    pub owed: usize,
 }
 
 /// The end of a connection's life.
@@ -144,10 +158,11 @@ pub struct Conn {
     pub registered: Interest,
     /// Last time bytes arrived.
     pub last_read: Instant,
-    /// Since when bytes have waited without any progress.
-    pub stalled_since: Option<Instant>,
-    /// Reading paused because too many replies wait (resumed after a flush).
-    pub read_paused: bool,
+    /// Output waiting, if any (the write timeout's window).
+    pub stall: Option<Stall>,
+    /// Input is not read (too many reply bytes wait, or a request waits for
+    /// another thread); resumed when that ends.
+    pub paused: bool,
 }
 
 impl Conn {
@@ -168,9 +183,36 @@ impl Conn {
             counted: !reject,
             registered: Interest::READABLE,
             last_read: now,
-            stalled_since: None,
-            read_paused: false,
+            stall: None,
+            paused: false,
         }
+    }
+
+    /// Still sending a request head (also an idle keep-alive connection).
+    pub fn awaits_head(&self) -> bool {
+        matches!(&self.phase, Phase::Http(http) if http.waiting.is_none() && http.body.is_none())
+    }
+
+    /// Whether input is read now: not while `reply_bytes` (what waits for
+    /// this client) exceed `max_reply_bytes`, nor while a request waits for
+    /// another thread's answer (PROTOCOL.md 6).
+    pub fn takes_input(&self, reply_bytes: usize, max_reply_bytes: usize) -> bool {
+        let waiting = matches!(&self.phase, Phase::Http(http) if http.waiting.is_some());
+        reply_bytes <= max_reply_bytes && !waiting
+    }
+
+    /// Accounts for a write: `written` bytes went out, `pending` still wait.
+    pub fn wrote(&mut self, written: usize, pending: usize, now: Instant) {
+        self.stall = match self.stall {
+            _ if pending == 0 => None,
+            Some(s) if s.owed > written => Some(Stall { since: s.since, owed: s.owed - written }),
+            _ => Some(Stall { since: now, owed: pending }),
+        };
+    }
+
+    /// Output has waited for the write timeout without draining its window.
+    pub fn stalled(&self, now: Instant, timeout: std::time::Duration) -> bool {
+        self.stall.is_some_and(|s| now.duration_since(s.since) >= timeout)
     }
 
     /// What the socket should be registered for: READABLE always (a paused

@@ -36,6 +36,8 @@ pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &mut [u8], no
         partial.drain(..used);
         ws.partial = if partial.is_empty() { Vec::new() } else { partial };
     }
+    let arriving = !ws.partial.is_empty() || ws.decoder.in_message();
+    ws.message_since = if arriving { ws.message_since.or(Some(now)) } else { None };
     Outcome::Keep
 }
 
@@ -52,6 +54,11 @@ fn frames(
     let max = app.cfg.limits.max_message_bytes;
     let mut pos = 0;
     loop {
+        if app.hub.reply_bytes(key) > app.cfg.limits.max_reply_bytes {
+            // The rest waits until the answers drain (the reactor pauses
+            // reading too).
+            return Ok(pos);
+        }
         let Some(rest) = buf.get_mut(pos..) else { return Ok(pos) };
         match decoder.next(rest, max) {
             Ok(None) => return Ok(pos),
@@ -133,8 +140,15 @@ fn on_message(app: &mut App, key: usize, peer: SocketAddr, message: Incoming<'_>
             message: "Binary frames are not supported".into(),
         }),
     };
+    let max_channels = app.cfg.limits.max_channels_per_request;
     match parsed {
         Err(r) => app.hub.reply(key, &protocol::error(r.code, &r.message, None)),
+        Ok(ClientMessage::Subscribe { channels, .. } | ClientMessage::Unsubscribe { channels })
+            if channels.len() > max_channels =>
+        {
+            let text = format!("A request may name at most {max_channels} channels");
+            app.hub.reply(key, &protocol::error(ErrorCode::TooManySubscriptions, &text, None));
+        }
         Ok(ClientMessage::Ping) => app.hub.reply(key, &protocol::pong(protocol::Time::now())),
         Ok(ClientMessage::Subscribe { channels, since }) => {
             app.hub.subscribe(key, &app.auth, &channels, since.as_deref());

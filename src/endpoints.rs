@@ -45,8 +45,12 @@ pub fn on_reply(app: &mut App, key: usize, conn: &mut Conn, response: Vec<u8>, n
 pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome {
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let timeout = std::time::Duration::from_secs(app.cfg.limits.head_timeout_s);
-    if http.waiting.is_some() || now.duration_since(http.since) < timeout {
+    if now.duration_since(http.since) < timeout {
         return Outcome::Keep;
+    }
+    if http.waiting.is_some() {
+        return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")])
+            .into_outcome();
     }
     if http.reject {
         refuse_503(app, key)
@@ -58,10 +62,21 @@ pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outc
     }
 }
 
+/// Makes room for a new connection: this one, the oldest still sending its
+/// request head, is answered `408` and closed (PROTOCOL.md 6, slowloris).
+pub fn evict(app: &mut App, key: usize) -> Outcome {
+    refuse(app, key, 408, "too many connections are sending their request head", &[]).into_outcome()
+}
+
 /// Parses and answers the complete requests in the buffer, one after the
 /// other.
 fn process(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome {
     loop {
+        if app.hub.reply_bytes(key) > app.cfg.limits.max_reply_bytes {
+            // The rest waits until the answers drain (the reactor pauses
+            // reading too).
+            return Outcome::Keep;
+        }
         let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
         if http.waiting.is_some() {
             return Outcome::Keep;
@@ -117,6 +132,16 @@ enum Next {
     /// Stop parsing (waiting for a body or another thread, upgraded, or
     /// the connection ends).
     Stop(Outcome),
+}
+
+impl Next {
+    /// The connection's outcome (parsing on means it stays).
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Next::Parse => Outcome::Keep,
+            Next::Stop(outcome) => outcome,
+        }
+    }
 }
 
 impl From<Outcome> for Next {
@@ -260,6 +285,7 @@ fn stored_logs(
         return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")]);
     }
     http.waiting = Some((head_len, close));
+    http.since = now;
     Next::Stop(Outcome::Keep)
 }
 
@@ -274,7 +300,7 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
         Err((403, "origin not allowed", None))
     } else {
         match (identify(app, req.token()), &req.ws_key) {
-            (Err(e), _) => return stop(refuse(app, key, 401, &e.to_string(), &[])),
+            (Err(e), _) => return refuse(app, key, 401, &e.to_string(), &[]).into_outcome(),
             (Ok(_), None) => Err((400, "not a WebSocket upgrade", None)),
             (Ok(_), Some(_)) if !req.upgrade_websocket || !req.connection_upgrade => {
                 Err((400, "not a WebSocket upgrade", None))
@@ -287,7 +313,7 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     };
     let (identity, ws_key) = match checked {
         Ok(pair) => pair,
-        Err((status, msg, extra)) => return stop(refuse(app, key, status, msg, extra.as_slice())),
+        Err((status, msg, extra)) => return refuse(app, key, status, msg, extra.as_slice()).into_outcome(),
     };
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
@@ -305,10 +331,4 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     dispatch::on_bytes(app, key, conn, &mut leftover, now)
 }
 
-/// The outcome of a refusal.
-fn stop(next: Next) -> Outcome {
-    match next {
-        Next::Parse => Outcome::Keep,
-        Next::Stop(outcome) => outcome,
-    }
-}
+

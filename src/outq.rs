@@ -50,6 +50,10 @@ pub struct OutQueue {
     offset: u32,
     /// Counted items queued.
     live: u32,
+    /// Bytes waiting, all items.
+    bytes: usize,
+    /// Bytes of uncounted items (replies) waiting.
+    reply_bytes: usize,
     /// Pending drop reports, in order of first drop (allocated only while
     /// messages are being dropped).
     #[allow(clippy::box_collection)] // 8 bytes per idle connection instead of 24
@@ -60,6 +64,8 @@ impl OutQueue {
     /// Queues bytes that never count and are never dropped (HTTP responses,
     /// control replies, replayed copies).
     pub fn push_control(&mut self, bytes: Rc<[u8]>) {
+        self.bytes += bytes.len();
+        self.reply_bytes += bytes.len();
         self.items.push_back(Item { bytes, counted: false });
     }
 
@@ -68,6 +74,7 @@ impl OutQueue {
     /// returns false.
     pub fn push_live(&mut self, bytes: &Rc<[u8]>, cap: usize, key: DropKey, seq: u64) -> bool {
         if (self.live as usize) < cap {
+            self.bytes += bytes.len();
             self.items.push_back(Item { bytes: Rc::clone(bytes), counted: true });
             self.live += 1;
             return true;
@@ -114,9 +121,14 @@ impl OutQueue {
         self.items.is_empty()
     }
 
-    /// Uncounted items (replies, replays) waiting.
-    pub fn replies(&self) -> usize {
-        self.items.len() - self.live as usize
+    /// Bytes waiting.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Bytes of uncounted items (replies, replays) waiting.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes
     }
 
     /// True when no frame is half written (a frame may be written directly).
@@ -159,6 +171,11 @@ impl OutQueue {
     fn advance(&mut self, mut written: usize) {
         while let Some(front) = self.items.front() {
             let left = front.bytes.len() - self.offset as usize;
+            let took = written.min(left);
+            self.bytes -= took;
+            if !front.counted {
+                self.reply_bytes -= took;
+            }
             if written < left {
                 // Below `left`, which is a frame's length: fits in u32.
                 self.offset += written as u32;

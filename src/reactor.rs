@@ -13,7 +13,7 @@
 //! wait. Only the loop removes a connection; only a failure of `poll`
 //! itself stops it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -58,10 +58,6 @@ const READS_PER_TURN: usize = 16;
 const TICK: Duration = Duration::from_millis(250);
 /// How long a closing connection may take to close its side.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// Replies (not counted in `client_queue`) queued for one connection above
-/// which its input is not read until they drain: a client that sends but
-/// never reads cannot grow its queue without bound.
-const MAX_REPLY_BACKLOG: usize = 4096;
 /// The heap is trimmed at most this often (and only after accepts).
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// Live messages wait at most this long to be written together: while
@@ -92,6 +88,10 @@ pub struct Reactor {
     counted: usize,
     accept_paused_until: Option<Instant>,
     shutdown_at: Option<Instant>,
+    /// Connections in accept order that may still be sending their request
+    /// head, as (key, serial); compacted when it grows past
+    /// `limits.max_pending`.
+    pending: VecDeque<(usize, u64)>,
     /// Connections with input left to read next turn.
     read_again: Vec<usize>,
     waker: Arc<Waker>,
@@ -204,6 +204,7 @@ impl Reactor {
             counted: 0,
             accept_paused_until: None,
             shutdown_at: None,
+            pending: VecDeque::new(),
             read_again: Vec::new(),
             waker,
             events_tx,
@@ -350,6 +351,12 @@ impl Reactor {
             return;
         }
         self.accept_paused_until = None;
+        self.accept_all(now);
+        self.make_room(now);
+    }
+
+    /// Accepts until the listener would block (or descriptors run out).
+    fn accept_all(&mut self, now: Instant) {
         let Some(listener) = &self.listener else { return };
         loop {
             let (mut stream, peer) = match listener.accept() {
@@ -381,6 +388,7 @@ impl Reactor {
             entry.insert(Conn::new(stream, peer, self.serials, reject, now));
             self.app.hub.connect(key);
             self.app.connections += 1;
+            self.pending.push_back((key, self.serials));
             if reject {
                 debug!("connection from {peer} over the cap; it will get 503");
             } else {
@@ -392,38 +400,69 @@ impl Reactor {
         }
     }
 
+    /// Keeps at most `limits.max_pending` connections sending their
+    /// request head: the oldest of them is answered `408` and closed, so a
+    /// client that sends its head promptly always gets in (slowloris).
+    fn make_room(&mut self, now: Instant) {
+        let max = self.app.cfg.limits.max_pending;
+        if self.pending.len() <= max {
+            return;
+        }
+        let conns = &self.conns;
+        self.pending.retain(|&(k, serial)| conns.get(k).is_some_and(|c| c.serial == serial && c.awaits_head()));
+        while self.pending.len() > max {
+            let Some((key, _)) = self.pending.pop_front() else { return };
+            let outcome = endpoints::evict(&mut self.app, key);
+            self.act(key, outcome, now);
+        }
+    }
+
     /// Reads what the socket has, up to [`READS_PER_TURN`] chunks, and
-    /// hands each chunk to the connection's handler.
+    /// hands each chunk to the connection's handler. A connection that
+    /// takes no input now is paused (its bytes wait in the kernel); when it
+    /// takes input again, what it had buffered is handled first.
     fn on_readable(&mut self, key: usize, now: Instant) {
+        let max_reply_bytes = self.app.cfg.limits.max_reply_bytes;
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if self.app.hub.client(key).is_some_and(|c| c.out.replies() > MAX_REPLY_BACKLOG) {
-                conn.read_paused = true;
+            if !conn.takes_input(self.app.hub.reply_bytes(key), max_reply_bytes) {
+                conn.paused = true;
                 return;
             }
-            let outcome = match conn.stream.read(&mut self.scratch) {
-                Ok(0) => match &conn.phase {
-                    Phase::Closing(c) => Outcome::Drop(c.reason.clone()),
-                    _ => Outcome::Drop(Reason::PeerClosed),
-                },
-                Ok(n) => {
-                    conn.last_read = now;
-                    let bytes = self.scratch.get_mut(..n).unwrap_or_default();
-                    match conn.phase {
-                        Phase::Http(_) => endpoints::on_bytes(&mut self.app, key, conn, bytes, now),
-                        Phase::WebSocket(_) => dispatch::on_bytes(&mut self.app, key, conn, bytes, now),
-                        Phase::Closing(_) => Outcome::Keep,
+            let outcome = if std::mem::take(&mut conn.paused) {
+                self.handle(key, 0, now)
+            } else {
+                match conn.stream.read(&mut self.scratch) {
+                    Ok(0) => match &conn.phase {
+                        Phase::Closing(c) => Outcome::Drop(c.reason.clone()),
+                        _ => Outcome::Drop(Reason::PeerClosed),
+                    },
+                    Ok(n) => {
+                        conn.last_read = now;
+                        self.handle(key, n, now)
                     }
+                    Err(e) if would_block(&e) => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => Outcome::Keep,
+                    Err(e) => Outcome::Drop(Reason::Io(e.to_string())),
                 }
-                Err(e) if would_block(&e) => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Outcome::Keep,
-                Err(e) => Outcome::Drop(Reason::Io(e.to_string())),
             };
             if outcome != Outcome::Keep {
                 return self.act(key, outcome, now);
             }
         }
         self.read_again.push(key);
+    }
+
+    /// Hands the first `n` bytes of the read buffer to the connection's
+    /// handler.
+    fn handle(&mut self, key: usize, n: usize, now: Instant) -> Outcome {
+        let Some(conn) = self.conns.get_mut(key) else { return Outcome::Keep };
+        let bytes = self.scratch.get_mut(..n).unwrap_or_default();
+        match conn.phase {
+            Phase::Http(_) => endpoints::on_bytes(&mut self.app, key, conn, bytes, now),
+            Phase::WebSocket(_) => dispatch::on_bytes(&mut self.app, key, conn, bytes, now),
+            Phase::Closing(_) => Outcome::Keep,
+        }
     }
 
     /// Carries out a handler's outcome: nothing, the start of a graceful
@@ -455,26 +494,21 @@ impl Reactor {
             Ok(w) => w,
             Err(e) => return Outcome::Drop(Reason::Io(e.to_string())),
         };
-        conn.stalled_since = match (written.empty, written.progress) {
-            (true, _) => None,
-            (false, true) => Some(now),
-            (false, false) => conn.stalled_since.or(Some(now)),
-        };
+        conn.wrote(written.written, written.pending, now);
         if let Phase::Closing(closing) = &mut conn.phase {
-            if written.empty && !closing.shut {
+            if written.pending == 0 && !closing.shut {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 closing.shut = true;
             }
         }
-        let interest = conn.interest(!written.empty);
+        let interest = conn.interest(written.pending > 0);
         if interest != conn.registered {
             if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(key), interest) {
                 return Outcome::Drop(Reason::Io(e.to_string()));
             }
             conn.registered = interest;
         }
-        if conn.read_paused && written.replies <= MAX_REPLY_BACKLOG / 2 {
-            conn.read_paused = false;
+        if conn.paused && conn.takes_input(written.reply_bytes, self.app.cfg.limits.max_reply_bytes / 2) {
             self.read_again.push(key);
         }
         Outcome::Keep
@@ -486,11 +520,12 @@ impl Reactor {
         let pong_timeout = Duration::from_secs(l.pong_timeout_s);
         let write_timeout = Duration::from_secs(l.write_timeout_s);
         let ping_interval = Duration::from_secs(l.ping_interval_s);
+        let message_timeout = Duration::from_secs(l.message_timeout_s);
         let unix_now = chrono::Utc::now().timestamp();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            let outcome = if conn.stalled_since.is_some_and(|t| now.duration_since(t) >= write_timeout) {
+            let outcome = if conn.stalled(now, write_timeout) {
                 let at_frame_start = self.app.hub.client(key).is_some_and(|c| c.out.at_frame_start());
                 if matches!(conn.phase, Phase::WebSocket(_)) && at_frame_start {
                     let _ = conn.stream.write(&ws::close(4008, "write timeout"));
@@ -501,6 +536,9 @@ impl Reactor {
                     Phase::Http(_) => endpoints::on_tick(&mut self.app, key, conn, now),
                     Phase::WebSocket(_) if now.duration_since(conn.last_read) >= pong_timeout => {
                         Outcome::Drop(Reason::PongTimeout)
+                    }
+                    Phase::WebSocket(ws) if ws.message_since.is_some_and(|t| now.duration_since(t) >= message_timeout) => {
+                        dispatch::close(&mut self.app, key, 1008, "message not completed in time")
                     }
                     Phase::WebSocket(_) => {
                         self.app.hub.ping_if_due(key, now, ping_interval);

@@ -62,6 +62,11 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// A fragmented message is in progress.
+    pub fn in_message(&self) -> bool {
+        self.fragments.is_some()
+    }
+
     /// Parses the first frame of `buf` (unmasking it in place). Returns the
     /// bytes consumed and, when a message is complete, the message.
     /// `Ok(None)` means `buf` does not hold a whole frame yet.

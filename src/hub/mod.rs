@@ -14,6 +14,7 @@ mod channels;
 #[cfg(test)]
 mod tests;
 
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -44,12 +45,12 @@ pub struct Counters {
 /// What [`Hub::write_out`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
-    /// Some bytes went out.
-    pub progress: bool,
-    /// Nothing waits any more.
-    pub empty: bool,
-    /// Replies (uncounted items) still waiting.
-    pub replies: usize,
+    /// Bytes that went out.
+    pub written: usize,
+    /// Bytes still waiting.
+    pub pending: usize,
+    /// Bytes of replies (uncounted items) still waiting.
+    pub reply_bytes: usize,
 }
 
 /// The hub. See the module docs.
@@ -63,6 +64,8 @@ pub struct Hub {
     /// Live messages queued per client at most (`limits.client_queue`).
     queue_cap: usize,
     max_subscriptions: usize,
+    /// A `history` reply's size at most (`limits.max_reply_bytes`).
+    max_reply_bytes: usize,
     /// Clients with replies to flush at the end of the loop turn.
     dirty: Vec<usize>,
     /// Clients with live messages, flushed together in batches (see the
@@ -98,6 +101,7 @@ impl Hub {
             epoch,
             queue_cap: limits.client_queue,
             max_subscriptions: limits.max_subscriptions,
+            max_reply_bytes: limits.max_reply_bytes,
             dirty: Vec::new(),
             fanout: Vec::new(),
             fanout_since: None,
@@ -151,6 +155,11 @@ impl Hub {
     /// The session, mutably.
     pub fn session_mut(&mut self, key: usize) -> Option<&mut Session> {
         self.client_mut(key)?.session.as_mut()
+    }
+
+    /// Reply bytes queued for a connection (the input cap of PROTOCOL.md 6).
+    pub fn reply_bytes(&self, key: usize) -> usize {
+        self.client(key).map_or(0, |c| c.out.reply_bytes())
     }
 
     /// Upgraded clients.
@@ -211,13 +220,13 @@ impl Hub {
     pub fn write_out(&mut self, key: usize, w: &mut impl Write) -> io::Result<Written> {
         let cap = self.queue_cap;
         let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else {
-            return Ok(Written { progress: false, empty: true, replies: 0 });
+            return Ok(Written { written: 0, pending: 0, reply_bytes: 0 });
         };
         client.dirty = false;
         client.fanout = false;
-        let mut progress = false;
+        let mut written = 0;
         loop {
-            progress |= client.out.write_to(w)? > 0;
+            written += client.out.write_to(w)?;
             let reports = client.out.take_reports(cap);
             if reports.is_empty() {
                 break;
@@ -226,7 +235,8 @@ impl Hub {
                 client.out.push_control(ws::text(&error));
             }
         }
-        Ok(Written { progress, empty: client.out.is_empty(), replies: client.out.replies() })
+        let out = &client.out;
+        Ok(Written { written, pending: out.pending_bytes(), reply_bytes: out.reply_bytes() })
     }
 
     /// Takes the list of clients with replies to flush.
@@ -362,42 +372,48 @@ impl Hub {
     // ---- client requests ----
 
     /// Handles `subscribe` (section 4 order: errors, `SUBSCRIBED`, replays).
+    /// The work is linear in the number of names (sets, not scans).
     pub fn subscribe(&mut self, key: usize, auth: &Authenticator, names: &[String], since: Option<&[(String, Since)]>) {
-        let (mut forbidden, mut invalid, mut too_many) = (Vec::new(), Vec::new(), Vec::new());
+        let mut refusals: [(ErrorCode, &str, Vec<&str>); 3] = [
+            (ErrorCode::Forbidden, "Access denied to channels", Vec::new()),
+            (ErrorCode::InvalidChannel, "Invalid channel names", Vec::new()),
+            (ErrorCode::TooManySubscriptions, "Too many subscriptions", Vec::new()),
+        ];
+        let mut refused: HashSet<&str> = HashSet::new();
         let mut listed: Vec<Channel> = Vec::new();
+        let mut seen: HashSet<Channel> = HashSet::new();
         let mut newly: Vec<usize> = Vec::new();
         for name in names {
-            let Some(channel) = Channel::parse(name) else {
-                push_unique(&mut invalid, name);
+            if refused.contains(name.as_str()) {
                 continue;
+            }
+            let refusal = match Channel::parse(name) {
+                None => Some(1),
+                Some(channel) => match self.try_subscribe(key, auth, channel) {
+                    Err(code) => Some(code),
+                    Ok(new) => {
+                        newly.extend(new);
+                        if seen.insert(channel) {
+                            listed.push(channel);
+                        }
+                        None
+                    }
+                },
             };
-            let Some(session) = self.session(key) else { return };
-            if !auth.may_subscribe(&session.identity, &channel) {
-                push_unique(&mut forbidden, name);
-                continue;
-            }
-            let existing = self.channels.find(&channel);
-            let already = existing.is_some_and(|i| session.subs.iter().any(|s| s.channel as usize == i));
-            if !already {
-                if session.subs.len() >= self.max_subscriptions {
-                    push_unique(&mut too_many, name);
-                    continue;
-                }
-                let i = self.channels.index_of(channel);
-                self.add_subscriber(key, i);
-                newly.push(i);
-            }
-            if !listed.contains(&channel) {
-                listed.push(channel);
+            if let Some(list) = refusal.and_then(|i| refusals.get_mut(i)) {
+                refused.insert(name);
+                list.2.push(name);
             }
         }
-        for (code, list, text) in [
-            (ErrorCode::Forbidden, forbidden, "Access denied to channels"),
-            (ErrorCode::InvalidChannel, invalid, "Invalid channel names"),
-            (ErrorCode::TooManySubscriptions, too_many, "Too many subscriptions"),
-        ] {
+        for (code, text, list) in refusals {
             if !list.is_empty() {
                 self.reply(key, &protocol::error(code, text, Some(json!(list))));
+            }
+        }
+        let mut wanted: HashMap<Channel, &Since> = HashMap::new();
+        for (name, s) in since.unwrap_or_default() {
+            if let Some(channel) = Channel::parse(name) {
+                wanted.entry(channel).or_insert(s);
             }
         }
         let mut recovered = serde_json::Map::new();
@@ -406,9 +422,7 @@ impl Hub {
             let Some(entry) = self.channels.get(i) else { continue };
             match entry.channel.kind {
                 ChannelKind::Logs => {
-                    let wanted =
-                        since.unwrap_or_default().iter().find(|(n, _)| Channel::parse(n) == Some(entry.channel));
-                    if let Some((_, since)) = wanted {
+                    if let Some(since) = wanted.get(&entry.channel) {
                         let ok = self.channels.recover(i, since, &self.epoch, &mut replays);
                         recovered.insert(entry.name.clone(), Value::Bool(ok));
                     }
@@ -424,6 +438,26 @@ impl Hub {
         for frame in replays {
             self.queue(key, frame);
         }
+    }
+
+    /// Subscribes a client to one valid channel: `Ok(Some(index))` when
+    /// newly subscribed, `Ok(None)` when it already was, `Err(i)` with the
+    /// index of the refusal (0 forbidden, 2 too many).
+    fn try_subscribe(&mut self, key: usize, auth: &Authenticator, channel: Channel) -> Result<Option<usize>, usize> {
+        let Some(session) = self.session(key) else { return Err(0) };
+        if !auth.may_subscribe(&session.identity, &channel) {
+            return Err(0);
+        }
+        let existing = self.channels.find(&channel);
+        if existing.is_some_and(|i| session.subs.iter().any(|s| s.channel as usize == i)) {
+            return Ok(None);
+        }
+        if session.subs.len() >= self.max_subscriptions {
+            return Err(2);
+        }
+        let i = self.channels.index_of(channel);
+        self.add_subscriber(key, i);
+        Ok(Some(i))
     }
 
     fn add_subscriber(&mut self, key: usize, i: usize) {
@@ -469,11 +503,14 @@ impl Hub {
     /// Handles `unsubscribe`: `INVALID_CHANNEL` for malformed names, then
     /// `UNSUBSCRIBED` listing the channels that were subscribed.
     pub fn unsubscribe(&mut self, key: usize, names: &[String]) {
-        let mut invalid = Vec::new();
+        let mut invalid: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut removed: Vec<String> = Vec::new();
         for name in names {
             let Some(channel) = Channel::parse(name) else {
-                push_unique(&mut invalid, name);
+                if seen.insert(name) {
+                    invalid.push(name);
+                }
                 continue;
             };
             let Some(i) = self.channels.find(&channel) else { continue };
@@ -507,7 +544,20 @@ impl Hub {
             Ok(c) => c,
             Err((code, text)) => return self.reply(key, &protocol::error(code, text, Some(json!([name])))),
         };
-        let (kept, complete) = self.channels.page(&channel, limit, before_seq);
+        let (mut kept, mut complete) = self.channels.page(&channel, limit, before_seq);
+        // One reply stays within the reply cap: the oldest go first (the
+        // client pages back with `before_seq`); one message always fits.
+        let mut size: usize = kept.iter().map(|k| k.frame.len()).sum();
+        let drop = kept.iter().take_while(|k| {
+            let over = size > self.max_reply_bytes;
+            size -= k.frame.len();
+            over
+        });
+        let drop = drop.count().min(kept.len().saturating_sub(1));
+        if drop > 0 {
+            kept.drain(..drop);
+            complete = false;
+        }
         let mut body = String::from("{\"type\":\"history\",\"channel\":");
         body.push_str(&Value::from(channel.to_string()).to_string());
         body.push_str(",\"data\":{\"messages\":[");
@@ -649,10 +699,4 @@ fn frame_payload(frame: &[u8]) -> &[u8] {
         _ => 2,
     };
     frame.get(header..).unwrap_or_default()
-}
-
-fn push_unique(list: &mut Vec<String>, name: &str) {
-    if !list.iter().any(|n| n == name) {
-        list.push(name.to_string());
-    }
 }
