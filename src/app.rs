@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::AgentState;
 use crate::logs_api::Queries;
@@ -28,6 +29,8 @@ pub struct App {
     pub started: Instant,
     /// Open connections (stats).
     pub connections: usize,
+    /// Connect and disconnect lines, summed up during storms.
+    pub connlog: ConnLog,
 }
 
 impl App {

@@ -8,7 +8,6 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use log::info;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -202,6 +201,9 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
     let answer = match route {
         Route::WebSocket => return Next::Stop(upgrade(app, key, conn, req, head_len, now)),
         Route::Publish => return start_publish(app, key, http, req, head_len),
+        Route::Stats | Route::ServerLogs(_) if !origin_allowed(app, &req, false) => {
+            return refuse(app, key, 403, "origin not allowed", &[])
+        }
         Route::ServerLogs(server) => return stored_logs(app, key, conn, server, &req, head_len, now),
         Route::Health => http::json(200, &json!({"status": "ok"}), close),
         Route::Metrics => {
@@ -213,6 +215,24 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
         },
     };
     respond(app, key, http, answer, close, head_len, now).into()
+}
+
+/// Section 1 row 4: an `Origin` passes when it is listed in
+/// `auth.allowed_origins` or is the hub's own; with no list, any `Origin`
+/// passes, except that a token from the `token` cookie always needs an
+/// allowed `Origin` (`required`: also when the request has none, as for an
+/// upgrade, which browsers always send it with), so a page on another site
+/// cannot ride a user's cookie.
+fn origin_allowed(app: &App, req: &Request, required: bool) -> bool {
+    let listed = |origin: &String| {
+        app.cfg.auth.allowed_origins.as_deref().unwrap_or_default().iter().any(|o| o == origin) || req.same_origin()
+    };
+    let open = app.cfg.auth.allowed_origins.as_deref().is_none_or(<[String]>::is_empty);
+    match &req.origin {
+        None => !(required && req.token_from_cookie()),
+        Some(origin) if req.token_from_cookie() => listed(origin),
+        Some(origin) => open || listed(origin),
+    }
 }
 
 /// Validates the token of a request.
@@ -292,10 +312,7 @@ fn stored_logs(
 /// `GET /api/v1/ws`: section 1's checks in order, then `101` and the
 /// session; frames that came with the head are handled at once.
 fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: usize, now: Instant) -> Outcome {
-    let allowed = match (&app.cfg.auth.allowed_origins, &req.origin) {
-        (Some(list), Some(origin)) => list.iter().any(|o| o == origin),
-        _ => true,
-    };
+    let allowed = origin_allowed(app, &req, true);
     let checked = if !allowed {
         Err((403, "origin not allowed", None))
     } else {
@@ -318,7 +335,8 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
     let session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
-    info!("client connected: user {} from {}", session.describe(), conn.peer);
+    let peer = conn.peer;
+    app.connlog.connected(now, || format!("client connected: user {} from {peer}", session.describe()));
     app.hub.queue(key, Rc::from(http::switching_protocols(&ws_key)));
     app.hub.open_session(key, session);
     conn.phase = Phase::WebSocket(WsState::default());
@@ -330,5 +348,3 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     }
     dispatch::on_bytes(app, key, conn, &mut leftover, now)
 }
-
-

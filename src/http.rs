@@ -36,6 +36,8 @@ pub struct Request {
     pub ws_version: Option<String>,
     /// `Origin`.
     pub origin: Option<String>,
+    /// `Host`.
+    pub host: Option<String>,
     /// `Authorization`.
     pub authorization: Option<String>,
     /// `Cookie` (all of them, joined with `; `).
@@ -96,6 +98,8 @@ pub fn parse_head(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Op
             out.ws_version = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("host") {
+            out.host = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("authorization") {
             out.authorization = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("cookie") {
@@ -160,6 +164,22 @@ impl Request {
             Some(t) => TokenSource::Found(t),
             None => TokenSource::None,
         }
+    }
+
+    /// The token comes from the `token` cookie (no query or Bearer token;
+    /// an empty cookie is no token).
+    pub fn token_from_cookie(&self) -> bool {
+        self.query_param("token").is_none()
+            && self.bearer().is_none()
+            && self.cookie_token().is_some_and(|t| !t.is_empty())
+    }
+
+    /// `Origin` is the hub's own origin: `http://` or `https://` (behind a
+    /// TLS proxy) followed by exactly the request's `Host`.
+    pub fn same_origin(&self) -> bool {
+        let (Some(origin), Some(host)) = (&self.origin, &self.host) else { return false };
+        let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+        rest.is_some_and(|h| h.eq_ignore_ascii_case(host))
     }
 
     /// The connection closes after this response: the client asked, or the

@@ -12,6 +12,7 @@
 //! | [`app`] | what handlers work with: the hub, the token checker, the config, agent states, the query thread |
 //! | [`endpoints`] | the HTTP side: pipelined requests, publish bodies, routing, endpoint handlers, upgrade checks |
 //! | [`dispatch`] | the WebSocket side: frames, control frames, rate limit, client messages → hub |
+//! | [`connlog`] | connect/disconnect log lines, summed up during storms |
 //! | [`stats`] | `/api/v1/stats` and `/metrics` rendering |
 //! | [`http`] | request heads (`httparse`), the route table, responses |
 //! | [`ws`] | WebSocket frames: decoding with small buffers, encoding once |
@@ -39,6 +40,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod connlog;
 pub mod dispatch;
 pub mod endpoints;
 pub mod http;

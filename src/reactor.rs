@@ -33,6 +33,7 @@ use crate::app::App;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::conn::{Conn, Outcome, Phase, Reason};
+use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::{AgentState, Event, Link};
 use crate::logs_api::Queries;
@@ -192,7 +193,8 @@ impl Reactor {
                 streams: 0,
             })
             .collect();
-        let app = App { hub, auth, cfg, agents, queries, started: Instant::now(), connections: 0 };
+        let now = Instant::now();
+        let app = App { hub, auth, cfg, agents, queries, started: now, connections: 0, connlog: ConnLog::new(now) };
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -537,7 +539,9 @@ impl Reactor {
                     Phase::WebSocket(_) if now.duration_since(conn.last_read) >= pong_timeout => {
                         Outcome::Drop(Reason::PongTimeout)
                     }
-                    Phase::WebSocket(ws) if ws.message_since.is_some_and(|t| now.duration_since(t) >= message_timeout) => {
+                    Phase::WebSocket(ws)
+                        if ws.message_since.is_some_and(|t| now.duration_since(t) >= message_timeout) =>
+                    {
                         dispatch::close(&mut self.app, key, 1008, "message not completed in time")
                     }
                     Phase::WebSocket(_) => {
@@ -554,6 +558,8 @@ impl Reactor {
             self.accept(now);
         }
         self.app.hub.save_counters();
+        self.app.hub.forget_idle_channels();
+        self.app.connlog.roll(now);
         self.trim_heap(now);
     }
 
@@ -594,7 +600,9 @@ impl Reactor {
             _ => session.map(|s| s.describe()),
         };
         match who {
-            Some(who) => info!("client disconnected: user {who} from {}: {reason}", conn.peer),
+            Some(who) => self.app.connlog.disconnected(Instant::now(), || {
+                format!("client disconnected: user {who} from {}: {reason}", conn.peer)
+            }),
             None => debug!("connection from {} closed: {reason}", conn.peer),
         }
     }

@@ -19,6 +19,7 @@ pub fn json(app: &App) -> Value {
         "clients": hub.sessions(),
         "connections": app.connections,
         "channels": subscriptions.len(),
+        "channels_kept": hub.channels_kept(),
         "subscriptions": subscriptions,
         "messages": { "in": c.messages_in, "out": c.messages_out, "dropped": c.messages_dropped },
         "agents": app.agents.iter().map(|a| json!({
@@ -68,6 +69,12 @@ pub fn prometheus(app: &App) -> String {
             ("aymc_messages_in_total", "counter", "Messages published.", c.messages_in),
             ("aymc_messages_out_total", "counter", "Message copies queued to clients.", c.messages_out),
             ("aymc_messages_dropped_total", "counter", "Message copies dropped for slow clients.", c.messages_dropped),
+            (
+                "aymc_channels_kept",
+                "gauge",
+                "Channels kept (with subscribers, a seq or a latest value).",
+                hub.channels_kept() as u64,
+            ),
             ("aymc_history_entries", "gauge", "Log messages kept in memory.", entries as u64),
             ("aymc_history_bytes", "gauge", "Bytes of log messages kept in memory.", bytes as u64),
             ("aymc_uptime_seconds", "gauge", "Seconds since the hub started.", app.started.elapsed().as_secs()),

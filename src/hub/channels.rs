@@ -36,6 +36,8 @@ pub(super) struct Entry {
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
     pub latest: Option<Rc<[u8]>>,
+    /// When it was last used (the table's clock), for forgetting idle ones.
+    used: u64,
 }
 
 /// The table. See the module docs.
@@ -46,10 +48,19 @@ pub(super) struct Channels {
     max_bytes: usize,
     bytes: usize,
     entries: usize,
+    /// Channels without subscribers, and how many of them are kept at most
+    /// (`limits.max_idle_channels`).
+    idle: usize,
+    max_idle: usize,
+    /// Counts uses (publishes, unsubscribes) to order idle channels.
+    clock: u64,
+    /// The highest seq of a forgotten channel: a channel created after it
+    /// continues above it, so no seq is issued twice in an epoch.
+    seq_floor: u64,
 }
 
 impl Channels {
-    pub fn new(history: &HistoryConfig) -> Channels {
+    pub fn new(history: &HistoryConfig, max_idle: usize) -> Channels {
         Channels {
             slab: Slab::new(),
             index: HashMap::new(),
@@ -57,6 +68,10 @@ impl Channels {
             max_bytes: history.max_bytes,
             bytes: 0,
             entries: 0,
+            idle: 0,
+            max_idle,
+            clock: 0,
+            seq_floor: 0,
         }
     }
 
@@ -90,18 +105,78 @@ impl Channels {
         if let Some(&i) = self.index.get(&channel) {
             return i;
         }
+        self.clock += 1;
         let i = self.slab.insert(Entry {
             channel,
             name: channel.to_string(),
             subscribers: Vec::new(),
-            seq: 0,
+            seq: self.seq_floor,
             ring: VecDeque::new(),
             ring_bytes: 0,
-            evicted: false,
+            evicted: self.seq_floor > 0,
             latest: None,
+            used: self.clock,
         });
         self.index.insert(channel, i);
+        self.idle += 1;
         i
+    }
+
+    /// Adds a subscriber; returns its position in the channel's list.
+    pub fn subscribe(&mut self, i: usize, key: usize) -> Option<u32> {
+        let entry = self.slab.get_mut(i)?;
+        if entry.subscribers.is_empty() {
+            self.idle -= 1;
+        }
+        entry.subscribers.push(key);
+        Some(entry.subscribers.len() as u32 - 1)
+    }
+
+    /// Removes the subscriber at `pos`; returns the key moved into its place.
+    pub fn unsubscribe(&mut self, i: usize, pos: usize) -> Option<usize> {
+        let entry = self.slab.get_mut(i)?;
+        if pos >= entry.subscribers.len() {
+            return None;
+        }
+        entry.subscribers.swap_remove(pos);
+        if entry.subscribers.is_empty() {
+            self.idle += 1;
+            self.clock += 1;
+            entry.used = self.clock;
+        }
+        entry.subscribers.get(pos).copied()
+    }
+
+    /// Marks a channel used (a message was published on it).
+    pub fn used(&mut self, i: usize) {
+        self.clock += 1;
+        if let Some(entry) = self.slab.get_mut(i) {
+            entry.used = self.clock;
+        }
+    }
+
+    /// Forgets the least recently used channels without subscribers while
+    /// more than `max_idle` are kept (their seq, latest value and ring go;
+    /// a channel created later continues above every forgotten seq).
+    /// Runs in time proportional to the table only when over the cap.
+    pub fn forget_idle(&mut self) {
+        if self.idle <= self.max_idle {
+            return;
+        }
+        let mut idle: Vec<(u64, usize)> =
+            self.slab.iter().filter(|(_, c)| c.subscribers.is_empty()).map(|(i, c)| (c.used, i)).collect();
+        idle.sort_unstable();
+        // Down to 15/16 of the cap, so the scan runs once per 1/16 of it.
+        let target = self.max_idle - self.max_idle / 16;
+        for (_, i) in idle.into_iter().take(self.idle.saturating_sub(target)) {
+            while self.slab.get(i).is_some_and(|c| !c.ring.is_empty()) {
+                self.evict(i);
+            }
+            let entry = self.slab.remove(i);
+            self.index.remove(&entry.channel);
+            self.seq_floor = self.seq_floor.max(entry.seq);
+            self.idle -= 1;
+        }
     }
 
     /// The index of `channel`, if it exists.
@@ -119,14 +194,14 @@ impl Channels {
 
     /// Forgets a channel that has no subscriber and never had a message.
     pub fn forget_if_unused(&mut self, i: usize) {
-        if self.slab.get(i).is_some_and(|c| c.subscribers.is_empty() && c.seq == 0) {
+        if self.slab.get(i).is_some_and(|c| c.subscribers.is_empty() && c.seq == self.seq_floor) {
             let entry = self.slab.remove(i);
             self.index.remove(&entry.channel);
+            self.idle -= 1;
         }
     }
 
     /// Number of channels in the table.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.slab.len()
     }

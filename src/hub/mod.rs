@@ -89,7 +89,7 @@ impl Hub {
     /// last seq and the recent log lines to refill the rings, and every log
     /// line published is also handed to `store`.
     pub fn new(limits: &Limits, history: &HistoryConfig, store: Option<Store>, recovered: Option<Recovered>) -> Hub {
-        let mut channels = Channels::new(history);
+        let mut channels = Channels::new(history, limits.max_idle_channels);
         let epoch = match recovered {
             Some(recovered) => channels.restore(recovered),
             None => crate::store::new_epoch(),
@@ -299,6 +299,7 @@ impl Hub {
             return self.publish_alert(auth, &msg, now);
         };
         let i = self.channels.index_of(channel);
+        self.channels.used(i);
         let Some(entry) = self.channels.get_mut(i) else { return 0 };
         entry.seq += 1;
         let seq = entry.seq;
@@ -461,9 +462,7 @@ impl Hub {
     }
 
     fn add_subscriber(&mut self, key: usize, i: usize) {
-        let Some(entry) = self.channels.get_mut(i) else { return };
-        let pos = entry.subscribers.len() as u32;
-        entry.subscribers.push(key);
+        let Some(pos) = self.channels.subscribe(i, key) else { return };
         if let Some(session) = self.session_mut(key) {
             session.subs.push(Sub { channel: i as u32, pos });
         }
@@ -473,13 +472,7 @@ impl Hub {
     /// of the subscriber moved into its place.
     fn remove_subscriber(&mut self, sub: Sub) {
         let i = sub.channel as usize;
-        let Some(entry) = self.channels.get_mut(i) else { return };
-        let pos = sub.pos as usize;
-        if pos >= entry.subscribers.len() {
-            return;
-        }
-        entry.subscribers.swap_remove(pos);
-        if let Some(&moved) = entry.subscribers.get(pos) {
+        if let Some(moved) = self.channels.unsubscribe(i, sub.pos as usize) {
             if let Some(session) = self.session_mut(moved) {
                 if let Some(s) = session.subs.iter_mut().find(|s| s.channel as usize == i) {
                     s.pos = sub.pos;
@@ -639,6 +632,17 @@ impl Hub {
     pub fn memory_page(&self, query: &LogQuery) -> Page {
         let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, frame_payload(&k.frame)));
         crate::store::memory_page(query, ring)
+    }
+
+    /// Forgets the least recently used channels without subscribers over
+    /// `limits.max_idle_channels` (run by the timer).
+    pub fn forget_idle_channels(&mut self) {
+        self.channels.forget_idle();
+    }
+
+    /// Channels in the table (with subscribers, a seq or a latest value).
+    pub fn channels_kept(&self) -> usize {
+        self.channels.len()
     }
 
     /// Kept history: (entries, bytes).

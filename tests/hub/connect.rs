@@ -63,9 +63,15 @@ fn bearer_header_token_upgrades() {
 fn cookie_token_upgrades() {
     let hub = Hub::start("");
     let token = admin_token();
-    assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("theme=dark; token={token}; lang=en"))]));
-    assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("token={token}"))]));
-    connect_with_header(&hub, "Cookie", format!("token={token}")).ping_pong();
+    // A cookie token needs an allowed Origin: here the hub's own.
+    let own = ("Origin", "http://127.0.0.1");
+    assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("theme=dark; token={token}; lang=en")), own]));
+    assert_upgraded(&upgrade(&hub, "/api/v1/ws", &[("Cookie", &format!("token={token}")), own]));
+    let uri = format!("ws://{}/api/v1/ws", hub.addr).parse().unwrap();
+    let req = ClientRequestBuilder::new(uri)
+        .with_header("Cookie", format!("token={token}"))
+        .with_header("Origin", format!("http://{}", hub.addr));
+    ws_connect_request(hub.addr, req).unwrap().ping_pong();
 }
 
 #[test]
@@ -96,7 +102,11 @@ fn first_present_token_source_wins() {
     assert_upgraded(&upgrade(
         &hub,
         "/api/v1/ws",
-        &[("Authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l"), ("Cookie", &cookie_good)],
+        &[
+            ("Authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l"),
+            ("Cookie", &cookie_good),
+            ("Origin", "http://127.0.0.1"),
+        ],
     ));
     let resp = upgrade(&hub, "/api/v1/ws", &[("Authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l")]);
     assert_401(&resp, "missing token", "");
