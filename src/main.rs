@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use aymc_hub::agent;
+use aymc_hub::agent_link;
 use aymc_hub::auth::Authenticator;
 use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
 use aymc_hub::reactor::{self, Reactor};
@@ -83,7 +83,7 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    if let Err(e) = agent::spawn(&agents, reactor.link(), offsets) {
+    if let Err(e) = agent_link::spawn(&agents, reactor.link(), offsets) {
         log::error!("cannot start the agent thread: {e}");
         return ExitCode::FAILURE;
     }

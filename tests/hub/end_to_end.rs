@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,8 +12,18 @@ use crate::support::*;
 
 const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-000000000002";
 
-fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_aymc-agent")
+/// The `aymc-agent` binary, beside the hub's. It is another package's, so
+/// cargo sets no `CARGO_BIN_EXE_` for it here; `cargo test` at the workspace
+/// root builds every package's binaries into the same directory before any
+/// test runs.
+fn agent_bin() -> PathBuf {
+    let path = Path::new(bin()).with_file_name("aymc-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test` at the workspace root, or `cargo build -p aymc-agent` first",
+        path.display()
+    );
+    path
 }
 
 /// A running aymc-agent, killed on drop.
@@ -26,7 +37,7 @@ impl Drop for Agent {
 }
 
 /// Starts aymc-agent; returns it and the address it listens on.
-fn start_agent(config: &std::path::Path) -> (Agent, String) {
+fn start_agent(config: &Path) -> (Agent, String) {
     let mut child = Command::new(agent_bin())
         .arg("--config")
         .arg(config)
@@ -51,7 +62,7 @@ fn start_agent(config: &std::path::Path) -> (Agent, String) {
     (child, addr)
 }
 
-fn append(path: &std::path::Path, lines: &[String]) {
+fn append(path: &Path, lines: &[String]) {
     let mut f = OpenOptions::new().create(true).append(true).open(path).expect("open latest.log");
     for line in lines {
         writeln!(f, "[12:00:00] [Server thread/INFO]: {line}").expect("append");
