@@ -227,22 +227,17 @@ impl AgentSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tempfile::TempDir;
 
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// A temporary directory with an `srv/` server directory in it.
+    fn dir() -> TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("srv")).unwrap();
+        d
     }
 
-    fn dir(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("aymc-agentd-config-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(d.join("srv")).unwrap();
-        Dir(d)
-    }
-
-    fn load(d: &Dir, text: &str, env: &[(&str, &str)], args: &[&str]) -> Result<AgentSettings, ConfigError> {
-        let path = d.0.join("agent.toml");
+    fn load(d: &TempDir, text: &str, env: &[(&str, &str)], args: &[&str]) -> Result<AgentSettings, ConfigError> {
+        let path = d.path().join("agent.toml");
         std::fs::write(&path, text).unwrap();
         let mut argv = vec!["--config".to_string(), path.display().to_string()];
         argv.extend(args.iter().map(|s| s.to_string()));
@@ -254,22 +249,22 @@ mod tests {
 
     #[test]
     fn defaults_and_relative_paths() {
-        let d = dir("defaults");
+        let d = dir();
         let c = load(&d, ONE, &[], &[]).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!((c.id, c.history_lines), (None, DEFAULT_HISTORY_LINES));
-        assert_eq!(c.state_file, d.0.join("state.toml"));
+        assert_eq!(c.state_file, d.path().join("state.toml"));
         let s = &c.servers[0];
         assert_eq!(s.id, "550e8400-e29b-41d4-a716-446655440000");
         assert_eq!((s.name.as_str(), s.port), ("Survival", Some(25565)));
-        assert_eq!(s.dir, d.0.join("srv"));
-        assert_eq!(s.latest_log(), d.0.join("srv/logs/latest.log"));
-        assert_eq!(s.pid_file, Some(d.0.join("srv/server.pid")));
+        assert_eq!(s.dir, d.path().join("srv"));
+        assert_eq!(s.latest_log(), d.path().join("srv/logs/latest.log"));
+        assert_eq!(s.pid_file, Some(d.path().join("srv/server.pid")));
     }
 
     #[test]
     fn flag_beats_env_beats_file_and_systemd_state_directory() {
-        let d = dir("precedence");
+        let d = dir();
         let text = format!("listen = \"127.0.0.1:1\"\n{ONE}");
         let env = [("AYMC_AGENT_LISTEN", "127.0.0.1:2"), ("STATE_DIRECTORY", "/var/lib/aymc-agent:/other")];
         assert_eq!(load(&d, &text, &[], &[]).unwrap().listen.port(), 1);
@@ -278,12 +273,12 @@ mod tests {
         assert_eq!(c.state_file, PathBuf::from("/var/lib/aymc-agent/state.toml"));
         assert_eq!(load(&d, &text, &env, &["--listen=127.0.0.1:0"]).unwrap().listen.port(), 0);
         let c = load(&d, &format!("state_file = \"st/x.toml\"\n{ONE}"), &env, &[]).unwrap();
-        assert_eq!(c.state_file, d.0.join("st/x.toml"));
+        assert_eq!(c.state_file, d.path().join("st/x.toml"));
     }
 
     #[test]
     fn errors_are_one_line() {
-        let d = dir("errors");
+        let d = dir();
         for (text, want) in [
             ("histroy_lines = 3\n", "line 1"),
             ("history_lines = 0\n", "history_lines"),

@@ -188,9 +188,8 @@ mod tests {
 
     #[test]
     fn own_process_is_alive_and_a_stale_pid_is_not() {
-        let dir = std::env::temp_dir().join(format!("aymc-agentd-metrics-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let pid_file = dir.join("server.pid");
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("server.pid");
         fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
         let (id, stat) = process(&pid_file).unwrap();
         assert_eq!(id.pid as u32, std::process::id());
@@ -199,7 +198,6 @@ mod tests {
         assert!(process(&pid_file).is_none());
         fs::write(&pid_file, "nope").unwrap();
         assert!(process(&pid_file).is_none());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

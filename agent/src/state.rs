@@ -150,10 +150,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_generated_id_is_kept() {
-        let dir = std::env::temp_dir().join(format!("aymc-agentd-state-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state.toml");
-        let _ = fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.toml");
         let store = StateStore::open(&path).unwrap();
         assert_eq!(store.agent_id(Some("fixed")).unwrap(), "fixed");
         assert!(!path.exists(), "a configured id is not written");
@@ -174,6 +172,5 @@ mod tests {
         fs::write(&path, "agent_id = [").unwrap();
         let e = StateStore::open(&path).unwrap_err().to_string();
         assert!(e.contains("damaged") && !e.contains('\n'), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

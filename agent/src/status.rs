@@ -358,8 +358,8 @@ mod tests {
 
     #[test]
     fn crash_reports_are_new_once() {
-        let dir = std::env::temp_dir().join(format!("aymc-agentd-crash-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("crash-reports");
         let mut reports = CrashReports::new(dir.clone());
         assert_eq!(reports.poll(), None);
         std::fs::create_dir_all(&dir).unwrap();
@@ -368,6 +368,5 @@ mod tests {
         assert_eq!(reports.poll(), None);
         let again = CrashReports::new(dir.clone());
         assert!(again.known.contains(&OsString::from("crash-old.txt")));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

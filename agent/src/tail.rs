@@ -335,18 +335,17 @@ mod tests {
     use std::io::Write;
 
     struct Fixture {
-        dir: PathBuf,
+        dir: tempfile::TempDir,
         log: PathBuf,
         store: Arc<StateStore>,
     }
 
     impl Fixture {
         fn new(name: &str) -> Fixture {
-            let dir = std::env::temp_dir().join(format!("aymc-agentd-tail-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(dir.join("logs")).unwrap();
-            let store = Arc::new(StateStore::open(&dir.join("state.toml")).unwrap());
-            Fixture { log: dir.join("logs/latest.log"), dir, store }
+            let dir = tempfile::Builder::new().prefix(&format!("aymc-agent-tail-{name}-")).tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("logs")).unwrap();
+            let store = Arc::new(StateStore::open(&dir.path().join("state.toml")).unwrap());
+            Fixture { log: dir.path().join("logs/latest.log"), dir, store }
         }
 
         fn append(&self, text: &str) {
@@ -360,13 +359,7 @@ mod tests {
         }
 
         fn reopen_store(&mut self) {
-            self.store = Arc::new(StateStore::open(&self.dir.join("state.toml")).unwrap());
-        }
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.dir);
+            self.store = Arc::new(StateStore::open(&self.dir.path().join("state.toml")).unwrap());
         }
     }
 
@@ -412,7 +405,7 @@ mod tests {
         let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
         drain(&mut t);
         f.append(B);
-        fs::rename(&f.log, f.dir.join("logs/2026-11-28-1.log")).unwrap();
+        fs::rename(&f.log, f.dir.path().join("logs/2026-11-28-1.log")).unwrap();
         f.append(A);
         let events = drain(&mut t);
         assert_eq!(offsets(&events), vec![(1 << 40) + A.len() as u64, 2 << 40]);
@@ -450,7 +443,7 @@ mod tests {
         assert_eq!(again.len(), 3);
         drop(t);
         // Replaced while down (a new inode, even with the same first line).
-        fs::rename(&f.log, f.dir.join("logs/old.log")).unwrap();
+        fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
         f.append(A);
         f.reopen_store();
         let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();

@@ -121,8 +121,8 @@ mod tests {
 
     #[test]
     fn a_write_wakes_the_wait_early_and_a_missing_dir_falls_back_to_sleeping() {
-        let dir = std::env::temp_dir().join(format!("aymc-watch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("logs");
         let mut missing = LogWatch::new(&dir);
         let started = Instant::now();
         missing.wait(Duration::from_millis(30));
@@ -138,6 +138,5 @@ mod tests {
         watch.wait(Duration::from_secs(5));
         assert!(started.elapsed() < Duration::from_secs(2), "woken by the write");
         writer.join().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -380,7 +380,7 @@ fn a_generated_agent_id_is_kept_across_restarts() {
     assert!(uuid::Uuid::try_parse(&first).is_ok(), "{first}");
     let agent = Agent::start(config);
     assert_eq!(agent.client().ping_opt(&PingRequest::new(), opt()).unwrap().get_agent_id(), first);
-    assert!(mc.root.0.join("state.toml").exists());
+    assert!(mc.root.path().join("state.toml").exists());
 }
 
 #[test]
@@ -395,7 +395,7 @@ fn config_errors_are_one_line_and_exit_code_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_aymc-agent")).env_remove("AYMC_AGENT_CONFIG").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = Command::new(env!("CARGO_BIN_EXE_aymc-agent"))
-        .env("AYMC_AGENT_CONFIG", mc.root.0.join("missing.toml"))
+        .env("AYMC_AGENT_CONFIG", mc.root.path().join("missing.toml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -317,7 +317,7 @@ impl Engine {
             let c = &mut self.clients[i];
             c.meta.started_at = now_us();
             let connected = match c.rcvbuf {
-                Some(bytes) => connect_with_rcvbuf(self.addr, bytes),
+                Some(bytes) => connect_with_rcvbuf(self.addr, bytes, true).map(TcpStream::from_std),
                 None => TcpStream::connect(self.addr),
             };
             let mut stream = match connected {
@@ -509,16 +509,24 @@ impl Engine {
     }
 }
 
-/// A non-blocking connect with `SO_RCVBUF` set first (it must precede the
-/// handshake to bound the window the client advertises).
-fn connect_with_rcvbuf(addr: SocketAddr, bytes: u32) -> io::Result<TcpStream> {
+/// A TCP connect to an IPv4 `addr` with `SO_RCVBUF` set to `bytes` first
+/// (it must precede the handshake to bound the window the client
+/// advertises, and it turns receive autotuning off), so a client that stops
+/// reading fills up after a few KB instead of the megabytes loopback allows.
+/// A `nonblocking` connect returns while it is still in progress; else it
+/// returns connected. The hub's tests use it for their slow clients too.
+///
+/// # Errors
+/// An IPv6 address, or what `socket`, `setsockopt` or `connect` says.
+pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: u32, nonblocking: bool) -> io::Result<std::net::TcpStream> {
     let SocketAddr::V4(v4) = addr else {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "a receive buffer size needs an IPv4 hub address"));
     };
+    let flags = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain socket calls on a descriptor this function owns (the
     // OwnedFd closes it on every error path); the structs are initialized.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | flags, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -537,11 +545,11 @@ fn connect_with_rcvbuf(addr: SocketAddr, bytes: u32) -> io::Result<TcpStream> {
         let sa_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         if libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), sa_len) != 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            if !nonblocking || e.raw_os_error() != Some(libc::EINPROGRESS) {
                 return Err(e);
             }
         }
-        Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
+        Ok(std::net::TcpStream::from(sock))
     }
 }
 

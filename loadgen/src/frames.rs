@@ -4,8 +4,9 @@
 //! [`Handler`] asks for it (sampled or tracked frames) or when the frame is
 //! not a `log_entry` (control replies, errors). A frame whose bytes are all
 //! in the read buffer is handed over in place, without a copy. Also the
-//! masked frames a client sends, and the few byte searches that pull the
-//! send stamp and `seq` out of a `log_entry`.
+//! frame encoder (the masked frames a client sends; the hub's integration
+//! tests use it too), and the few byte searches that pull the send stamp and
+//! `seq` out of a `log_entry`.
 
 /// What every `log_entry` envelope starts with (the hub writes `type` first).
 const LOG_PREFIX: &[u8] = b"{\"type\":\"log_entry\"";
@@ -235,41 +236,41 @@ fn complete(opcode: u8, payload: &[u8], h: &mut impl Handler) {
     }
 }
 
-/// Appends a masked client frame (FIN set) to `out`.
-pub fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    const MASK: [u8; 4] = [0x5a, 0x3c, 0x96, 0xe1];
-    out.push(0x80 | opcode);
+/// Appends one frame to `out`: FIN set when `fin`, the payload masked with
+/// `mask` when there is one (a client must mask its frames, a server must
+/// not). Any opcode, so tests can also build frames a hub must refuse.
+pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    out.push(if fin { 0x80 | opcode } else { opcode });
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
     match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 126 => out.push(mask_bit | n as u8),
         n if n <= 0xffff => {
-            out.push(0x80 | 126);
+            out.push(mask_bit | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
         }
         n => {
-            out.push(0x80 | 127);
+            out.push(mask_bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// Appends a masked client frame (FIN set) to `out`.
+pub fn client_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    encode_frame(out, true, opcode, payload, Some([0x5a, 0x3c, 0x96, 0xe1]));
 }
 
 /// Appends an unmasked server text frame (what the hub sends) to `out`;
 /// used by the reader self-check.
 pub fn server_text(out: &mut Vec<u8>, payload: &[u8]) {
-    out.push(0x81);
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n if n <= 0xffff => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
+    encode_frame(out, true, 1, payload, None);
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -14,36 +14,6 @@ use std::time::{Duration, Instant};
 use crate::stats::{cpu_seconds, status_bytes};
 use crate::Error;
 
-/// A scratch directory removed on drop (kept with `--keep`).
-#[derive(Debug)]
-pub struct TempDir {
-    /// Its path.
-    pub path: PathBuf,
-    /// Leave it on disk.
-    pub keep: bool,
-}
-
-impl TempDir {
-    /// A new, empty, uniquely named directory under the system temp dir.
-    ///
-    /// # Errors
-    /// It cannot be created.
-    pub fn new(keep: bool) -> Result<TempDir, Error> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("aymc-loadgen-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        Ok(TempDir { path, keep })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// How the hub authenticates.
 #[derive(Debug, Clone)]
 pub enum Keys {

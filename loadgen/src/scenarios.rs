@@ -17,16 +17,17 @@ use std::time::Duration;
 
 use log::{info, warn};
 use serde_json::{json, Value};
+use tempfile::TempDir;
 use uuid::Uuid;
 
 use crate::bench_agent::{BenchAgent, RunReport};
 use crate::cli::Opts;
 use crate::engine::{ClientSpec, Engine};
 use crate::frames;
-use crate::hubproc::{pin_self, HubProc, HubSpec, TempDir};
+use crate::hubproc::{pin_self, HubProc, HubSpec};
 use crate::publisher::Publisher;
 use crate::stats::{now_us, round3, CoreMeter, CpuMeter, Percentiles};
-use crate::tokens::Signer;
+use crate::tokens::{self, Signer};
 use crate::{bench_line, Error};
 
 /// How long a step may take to drain after its last line.
@@ -73,7 +74,8 @@ pub fn run(o: &Opts) -> Result<Value, Error> {
     Ok(result)
 }
 
-/// A started hub with its directory and the key its tokens need.
+/// A started hub with its directory and the key its tokens need. The
+/// directory goes last (fields drop in order): after the hub has stopped.
 struct Bench {
     hub: HubProc,
     signer: Signer,
@@ -82,18 +84,23 @@ struct Bench {
 
 impl Bench {
     fn start(o: &Opts, agent: Option<SocketAddr>) -> Result<Bench, Error> {
-        let dir = TempDir::new(o.keep)?;
-        let signer = if o.alg == "es256" { Signer::es256(&dir.path)? } else { Signer::hs256()? };
+        // Removed on drop unless `--keep`.
+        let dir = tempfile::Builder::new()
+            .prefix("aymc-loadgen-")
+            .disable_cleanup(o.keep)
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let (signer, keys) = if o.alg == "es256" { tokens::es256(dir.path())? } else { tokens::hs256()? };
         let spec = HubSpec {
             bin: o.hub.clone(),
             cpu: o.hub_cpu,
-            keys: signer.keys.clone(),
+            keys,
             max_connections: MAX_CONNECTIONS,
             agent,
             set: o.hub_set.clone(),
         };
-        let hub = HubProc::start(&spec, &dir.path)?;
-        info!("hub pid {} on {} (dir {})", hub.pid, hub.addr, dir.path.display());
+        let hub = HubProc::start(&spec, dir.path())?;
+        info!("hub pid {} on {} (dir {})", hub.pid, hub.addr, dir.path().display());
         Ok(Bench { hub, signer, _dir: dir })
     }
 

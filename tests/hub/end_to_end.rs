@@ -71,16 +71,17 @@ fn append(path: &Path, lines: &[String]) {
 
 #[test]
 fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
-    let dir = TempDir::new();
-    let server_dir = dir.join("survival");
+    let dir = temp_dir();
+    let server_dir = dir.path().join("survival");
     std::fs::create_dir_all(server_dir.join("logs")).unwrap();
     let log = server_dir.join("logs").join("latest.log");
     append(&log, &numbered("old", 0..3));
-    let agent_config = dir.write(
+    let agent_config = write_file(
+        &dir,
         "agent.toml",
         &format!(
             "listen = \"127.0.0.1:0\"\nid = \"{AGENT_ID}\"\nstate_file = \"{}\"\n\n[[servers]]\nid = \"{SERVER_A}\"\nname = \"Survival\"\ndir = \"{}\"\n",
-            dir.join("agent-state.toml").display(),
+            dir.path().join("agent-state.toml").display(),
             server_dir.display()
         ),
     );

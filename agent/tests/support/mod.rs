@@ -20,6 +20,7 @@ use aymc_proto::agent::{LogEntry, ServerRequest, ServerStatus, StreamLogsRequest
 use aymc_proto::agent_grpc::AgentServiceClient;
 use futures::StreamExt;
 use grpcio::{CallOption, ChannelBuilder, EnvBuilder, Environment};
+use tempfile::TempDir;
 
 pub const SERVER_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
 /// The longest any single wait in these tests may take.
@@ -37,26 +38,6 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("aymc-agent-it-{}-{n}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A fake Minecraft server directory and an agent config for it.
 pub struct Mc {
     pub root: TempDir,
@@ -69,14 +50,14 @@ pub struct Mc {
 impl Mc {
     /// A server directory with `logs/` and `crash-reports/`; no latest.log yet.
     pub fn new(name: &str) -> Mc {
-        let root = TempDir::new(name);
-        let dir = root.0.join("survival");
+        let root = tempfile::Builder::new().prefix(&format!("aymc-agent-it-{name}-")).tempdir().unwrap();
+        let dir = root.path().join("survival");
         fs::create_dir_all(dir.join("logs")).unwrap();
         fs::create_dir_all(dir.join("crash-reports")).unwrap();
         Mc {
             log: dir.join("logs/latest.log"),
             pid_file: dir.join("server.pid"),
-            config: root.0.join("agent.toml"),
+            config: root.path().join("agent.toml"),
             dir,
             root,
         }
