@@ -15,6 +15,7 @@
 //! | [`hubproc`] | the hub process: config, start, `/proc`, `/metrics`, stop |
 //! | [`tokens`] | HS256 and ES256 tokens |
 //! | [`stats`] | counters, the clock, percentiles, `/proc` readings |
+#![deny(missing_docs)]
 
 pub mod bench_agent;
 pub mod cli;
