@@ -27,7 +27,7 @@ pub trait Keyed {
 }
 
 /// Items read by a cursor in one lock.
-const BATCH: usize = 1024;
+const CURSOR_BATCH: usize = 1024;
 /// A subscriber that reads nothing for this long while [`Ring::push`] waits
 /// for it is marked slow: pushes stop waiting for it (it will see `lost`)
 /// until it has caught up with the newest item.
@@ -254,7 +254,7 @@ impl<T: Keyed> Cursor<T> {
             reader.after = inner.floor;
         }
         let start = inner.items.partition_point(|i| i.key() <= reader.after);
-        self.batch.extend(inner.items.range(start..).take(BATCH).cloned());
+        self.batch.extend(inner.items.range(start..).take(CURSOR_BATCH).cloned());
         match self.batch.back() {
             Some(last) => {
                 reader.after = last.key();

@@ -48,11 +48,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[derive(Clone)]
-struct Service {
+struct BenchService {
     shared: Arc<BenchShared>,
 }
 
-impl AgentService for Service {
+impl AgentService for BenchService {
     fn ping(&mut self, ctx: RpcContext, _req: PingRequest, sink: UnarySink<PingResponse>) {
         let mut resp = PingResponse::new();
         resp.set_agent_id("bench".into());
@@ -156,7 +156,7 @@ impl BenchAgent {
             outstanding: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
-        let service = create_agent_service(Service { shared: Arc::clone(&shared) });
+        let service = create_agent_service(BenchService { shared: Arc::clone(&shared) });
         let env = Arc::new(Environment::new(1));
         let mut server = ServerBuilder::new(env)
             .register_service(service)

@@ -70,7 +70,7 @@ struct Meta {
 }
 
 #[derive(Debug)]
-struct Client {
+struct BenchClient {
     stream: Option<TcpStream>,
     phase: ClientPhase,
     /// The upgrade request, then (once sent) empty.
@@ -221,7 +221,7 @@ pub struct Engine {
     events: Option<Events>,
     addr: SocketAddr,
     accept: String,
-    clients: Vec<Client>,
+    clients: Vec<BenchClient>,
     /// What the clients received.
     pub tally: Tally,
     buf: Box<[u8]>,
@@ -280,7 +280,7 @@ impl Engine {
             let mut subscribe = Vec::new();
             client_frame(&mut subscribe, 1, body.to_string().as_bytes());
             self.queue.push_back(self.clients.len());
-            self.clients.push(Client {
+            self.clients.push(BenchClient {
                 stream: None,
                 phase: ClientPhase::Waiting,
                 request: request.into_bytes(),
@@ -555,7 +555,7 @@ pub fn connect_with_rcvbuf(addr: SocketAddr, bytes: u32, nonblocking: bool) -> i
 
 /// Checks the `101` once the head is complete, sends the subscribe frame
 /// and feeds what followed the head to the frame reader.
-fn handshake(c: &mut Client, accept: &str, tally: &mut Tally, now: u64) -> Result<(), String> {
+fn handshake(c: &mut BenchClient, accept: &str, tally: &mut Tally, now: u64) -> Result<(), String> {
     let Some(end) = c.head.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
         return if c.head.len() > 16 * 1024 { Err("response head too large".into()) } else { Ok(()) };
     };

@@ -18,7 +18,7 @@ use crate::bench_line;
 pub const PUBLISHER_TOKENS: usize = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum PublishState {
     Connecting,
     Idle,
     Busy,
@@ -27,7 +27,7 @@ enum State {
 #[derive(Debug)]
 struct PublishConn {
     stream: Option<TcpStream>,
-    state: State,
+    state: PublishState,
     out: Vec<u8>,
     inbuf: Vec<u8>,
 }
@@ -74,7 +74,12 @@ impl Publisher {
         Publisher {
             addr,
             conns: (0..conns.max(1))
-                .map(|_| PublishConn { stream: None, state: State::Connecting, out: Vec::new(), inbuf: Vec::new() })
+                .map(|_| PublishConn {
+                    stream: None,
+                    state: PublishState::Connecting,
+                    out: Vec::new(),
+                    inbuf: Vec::new(),
+                })
                 .collect(),
             idle: VecDeque::new(),
             head,
@@ -111,7 +116,7 @@ impl Publisher {
         self.idle.retain(|&k| k != j);
         let mut stream = TcpStream::connect(self.addr)?;
         registry.register(&mut stream, Token(PUBLISHER_TOKENS + j), Interest::READABLE | Interest::WRITABLE)?;
-        *c = PublishConn { stream: Some(stream), state: State::Connecting, out: Vec::new(), inbuf: Vec::new() };
+        *c = PublishConn { stream: Some(stream), state: PublishState::Connecting, out: Vec::new(), inbuf: Vec::new() };
         Ok(())
     }
 
@@ -140,7 +145,7 @@ impl Publisher {
 
     /// True when every line of the run is sent and answered.
     pub fn finished(&self) -> bool {
-        self.next >= self.total && self.conns.iter().all(|c| c.state != State::Busy)
+        self.next >= self.total && self.conns.iter().all(|c| c.state != PublishState::Busy)
     }
 
     /// Sends what is due on idle connections.
@@ -163,7 +168,7 @@ impl Publisher {
             c.out.extend_from_slice(self.head.as_bytes());
             c.out.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
             c.out.extend_from_slice(body.as_bytes());
-            c.state = State::Busy;
+            c.state = PublishState::Busy;
             self.next += 1;
             self.sent += 1;
             self.write(j, registry);
@@ -186,7 +191,7 @@ impl Publisher {
     }
 
     fn broken(&mut self, j: usize, registry: &Registry) {
-        if self.conns[j].state == State::Busy {
+        if self.conns[j].state == PublishState::Busy {
             *self.refused.entry(0).or_insert(0) += 1;
         }
         if let Err(e) = self.reconnect(j, registry) {
@@ -198,10 +203,10 @@ impl Publisher {
     pub fn on_event(&mut self, j: usize, registry: &Registry) {
         let Some(c) = self.conns.get_mut(j) else { return };
         let Some(stream) = &mut c.stream else { return };
-        if c.state == State::Connecting {
+        if c.state == PublishState::Connecting {
             match stream.peer_addr() {
                 Ok(_) => {
-                    c.state = State::Idle;
+                    c.state = PublishState::Idle;
                     self.idle.push_back(j);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -250,7 +255,7 @@ impl Publisher {
         }
         let code = resp.code.unwrap_or(0);
         let body = &c.inbuf[head_len..head_len + length];
-        if c.state != State::Busy {
+        if c.state != PublishState::Busy {
             // An answer to no request: the hub timing out an idle connection.
             log::debug!("publisher connection {j} got {code} while idle; reconnecting");
             return self.broken(j, registry);
@@ -269,7 +274,7 @@ impl Publisher {
             *self.refused.entry(code).or_insert(0) += 1;
         }
         c.inbuf.drain(..head_len + length);
-        c.state = State::Idle;
+        c.state = PublishState::Idle;
         if close {
             if let Err(e) = self.reconnect(j, registry) {
                 log::warn!("publisher connection {j} cannot reconnect: {e}");

@@ -27,9 +27,9 @@ fn agent_bin() -> PathBuf {
 }
 
 /// A running aymc-agent, killed on drop.
-struct Agent(Child);
+struct AgentProcess(Child);
 
-impl Drop for Agent {
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -37,7 +37,7 @@ impl Drop for Agent {
 }
 
 /// Starts aymc-agent; returns it and the address it listens on.
-fn start_agent(config: &Path) -> (Agent, String) {
+fn start_agent(config: &Path) -> (AgentProcess, String) {
     let mut child = Command::new(agent_bin())
         .arg("--config")
         .arg(config)
@@ -57,7 +57,7 @@ fn start_agent(config: &Path) -> (Agent, String) {
             }
         }
     });
-    let child = Agent(child);
+    let child = AgentProcess(child);
     let addr = rx.recv_timeout(WAIT).expect("aymc-agent says where it listens");
     (child, addr)
 }
