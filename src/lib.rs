@@ -2,7 +2,8 @@
 //! changes, alerts and user notifications from agents to WebSocket clients,
 //! channel by channel, only to the users allowed to see them.
 //!
-//! The contract is `PROTOCOL.md`; the shape is `DESIGN.md`. Map:
+//! The contract is `docs/PROTOCOL.md`; the map of threads and modules, and
+//! the path of one log line, is `docs/ARCHITECTURE.md`. Modules:
 //!
 //! | module | owns |
 //! | --- | --- |
@@ -24,17 +25,14 @@
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
-//! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
-//! | [`proto`] | the agent contract (`proto/agent.proto`), generated |
-//! | [`agentd`] | the `aymc-agent` binary's agent: log tailing and parsing, status, /proc metrics, Server List Ping, the gRPC service |
+//! | [`agent_link`] | the hub's side of the gRPC agent link: one thread, streams and health monitor → events for the reactor |
 //!
 //! One thread runs the reactor, which owns every socket and all hub state:
 //! nothing is shared, nothing is locked. A second thread drives the agents
 //! and sends events to the reactor through a channel and a `mio::Waker`.
 #![deny(missing_docs)]
 
-pub mod agent;
-pub mod agentd;
+pub mod agent_link;
 pub mod app;
 pub mod auth;
 pub mod client;
@@ -48,7 +46,6 @@ pub mod hub;
 pub mod link;
 pub mod logs_api;
 pub mod outq;
-pub mod proto;
 pub mod protocol;
 pub mod reactor;
 pub mod stats;

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use aymc_hub::agent;
+use aymc_hub::agent_link;
 use aymc_hub::auth::Authenticator;
 use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
-use aymc_hub::reactor::{self, Reactor};
+use aymc_hub::reactor::Reactor;
 use aymc_hub::store::{self, StoreError};
 
 fn main() -> ExitCode {
@@ -54,7 +54,9 @@ fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
 
 fn serve(config: Config, auth: Authenticator) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("AYMC_LOG", "info")).init();
-    let fds = reactor::raise_fd_limit();
+    // The soft limit of open files up to the hard one, so that
+    // max_connections can be reached.
+    let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     if (fds as usize) < config.limits.max_connections + 64 {
         log::warn!("open-file limit {fds} is below limits.max_connections; accepts will pause when it runs out");
     }
@@ -83,7 +85,7 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
-    if let Err(e) = agent::spawn(&agents, reactor.link(), offsets) {
+    if let Err(e) = agent_link::spawn(&agents, reactor.link(), offsets) {
         log::error!("cannot start the agent thread: {e}");
         return ExitCode::FAILURE;
     }

@@ -109,25 +109,6 @@ pub struct Reactor {
     trimmed_at_serial: u64,
 }
 
-/// Raises the soft limit of open files to the hard limit, so that
-/// `max_connections` can be reached; returns the limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    lim.rlim_cur
-}
-
 /// Caps the socket's kernel send buffer at [`SEND_BUFFER`].
 fn cap_send_buffer(stream: &TcpStream) {
     let size = SEND_BUFFER;

@@ -4,32 +4,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tempfile::{tempdir, TempDir};
 
 use super::*;
 
-/// A directory removed on drop.
-pub(super) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(super) fn new(name: &str) -> TempDir {
-        use std::sync::atomic::AtomicUsize;
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("aymc-store-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    pub(super) fn db(&self) -> PathBuf {
-        self.0.join("history.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The database file in a test's temporary directory.
+fn db(dir: &TempDir) -> PathBuf {
+    dir.path().join("history.db")
 }
 
 fn config(path: PathBuf) -> HistoryConfig {
@@ -109,8 +90,8 @@ fn missing_db_path_is_not_configured() {
 
 #[test]
 fn clean_shutdown_keeps_epoch_counters_offsets_and_recent() {
-    let dir = TempDir::new("clean");
-    let mut cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let mut cfg = config(db(&dir));
     cfg.log_lines = 3;
     let (store, rec) = open(&cfg).unwrap();
     assert!(rec.new_epoch);
@@ -147,8 +128,8 @@ fn clean_shutdown_keeps_epoch_counters_offsets_and_recent() {
 
 #[test]
 fn a_stop_without_shutdown_gives_a_new_epoch_and_seqs_continue() {
-    let dir = TempDir::new("unclean");
-    let cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let cfg = config(db(&dir));
     let (store, rec) = open(&cfg).unwrap();
     for seq in 1..=7 {
         store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "x"));
@@ -185,8 +166,8 @@ fn a_stop_without_shutdown_gives_a_new_epoch_and_seqs_continue() {
 
 #[test]
 fn an_appended_entry_is_readable_within_300_ms() {
-    let dir = TempDir::new("cadence");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     let reader = store.reader().unwrap();
     // Let the start-up retention pass finish first.
     std::thread::sleep(Duration::from_millis(100));
@@ -202,8 +183,8 @@ fn an_appended_entry_is_readable_within_300_ms() {
 
 #[test]
 fn full_batches_commit_without_waiting() {
-    let dir = TempDir::new("batch");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     for seq in 1..=(BATCH as u64 * 3 + 10) {
         store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "bulk"));
     }
@@ -241,8 +222,8 @@ fn search(reader: &Reader, q: &str) -> Vec<u64> {
 
 #[test]
 fn search_requires_every_word_and_quotes_odd_input() {
-    let dir = TempDir::new("search");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     fill(&store, &rec.epoch);
     let reader = store.reader().unwrap();
     assert_eq!(search(&reader, "player"), [1, 5]);
@@ -270,8 +251,8 @@ fn search_requires_every_word_and_quotes_odd_input() {
 
 #[test]
 fn level_and_time_filters() {
-    let dir = TempDir::new("filters");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     fill(&store, &rec.epoch);
     let reader = store.reader().unwrap();
     let mut q = LogQuery::new(SERVER);
@@ -308,8 +289,8 @@ fn level_and_time_filters() {
 
 #[test]
 fn paging_backwards_and_forwards_with_cursors() {
-    let dir = TempDir::new("paging");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     for seq in 1..=25 {
         let level = if seq % 5 == 0 { Level::Error } else { Level::Info };
         store.append(entry(SERVER, &rec.epoch, seq, level, &format!("line {seq}")));
@@ -422,8 +403,8 @@ fn paging_backwards_and_forwards_with_cursors() {
 
 #[test]
 fn retention_by_age_at_open() {
-    let dir = TempDir::new("age");
-    let mut cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let mut cfg = config(db(&dir));
     let (store, rec) = open(&cfg).unwrap();
     let day = 86_400_000;
     for (seq, age_days) in [(1, 20), (2, 15), (3, 13), (4, 0)] {
@@ -444,8 +425,8 @@ fn retention_by_age_at_open() {
 
 #[test]
 fn retention_by_size_per_server() {
-    let dir = TempDir::new("size");
-    let mut cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let mut cfg = config(db(&dir));
     let (store, rec) = open(&cfg).unwrap();
     let big = "x".repeat(100 * 1024);
     for seq in 1..=30 {
@@ -475,40 +456,40 @@ fn retention_by_size_per_server() {
 
 #[test]
 fn a_garbage_file_is_moved_aside_and_a_fresh_one_works() {
-    let dir = TempDir::new("corrupt");
-    std::fs::write(dir.db(), vec![0x5a; 64 * 1024]).unwrap();
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    std::fs::write(db(&dir), vec![0x5a; 64 * 1024]).unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     assert!(rec.new_epoch);
     let stats = store.stats();
     let err = stats.last_error.unwrap();
     assert!(err.contains("moved to") && err.contains(".corrupt-"), "{err}");
     assert!(!stats.failing);
-    let moved: Vec<String> = std::fs::read_dir(&dir.0)
+    let moved: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".corrupt-"))
         .collect();
     assert_eq!(moved.len(), 1, "{moved:?}");
-    assert_eq!(std::fs::read(dir.0.join(&moved[0])).unwrap(), vec![0x5a; 64 * 1024], "moved as it was");
+    assert_eq!(std::fs::read(dir.path().join(&moved[0])).unwrap(), vec![0x5a; 64 * 1024], "moved as it was");
     store.append(entry(SERVER, &rec.epoch, 1, Level::Info, "fresh"));
     wait_flushed(&store);
     assert_eq!(store.reader().unwrap().query(&LogQuery::new(SERVER)).unwrap().messages.len(), 1);
     assert!(store.shutdown(Vec::new()));
-    let (_, again) = open(&config(dir.db())).unwrap();
+    let (_, again) = open(&config(db(&dir))).unwrap();
     assert_eq!(again.epoch, rec.epoch);
 }
 
 #[test]
 fn a_truncated_database_is_moved_aside() {
-    let dir = TempDir::new("truncated");
-    let cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let cfg = config(db(&dir));
     let (store, rec) = open(&cfg).unwrap();
     for seq in 1..=3000 {
         store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "some words to index"));
     }
     assert!(store.shutdown(Vec::new()));
-    let len = std::fs::metadata(dir.db()).unwrap().len();
-    let file = std::fs::OpenOptions::new().write(true).open(dir.db()).unwrap();
+    let len = std::fs::metadata(db(&dir)).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(db(&dir)).unwrap();
     file.set_len(len / 3).unwrap();
     drop(file);
     let (store, again) = open(&cfg).unwrap();
@@ -522,10 +503,10 @@ fn a_truncated_database_is_moved_aside() {
 
 #[test]
 fn an_unusable_place_buffers_and_recovers_when_fixed() {
-    let dir = TempDir::new("unusable");
+    let dir = tempdir().unwrap();
     // A file where the directory should be: the database cannot be created
     // (this works as root too, unlike permissions).
-    let blocker = dir.0.join("state");
+    let blocker = dir.path().join("state");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let cfg = config(blocker.join("history.db"));
     let (store, rec) = open(&cfg).unwrap();
@@ -553,8 +534,8 @@ fn an_unusable_place_buffers_and_recovers_when_fixed() {
 
 #[test]
 fn appends_after_shutdown_are_counted_as_dropped() {
-    let dir = TempDir::new("after");
-    let (store, rec) = open(&config(dir.db())).unwrap();
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
     let other = store.clone();
     assert!(store.shutdown(Vec::new()));
     other.append(entry(SERVER, &rec.epoch, 1, Level::Info, "late"));
@@ -564,8 +545,8 @@ fn appends_after_shutdown_are_counted_as_dropped() {
 
 #[test]
 fn a_full_queue_drops_the_oldest_and_the_epoch_is_not_kept() {
-    let dir = TempDir::new("lost");
-    let blocker = dir.0.join("state");
+    let dir = tempdir().unwrap();
+    let blocker = dir.path().join("state");
     std::fs::write(&blocker, b"not a directory").unwrap();
     let cfg = config(blocker.join("history.db"));
     let tuning = writer::Tuning { max_pending: 10, ..writer::Tuning::default() };
@@ -590,19 +571,19 @@ fn a_full_queue_drops_the_oldest_and_the_epoch_is_not_kept() {
 
 #[test]
 fn the_search_index_can_be_rebuilt_from_the_envelopes() {
-    let dir = TempDir::new("rebuild");
-    let cfg = config(dir.db());
+    let dir = tempdir().unwrap();
+    let cfg = config(db(&dir));
     let (store, rec) = open(&cfg).unwrap();
     fill(&store, &rec.epoch);
     assert!(store.shutdown(Vec::new()));
-    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let conn = rusqlite::Connection::open(db(&dir)).unwrap();
     conn.execute("INSERT INTO logs_fts(logs_fts) VALUES ('delete-all')", []).unwrap();
     drop(conn);
     let (store, _) = open(&cfg).unwrap();
     let reader = store.reader().unwrap();
     assert_eq!(search(&reader, "player"), Vec::<u64>::new(), "index emptied");
     store.shutdown(Vec::new());
-    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let conn = rusqlite::Connection::open(db(&dir)).unwrap();
     db::rebuild_fts(&conn).unwrap();
     drop(conn);
     let (store, _) = open(&cfg).unwrap();

@@ -205,7 +205,7 @@ fn lines_the_agent_no_longer_held_raise_a_log_lines_lost_alert() {
 fn metrics_come_from_the_health_monitor_with_tps_only_when_measured() {
     let agent = agent_a();
     {
-        let mut m = aymc_hub::proto::agent::ServerMetrics::new();
+        let mut m = aymc_proto::agent::ServerMetrics::new();
         m.set_server_id(SERVER_A.into());
         m.set_cpu_percent(12.5);
         m.set_memory_used(1024);

@@ -43,21 +43,21 @@ shutdown_grace_s = 5
 
 #[test]
 fn check_config_accepts_a_valid_config() {
-    let dir = TempDir::new();
-    let path = dir.write("full.toml", &full_config());
+    let dir = temp_dir();
+    let path = write_file(&dir, "full.toml", &full_config());
     let out = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    let minimal = dir.write("minimal.toml", &format!("[auth]\njwt_secret = \"{SECRET}\"\n"));
+    let minimal = write_file(&dir, "minimal.toml", &format!("[auth]\njwt_secret = \"{SECRET}\"\n"));
     let out = run_cli(&["check-config", "--config", minimal.to_str().unwrap()], &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
 }
 
 #[test]
 fn config_errors_print_one_line_and_exit_2() {
-    let dir = TempDir::new();
-    let keys = TempDir::new();
+    let dir = temp_dir();
+    let keys = temp_dir();
     let (_, public) = openssl_keypair(&keys, "ec", "ec");
-    let garbage_key = keys.write("garbage.pem", "not a key\n");
+    let garbage_key = write_file(&keys, "garbage.pem", "not a key\n");
     let secret = format!("[auth]\njwt_secret = \"{SECRET}\"\n");
     let cases: Vec<(&str, String)> = vec![
         ("both keys", format!("[auth]\njwt_secret = \"{SECRET}\"\njwt_public_key = \"{}\"\n", public.display())),
@@ -72,31 +72,32 @@ fn config_errors_print_one_line_and_exit_2() {
         ("wrong type", format!("{secret}[limits]\nclient_queue = \"many\"\n")),
         ("negative number", format!("{secret}[limits]\nmax_subscriptions = -1\n")),
         ("empty secret", "[auth]\njwt_secret = \"\"\n".to_string()),
-        ("missing key file", format!("[auth]\njwt_public_key = \"{}\"\n", dir.join("nope.pem").display())),
+        ("missing key file", format!("[auth]\njwt_public_key = \"{}\"\n", dir.path().join("nope.pem").display())),
         ("key file that is no key", format!("[auth]\njwt_public_key = \"{}\"\n", garbage_key.display())),
         ("server id not a UUID", format!("{secret}[[servers]]\nid = \"survival\"\nname = \"Survival\"\n")),
     ];
     for (i, (what, toml)) in cases.iter().enumerate() {
-        let path = dir.write(&format!("bad{i}.toml"), toml);
+        let path = write_file(&dir, &format!("bad{i}.toml"), toml);
         let out = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
         assert_eq!(out.code, Some(2), "check-config, {what}: {out:?}");
         assert_eq!(out.stderr_lines().len(), 1, "check-config, {what}: stderr must be one line: {:?}", out.stderr);
     }
-    let out = run_cli(&["check-config", "--config", dir.join("missing.toml").to_str().unwrap()], &[]);
+    let out = run_cli(&["check-config", "--config", dir.path().join("missing.toml").to_str().unwrap()], &[]);
     assert_eq!(out.code, Some(2), "missing file: {out:?}");
     assert_eq!(out.stderr_lines().len(), 1, "missing file: {:?}", out.stderr);
 }
 
 #[test]
 fn serve_with_a_bad_config_exits_2_with_one_line() {
-    let dir = TempDir::new();
-    let both = dir.write(
+    let dir = temp_dir();
+    let both = write_file(
+        &dir,
         "both.toml",
         &format!(
             "listen = \"127.0.0.1:0\"\n[auth]\njwt_secret = \"{SECRET}\"\njwt_public_key = \"/nonexistent.pem\"\n"
         ),
     );
-    let bad_toml = dir.write("bad.toml", "listen = [\n");
+    let bad_toml = write_file(&dir, "bad.toml", "listen = [\n");
     for args in [
         vec!["serve", "--config", both.to_str().unwrap()],
         vec!["--config", both.to_str().unwrap()],
@@ -171,9 +172,9 @@ fn token_command_adds_issuer_and_audience_when_configured() {
 
 #[test]
 fn token_command_without_a_secret_exits_2() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (_, public) = openssl_keypair(&dir, "ed25519", "ed");
-    let config = dir.write("pk.toml", &format!("[auth]\njwt_public_key = \"{}\"\n", public.display()));
+    let config = write_file(&dir, "pk.toml", &format!("[auth]\njwt_public_key = \"{}\"\n", public.display()));
     let out = run_cli(&["token", "--config", config.to_str().unwrap(), "--sub", &new_id()], &[]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stdout.trim().is_empty(), "printed a token anyway: {out:?}");

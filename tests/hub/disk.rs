@@ -46,8 +46,8 @@ fn wait_stored(hub: &Hub, n: usize) -> Value {
 
 #[test]
 fn epoch_seq_and_since_survive_a_restart() {
-    let dir = TempDir::new();
-    let db = dir.join("history.db");
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
     let hub = hub_with_db(&db);
     for i in 0..30 {
         hub.publish(&log_body(SERVER_A, &format!("line {i}")));
@@ -74,8 +74,8 @@ fn epoch_seq_and_since_survive_a_restart() {
 
 #[test]
 fn stored_logs_page_filter_search_and_render_text() {
-    let dir = TempDir::new();
-    let hub = hub_with_db(&dir.join("history.db"));
+    let dir = temp_dir();
+    let hub = hub_with_db(&dir.path().join("history.db"));
     for i in 1..=40 {
         let mut body = log_body(SERVER_A, &format!("line {i} {}", if i % 10 == 0 { "creeper exploded" } else { "ok" }));
         if i % 10 == 0 {
@@ -138,8 +138,8 @@ fn without_disk_history_the_endpoint_answers_from_memory() {
 
 #[test]
 fn a_sigkill_loses_at_most_the_last_moments_and_never_reuses_a_seq() {
-    let dir = TempDir::new();
-    let db = dir.join("history.db");
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
     let mut hub = hub_with_db(&db);
     let epoch = hub.stats()["epoch"].as_str().unwrap().to_string();
     let acked = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
@@ -206,8 +206,8 @@ fn a_sigkill_loses_at_most_the_last_moments_and_never_reuses_a_seq() {
 
 #[test]
 fn a_full_disk_does_not_stop_live_streaming() {
-    let dir = TempDir::new();
-    let db = dir.join("history.db");
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
     let mut config = HubConfig::new().extra(&format!("[history]\ndb_path = \"{}\"", db.display()));
     config.fsize_limit = Some(256 * 1024);
     let hub = config.start();
@@ -229,15 +229,15 @@ fn a_full_disk_does_not_stop_live_streaming() {
 
 #[test]
 fn a_broken_database_file_is_set_aside_and_streaming_goes_on() {
-    let dir = TempDir::new();
-    let db = dir.join("history.db");
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
     std::fs::write(&db, b"this is not a sqlite database, just some bytes ".repeat(200)).unwrap();
     let hub = hub_with_db(&db);
     let mut c = hub.connect_admin();
     c.subscribe_ok(&[&logs(SERVER_A)]);
     hub.publish(&log_body(SERVER_A, "hello"));
     assert_eq!(c.recv_json()["data"]["message"], "hello");
-    let aside = std::fs::read_dir(dir.join("."))
+    let aside = std::fs::read_dir(dir.path().join("."))
         .unwrap()
         .filter_map(Result::ok)
         .any(|e| e.file_name().to_string_lossy().starts_with("history.db.corrupt-"));
@@ -247,8 +247,8 @@ fn a_broken_database_file_is_set_aside_and_streaming_goes_on() {
 
 #[test]
 fn a_restarted_hub_resumes_the_agent_stream_after_the_stored_offset() {
-    let dir = TempDir::new();
-    let db = dir.join("history.db");
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
     let agent = FakeAgent::start(&[(SERVER_A, "survival")]);
     let start = || {
         HubConfig::new()

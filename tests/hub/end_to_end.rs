@@ -4,6 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -11,14 +12,24 @@ use crate::support::*;
 
 const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-000000000002";
 
-fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_aymc-agent")
+/// The `aymc-agent` binary, beside the hub's. It is another package's, so
+/// cargo sets no `CARGO_BIN_EXE_` for it here; `cargo test` at the workspace
+/// root builds every package's binaries into the same directory before any
+/// test runs.
+fn agent_bin() -> PathBuf {
+    let path = Path::new(bin()).with_file_name("aymc-agent");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo test` at the workspace root, or `cargo build -p aymc-agent` first",
+        path.display()
+    );
+    path
 }
 
 /// A running aymc-agent, killed on drop.
-struct Agent(Child);
+struct AgentProcess(Child);
 
-impl Drop for Agent {
+impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -26,7 +37,7 @@ impl Drop for Agent {
 }
 
 /// Starts aymc-agent; returns it and the address it listens on.
-fn start_agent(config: &std::path::Path) -> (Agent, String) {
+fn start_agent(config: &Path) -> (AgentProcess, String) {
     let mut child = Command::new(agent_bin())
         .arg("--config")
         .arg(config)
@@ -46,12 +57,12 @@ fn start_agent(config: &std::path::Path) -> (Agent, String) {
             }
         }
     });
-    let child = Agent(child);
+    let child = AgentProcess(child);
     let addr = rx.recv_timeout(WAIT).expect("aymc-agent says where it listens");
     (child, addr)
 }
 
-fn append(path: &std::path::Path, lines: &[String]) {
+fn append(path: &Path, lines: &[String]) {
     let mut f = OpenOptions::new().create(true).append(true).open(path).expect("open latest.log");
     for line in lines {
         writeln!(f, "[12:00:00] [Server thread/INFO]: {line}").expect("append");
@@ -60,16 +71,17 @@ fn append(path: &std::path::Path, lines: &[String]) {
 
 #[test]
 fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
-    let dir = TempDir::new();
-    let server_dir = dir.join("survival");
+    let dir = temp_dir();
+    let server_dir = dir.path().join("survival");
     std::fs::create_dir_all(server_dir.join("logs")).unwrap();
     let log = server_dir.join("logs").join("latest.log");
     append(&log, &numbered("old", 0..3));
-    let agent_config = dir.write(
+    let agent_config = write_file(
+        &dir,
         "agent.toml",
         &format!(
             "listen = \"127.0.0.1:0\"\nid = \"{AGENT_ID}\"\nstate_file = \"{}\"\n\n[[servers]]\nid = \"{SERVER_A}\"\nname = \"Survival\"\ndir = \"{}\"\n",
-            dir.join("agent-state.toml").display(),
+            dir.path().join("agent-state.toml").display(),
             server_dir.display()
         ),
     );

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use aymc_hub::proto::agent::{
+use aymc_proto::agent::{
     ListServersRequest, ListServersResponse, LogEntry, PingRequest, PingResponse, ServerInfo, ServerMetrics,
     ServerRequest, ServerStatus, StreamLogsRequest,
 };
-use aymc_hub::proto::agent_grpc::{create_agent_service, AgentService};
+use aymc_proto::agent_grpc::{create_agent_service, AgentService};
 use futures::channel::mpsc::{unbounded, UnboundedSender};
 use futures::{SinkExt, StreamExt};
 use grpcio::{

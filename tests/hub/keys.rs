@@ -25,7 +25,7 @@ fn assert_invalid(hub: &Hub, token: &str, what: &str) {
 
 #[test]
 fn rsa_public_key_accepts_rs256_only() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (private, public) = openssl_keypair(&dir, "rsa", "rsa");
     let (other, _) = openssl_keypair(&dir, "rsa", "other");
     let hub = public_key_hub(&public);
@@ -43,7 +43,7 @@ fn rsa_public_key_accepts_rs256_only() {
 
 #[test]
 fn p256_public_key_accepts_es256_only() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (private, public) = openssl_keypair(&dir, "ec", "ec");
     let (other, _) = openssl_keypair(&dir, "ec", "other");
     let (ed, _) = openssl_keypair(&dir, "ed25519", "ed");
@@ -57,7 +57,7 @@ fn p256_public_key_accepts_es256_only() {
 
 #[test]
 fn ed25519_public_key_accepts_eddsa_only() {
-    let dir = TempDir::new();
+    let dir = temp_dir();
     let (private, public) = openssl_keypair(&dir, "ed25519", "ed");
     let (other, _) = openssl_keypair(&dir, "ed25519", "other");
     let (ec, _) = openssl_keypair(&dir, "ec", "ec");

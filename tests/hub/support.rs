@@ -11,15 +11,17 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use aymc_loadgen::tokens::{self, Signer};
+use aymc_loadgen::{engine, frames};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
+pub use tempfile::TempDir;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -54,38 +56,16 @@ pub fn bin() -> &'static str {
 // Temp dirs and time
 // ---------------------------------------------------------------------------
 
-/// A unique directory under the system temp dir, removed on drop.
-pub struct TempDir {
-    pub path: PathBuf,
+/// A fresh directory under the system temp dir, removed on drop.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new().prefix("aymc-hub-test-").tempdir().expect("create temp dir")
 }
 
-impl TempDir {
-    pub fn new() -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "aymc-hub-test-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir { path }
-    }
-
-    /// Writes `contents` to `name` inside the dir and returns its path.
-    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.path.join(name);
-        std::fs::write(&path, contents).expect("write temp file");
-        path
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.path.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// Writes `contents` to `name` inside `dir` and returns its path.
+pub fn write_file(dir: &TempDir, name: &str, contents: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    path
 }
 
 /// Unix time in whole seconds.
@@ -225,8 +205,8 @@ impl HubConfig {
     /// As `start_with_args`, but a hub that exits (or never says where it
     /// listens) is an `Err` with its exit status and stderr.
     pub fn try_start_with_args(self, args: &[&str]) -> Result<Hub, String> {
-        let dir = TempDir::new();
-        let config_path = dir.write("hub.toml", &self.toml());
+        let dir = temp_dir();
+        let config_path = write_file(&dir, "hub.toml", &self.toml());
         let args: Vec<String> = args
             .iter()
             .map(|a| if *a == "{config}" { config_path.display().to_string() } else { a.to_string() })
@@ -451,9 +431,9 @@ impl CliOutput {
 
 /// Runs the binary to completion (killed after 15 s) with `env` added.
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> CliOutput {
-    let dir = TempDir::new();
-    let out_path = dir.join("stdout");
-    let err_path = dir.join("stderr");
+    let dir = temp_dir();
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
     let mut cmd = hub_command();
     cmd.args(args)
         .stdin(Stdio::null())
@@ -504,22 +484,14 @@ pub fn sign(claims: &Value) -> String {
     sign_hs(claims, SECRET, Algorithm::HS256)
 }
 
+/// HMAC with `secret`.
 pub fn sign_hs(claims: &Value, secret: &str, alg: Algorithm) -> String {
-    let key = EncodingKey::from_secret(secret.as_bytes()).expect("HMAC key");
-    jsonwebtoken::encode(&Header::new(alg), claims, &key).expect("encode JWT")
+    Signer::hmac(secret.as_bytes(), alg).expect("HMAC key").sign(claims).expect("encode JWT")
 }
 
 /// Signs with a PEM private key (`alg` must fit the key).
 pub fn sign_pem(claims: &Value, alg: Algorithm, private_pem: &Path) -> String {
-    let pem = std::fs::read(private_pem).expect("read private key");
-    let key = match alg {
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&pem),
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
-        _ => panic!("not a key algorithm: {alg:?}"),
-    }
-    .expect("parse private key");
-    jsonwebtoken::encode(&Header::new(alg), claims, &key).expect("encode JWT")
+    Signer::pem(alg, private_pem).expect("parse private key").sign(claims).expect("encode JWT")
 }
 
 /// A token with `alg: none` and an empty signature.
@@ -585,27 +557,7 @@ pub fn jwt_payload(token: &str) -> Value {
 /// Generates a key pair with the `openssl` CLI; returns (private, public) PEM
 /// paths. `kind` is `rsa`, `ec` (P-256) or `ed25519`.
 pub fn openssl_keypair(dir: &TempDir, kind: &str, name: &str) -> (PathBuf, PathBuf) {
-    let private = dir.join(&format!("{name}.pem"));
-    let public = dir.join(&format!("{name}.pub.pem"));
-    let mut gen = Command::new("openssl");
-    gen.arg("genpkey");
-    match kind {
-        "rsa" => gen.args(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-        "ec" => gen.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        "ed25519" => gen.args(["-algorithm", "ED25519"]),
-        _ => panic!("unknown key kind {kind}"),
-    };
-    let out = gen.arg("-out").arg(&private).output().expect("run openssl genpkey");
-    assert!(out.status.success(), "openssl genpkey: {}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .output()
-        .expect("run openssl pkey");
-    assert!(out.status.success(), "openssl pkey: {}", String::from_utf8_lossy(&out.stderr));
-    (private, public)
+    tokens::openssl_keypair(dir.path(), kind, name).unwrap_or_else(|e| panic!("{kind} key pair: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1299,29 +1251,12 @@ pub const OP_PONG: u8 = 0xA;
 
 /// One frame, masked with `mask` when given (clients must mask).
 pub fn encode_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![if fin { 0x80 | opcode } else { opcode }];
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => out.push(mask_bit | n as u8),
-        n if n <= 0xffff => {
-            out.push(mask_bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(mask_bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    match mask {
-        Some(m) => {
-            out.extend_from_slice(&m);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
-    }
+    let mut out = Vec::new();
+    frames::encode_frame(&mut out, fin, opcode, payload, mask);
     out
 }
 
+/// One complete frame, masked as a client's.
 pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     encode_frame(true, opcode, payload, Some([0x37, 0xfa, 0x21, 0x3d]))
 }
@@ -1472,32 +1407,6 @@ impl RawWs {
 /// A TCP connection whose receive buffer is fixed small before `connect`
 /// (which turns off receive autotuning), so a client that stops reading
 /// fills the kernel buffers after a few MB instead of tens of MB.
-pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> TcpStream {
-    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only: {addr}") };
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket(): {}", std::io::Error::last_os_error());
-        let r = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &rcvbuf as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "setsockopt(SO_RCVBUF): {}", std::io::Error::last_os_error());
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        let stream = TcpStream::from_raw_fd(fd);
-        assert_eq!(r, 0, "connect(): {}", std::io::Error::last_os_error());
-        stream
-    }
+pub fn connect_small_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> TcpStream {
+    engine::connect_with_rcvbuf(addr, rcvbuf, false).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
 }

@@ -19,32 +19,16 @@ use std::time::{Duration, Instant};
 use aymc_hub::config::HistoryConfig;
 use aymc_hub::protocol::{Level, Time};
 use aymc_hub::store::{self, LogQuery, Store, StoredLog};
+use tempfile::{tempdir, TempDir};
 use uuid::Uuid;
 
 const SERVER: Uuid = Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440000);
 const CHILD_ENV: &str = "AYMC_STORE_CHILD";
 const PATH_ENV: &str = "AYMC_STORE_PATH";
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("aymc-store-it-{name}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("history.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The database file in a test's temporary directory.
+fn db(dir: &TempDir) -> PathBuf {
+    dir.path().join("history.db")
 }
 
 fn config(path: &Path) -> HistoryConfig {
@@ -135,8 +119,8 @@ fn sigkill_gives_a_new_epoch_and_nothing_is_issued_twice() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let dir = TempDir::new("kill");
-    let mut child = spawn_child("child_killed_while_writing", &dir.db());
+    let dir = tempdir().unwrap();
+    let mut child = spawn_child("child_killed_while_writing", &db(&dir));
     // The harness prints `test NAME ... ` before the child's first line.
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = child.stdout.take().unwrap();
@@ -158,7 +142,7 @@ fn sigkill_gives_a_new_epoch_and_nothing_is_issued_twice() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let (store, rec) = store::open(&config(&dir.db())).unwrap();
+    let (store, rec) = store::open(&config(&db(&dir))).unwrap();
     assert!(rec.new_epoch, "a killed hub never keeps its epoch");
     assert_ne!(rec.epoch, epoch);
     let stored_max = rec.seqs[&format!("server:{SERVER}:logs")];
@@ -185,7 +169,7 @@ fn sigkill_gives_a_new_epoch_and_nothing_is_issued_twice() {
     // The new epoch continues above everything stored.
     store.append(entry(&rec.epoch, stored_max + 1, "after the restart", ""));
     assert!(store.shutdown(vec![]));
-    let (_, again) = store::open(&config(&dir.db())).unwrap();
+    let (_, again) = store::open(&config(&db(&dir))).unwrap();
     assert_eq!(again.epoch, rec.epoch);
     assert_eq!(again.recent[&SERVER], vec![(stored_max + 1, again.recent[&SERVER][0].1.clone())]);
     assert!(again.evicted.is_empty(), "the line starts the new epoch");
@@ -252,14 +236,14 @@ fn a_full_disk_is_survived_and_retried() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let dir = TempDir::new("full");
-    let child = spawn_child("child_disk_full", &dir.db());
+    let dir = tempdir().unwrap();
+    let child = spawn_child("child_disk_full", &db(&dir));
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     assert!(out.status.success(), "child failed: {stdout}");
     assert!(stdout.contains("CHILD OK"));
-    let (store, rec) = store::open(&config(&dir.db())).unwrap();
+    let (store, rec) = store::open(&config(&db(&dir))).unwrap();
     assert!(!rec.new_epoch);
     let page = store.reader().unwrap().query(&LogQuery { limit: 1000, ..LogQuery::new(SERVER) }).unwrap();
     assert_eq!(page.messages.last().map(|m| m.seq), Some(3010));
@@ -334,15 +318,15 @@ fn ingest(store: &Store, epoch: &str, total: u64) -> f64 {
 #[test]
 #[ignore = "benchmark: prints the sustained ingest rate"]
 fn ingest_rate() {
-    let dir = TempDir::new("bench");
+    let dir = tempdir().unwrap();
     let total: u64 = std::env::var("AYMC_BENCH_LINES").ok().and_then(|v| v.parse().ok()).unwrap_or(300_000);
-    let (store, rec) = store::open(&config(&dir.db())).unwrap();
+    let (store, rec) = store::open(&config(&db(&dir))).unwrap();
     let rate = ingest(&store, &rec.epoch, total);
     let stats = store.stats();
     assert_eq!(stats.dropped, 0);
     assert_eq!(stats.stored_entries, total);
-    let size = std::fs::metadata(dir.db()).map(|m| m.len()).unwrap_or(0)
-        + std::fs::metadata(dir.0.join("history.db-wal")).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(db(&dir)).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(dir.path().join("history.db-wal")).map(|m| m.len()).unwrap_or(0);
     println!(
         "ingest: {total} lines ({} envelope bytes, avg {} B) at {rate:.0} lines/s sustained; database {:.1} MB",
         stats.stored_bytes,

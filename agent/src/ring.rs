@@ -1,0 +1,391 @@
+//! What the agent keeps for subscribers: a bounded ring of items with strictly
+//! increasing keys (log entries by offset, status changes by sequence number),
+//! the floor (the newest key no longer held), and the live subscribers.
+//!
+//! A subscriber is a [`Cursor`]: a `Stream` that reads the ring from a key
+//! on, a batch at a time, and parks its waker when it has read everything.
+//! The ring is the only buffer. When the ring is full and a subscriber has
+//! not read the oldest item yet, [`Ring::push`] waits for it (the log file
+//! holds the rest, so a burst is not lost to a live subscriber); a subscriber
+//! that makes no progress for [`STALL`] is marked slow and no longer waited
+//! for until it catches up. A subscriber that falls behind the floor skips
+//! ahead and its next item says `lost`, which becomes `LogEntry.truncated`
+//! (DESIGN.md's floor rule).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+
+/// An item with a key: offsets for log entries, sequence numbers for statuses.
+pub trait Keyed {
+    /// Strictly increasing within a ring; never 0.
+    fn key(&self) -> u64;
+}
+
+/// Items read by a cursor in one lock.
+const CURSOR_BATCH: usize = 1024;
+/// A subscriber that reads nothing for this long while [`Ring::push`] waits
+/// for it is marked slow: pushes stop waiting for it (it will see `lost`)
+/// until it has caught up with the newest item.
+pub const STALL: Duration = Duration::from_secs(1);
+
+/// A cursor as the ring sees it.
+struct CursorState {
+    id: u64,
+    /// The key of the last item it took.
+    after: u64,
+    /// Set while it waits for new items.
+    waker: Option<Waker>,
+    /// Pushes do not wait for it.
+    slow: bool,
+}
+
+struct Inner<T> {
+    items: VecDeque<Arc<T>>,
+    /// Items kept; pushing more drops the oldest and raises the floor.
+    cap: usize,
+    floor: u64,
+    last: u64,
+    readers: Vec<CursorState>,
+    next_id: u64,
+}
+
+impl<T> Inner<T> {
+    fn wakers(&mut self) -> Vec<Waker> {
+        self.readers.iter_mut().filter_map(|r| r.waker.take()).collect()
+    }
+}
+
+/// The kept items and their subscribers. Cheap to share (`Arc<Ring<T>>`).
+pub struct Ring<T> {
+    inner: Mutex<Inner<T>>,
+    /// Signalled when a reader takes items (a waiting push may go on).
+    advanced: Condvar,
+}
+
+/// One item delivered to a subscriber.
+#[derive(Debug)]
+pub struct Delivered<T> {
+    /// The item.
+    pub item: Arc<T>,
+    /// Items between the previous delivery (or the subscription's start) and
+    /// this one were dropped before this subscriber read them.
+    pub lost: bool,
+}
+
+impl<T: Keyed> Ring<T> {
+    /// An empty ring keeping `cap` items (at least one), whose floor is `floor`.
+    pub fn new(cap: usize, floor: u64) -> Ring<T> {
+        Ring {
+            inner: Mutex::new(Inner {
+                items: VecDeque::new(),
+                cap: cap.max(1),
+                floor,
+                last: floor,
+                readers: Vec::new(),
+                next_id: 1,
+            }),
+            advanced: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<T>> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends items and wakes the parked cursors. When the ring is full and
+    /// a subscriber has not read the oldest item, waits for it (see the
+    /// module doc). An item whose key is not above the last one is a caller's
+    /// bug: it is dropped and logged.
+    pub fn push(&self, items: impl IntoIterator<Item = T>) {
+        let mut inner = self.lock();
+        let mut pushed = false;
+        for item in items {
+            let key = item.key();
+            if key <= inner.last {
+                log::error!("ring: key {key} is not above the last key {}; dropped", inner.last);
+                continue;
+            }
+            if inner.items.len() >= inner.cap {
+                inner = self.wait_for_readers(inner);
+            }
+            inner.last = key;
+            inner.items.push_back(Arc::new(item));
+            pushed = true;
+            if inner.items.len() > inner.cap {
+                if let Some(old) = inner.items.pop_front() {
+                    inner.floor = old.key();
+                }
+            }
+        }
+        if pushed {
+            let wakers = inner.wakers();
+            drop(inner);
+            wakers.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Waits until no reader that is not slow still needs the oldest item,
+    /// marking readers slow when they make no progress for [`STALL`].
+    fn wait_for_readers<'a>(&'a self, mut inner: MutexGuard<'a, Inner<T>>) -> MutexGuard<'a, Inner<T>> {
+        let mut progress = (Instant::now(), u64::MAX);
+        loop {
+            let Some(front) = inner.items.front().map(|i| i.key()) else { return inner };
+            let behind = inner.readers.iter().filter(|r| !r.slow && r.after < front).map(|r| r.after).min();
+            let Some(behind) = behind else { return inner };
+            if behind != progress.1 {
+                progress = (Instant::now(), behind);
+            }
+            let waited = progress.0.elapsed();
+            if waited >= STALL {
+                for r in inner.readers.iter_mut().filter(|r| !r.slow && r.after < front) {
+                    log::warn!("a subscriber read nothing for {STALL:?}; it will miss entries");
+                    r.slow = true;
+                }
+                return inner;
+            }
+            // Readers parked before these items arrived must be told of them;
+            // then look again (they may have read meanwhile) before waiting.
+            let wakers = inner.wakers();
+            if !wakers.is_empty() {
+                drop(inner);
+                wakers.into_iter().for_each(Waker::wake);
+                inner = self.lock();
+                continue;
+            }
+            inner = self.advanced.wait_timeout(inner, STALL - waited).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+
+    /// Raises the floor (never lowers it) and drops the items at or below it.
+    pub fn raise_floor(&self, floor: u64) {
+        let mut inner = self.lock();
+        if floor > inner.floor {
+            inner.floor = floor;
+            inner.last = inner.last.max(floor);
+            while inner.items.front().is_some_and(|i| i.key() <= floor) {
+                inner.items.pop_front();
+            }
+        }
+    }
+
+    /// The newest key no longer held.
+    pub fn floor(&self) -> u64 {
+        self.lock().floor
+    }
+
+    /// The newest key ever pushed (the floor when none).
+    pub fn last_key(&self) -> u64 {
+        self.lock().last
+    }
+
+    /// The newest item kept.
+    pub fn latest(&self) -> Option<Arc<T>> {
+        self.lock().items.back().cloned()
+    }
+
+    /// Number of items kept.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    /// Number of live cursors.
+    pub fn subscribers(&self) -> usize {
+        self.lock().readers.len()
+    }
+
+    /// Whether no item is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A cursor over every kept item with key `> after`, then new ones.
+    /// `after = 0` means everything kept, with no `lost` flag. An `after`
+    /// above every key this ring issued comes from another history (a reset
+    /// state file): the cursor starts at the floor and flags its first item
+    /// `lost`. Otherwise the first item is `lost` when `after` is below the floor.
+    pub fn subscribe(self: &Arc<Self>, after: u64) -> Cursor<T> {
+        let mut inner = self.lock();
+        let (after, lost) = match after {
+            0 => (inner.floor, false),
+            a if a > inner.last => (inner.floor, true),
+            a => (a, false),
+        };
+        self.cursor(&mut inner, after, lost)
+    }
+
+    /// A cursor that first yields the newest kept item, then new ones.
+    pub fn subscribe_latest(self: &Arc<Self>) -> Cursor<T> {
+        let mut inner = self.lock();
+        let after = inner.items.back().map_or(inner.last, |i| i.key().saturating_sub(1));
+        self.cursor(&mut inner, after, false)
+    }
+
+    fn cursor(self: &Arc<Self>, inner: &mut Inner<T>, after: u64, lost: bool) -> Cursor<T> {
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.readers.push(CursorState { id, after, waker: None, slow: false });
+        Cursor { ring: Arc::clone(self), id, lost, batch: VecDeque::new() }
+    }
+}
+
+/// A subscriber's position in a [`Ring`]; a never-ending `Stream` of
+/// [`Delivered`] items in key order.
+pub struct Cursor<T: Keyed> {
+    ring: Arc<Ring<T>>,
+    id: u64,
+    /// The next delivered item is flagged `lost`.
+    lost: bool,
+    batch: VecDeque<Arc<T>>,
+}
+
+impl<T: Keyed> Cursor<T> {
+    /// Takes the next batch from the ring, or parks `waker` when there is none.
+    fn refill(&mut self, waker: &Waker) {
+        let mut guard = self.ring.lock();
+        let inner = &mut *guard;
+        let Some(reader) = inner.readers.iter_mut().find(|r| r.id == self.id) else { return };
+        if reader.after < inner.floor {
+            self.lost = true;
+            reader.after = inner.floor;
+        }
+        let start = inner.items.partition_point(|i| i.key() <= reader.after);
+        self.batch.extend(inner.items.range(start..).take(CURSOR_BATCH).cloned());
+        match self.batch.back() {
+            Some(last) => {
+                reader.after = last.key();
+                drop(guard);
+                self.ring.advanced.notify_all();
+            }
+            None => {
+                reader.slow = false;
+                match &mut reader.waker {
+                    Some(parked) => parked.clone_from(waker),
+                    None => reader.waker = Some(waker.clone()),
+                }
+            }
+        }
+    }
+}
+
+impl<T: Keyed> Stream for Cursor<T> {
+    type Item = Delivered<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivered<T>>> {
+        let this = self.get_mut();
+        if this.batch.is_empty() {
+            this.refill(cx.waker());
+        }
+        match this.batch.pop_front() {
+            Some(item) => Poll::Ready(Some(Delivered { item, lost: std::mem::take(&mut this.lost) })),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T: Keyed> Drop for Cursor<T> {
+    fn drop(&mut self) {
+        self.ring.lock().readers.retain(|r| r.id != self.id);
+        self.ring.advanced.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::task::Waker;
+
+    #[derive(Debug, PartialEq)]
+    struct K(u64);
+    impl Keyed for K {
+        fn key(&self) -> u64 {
+            self.0
+        }
+    }
+
+    fn ready<T: Keyed>(cursor: &mut Cursor<T>) -> Vec<(u64, bool)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut out = Vec::new();
+        while let Poll::Ready(Some(d)) = cursor.poll_next_unpin(&mut cx) {
+            out.push((d.item.key(), d.lost));
+        }
+        out
+    }
+
+    fn parked<T>(ring: &Ring<T>) -> usize {
+        ring.inner.lock().unwrap().readers.iter().filter(|r| r.waker.is_some()).count()
+    }
+
+    #[test]
+    fn keeps_cap_items_and_the_floor_is_the_last_dropped() {
+        let ring = Arc::new(Ring::new(3, 0));
+        ring.push((1..=5).map(K));
+        assert_eq!((ring.len(), ring.floor(), ring.last_key()), (3, 2, 5));
+        assert_eq!(ready(&mut ring.subscribe(0)), vec![(3, false), (4, false), (5, false)]);
+        // At the floor: nothing was lost.
+        assert_eq!(ready(&mut ring.subscribe(2)), vec![(3, false), (4, false), (5, false)]);
+        assert_eq!(ready(&mut ring.subscribe(4)), vec![(5, false)]);
+        // Below the floor: the first item says so.
+        assert_eq!(ready(&mut ring.subscribe(1)), vec![(3, true), (4, false), (5, false)]);
+        // From another history: everything, flagged.
+        assert_eq!(ready(&mut ring.subscribe(99)), vec![(3, true), (4, false), (5, false)]);
+        assert!(ready(&mut ring.subscribe(5)).is_empty());
+    }
+
+    #[test]
+    fn a_parked_cursor_is_woken_and_a_stalled_one_is_told_it_lost_items() {
+        let ring = Arc::new(Ring::new(2, 0));
+        let mut cursor = ring.subscribe(0);
+        assert!(ready(&mut cursor).is_empty());
+        assert_eq!(parked(&ring), 1);
+        ring.push([K(10)]);
+        assert_eq!(parked(&ring), 0);
+        assert_eq!(ready(&mut cursor), vec![(10, false)]);
+        // The cursor reads nothing: the push waits STALL for it, then drops.
+        let started = Instant::now();
+        ring.push([K(11), K(12), K(13)]);
+        assert!(started.elapsed() >= STALL);
+        assert_eq!(ready(&mut cursor), vec![(12, true), (13, false)]);
+        // Caught up: waited for again, and a reader that keeps up loses nothing.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while got.len() < 500 {
+                got.extend(ready(&mut cursor));
+                std::thread::yield_now();
+            }
+            got
+        });
+        let started = Instant::now();
+        ring.push((14..514).map(K));
+        let got = reader.join().unwrap();
+        assert!(started.elapsed() < STALL, "{:?}", started.elapsed());
+        assert_eq!(got, (14..514).map(|k| (k, false)).collect::<Vec<_>>());
+        assert_eq!(ring.inner.lock().unwrap().readers.len(), 0, "a dropped cursor leaves");
+    }
+
+    #[test]
+    fn keys_must_increase_and_the_floor_only_rises() {
+        let ring = Arc::new(Ring::new(10, 7));
+        assert_eq!(ring.last_key(), 7);
+        ring.push([K(7), K(8), K(8), K(9)]);
+        assert_eq!(ready(&mut ring.subscribe(0)), vec![(8, false), (9, false)]);
+        ring.raise_floor(8);
+        ring.raise_floor(1);
+        assert_eq!((ring.floor(), ring.len()), (8, 1));
+    }
+
+    #[test]
+    fn subscribe_latest_starts_with_the_newest() {
+        let ring = Arc::new(Ring::new(10, 0));
+        let mut empty = ring.subscribe_latest();
+        assert!(ready(&mut empty).is_empty());
+        ring.push([K(1), K(2)]);
+        assert_eq!(ready(&mut empty), vec![(1, false), (2, false)]);
+        assert_eq!(ready(&mut ring.subscribe_latest()), vec![(2, false)]);
+    }
+}

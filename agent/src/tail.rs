@@ -1,0 +1,483 @@
+//! Following one server's `logs/latest.log`: reading complete lines as they
+//! are written, across rotation (renamed or deleted, new file) and truncation,
+//! and numbering entries with DESIGN.md's durable offsets,
+//! `(generation << 40) + byte position of the entry's first line`.
+//!
+//! The tailer keeps the file open, so it reads the last lines of a file that
+//! was renamed or deleted before it switches to the new latest.log, and the
+//! inode it compares cannot be reused while it holds it. Only lines ending in
+//! `\n` are read; a partial last line waits (except at the end of a file that
+//! was replaced, which will never grow). It saves its [`LogState`] before it
+//! hands out entries (the caller publishes them), so an offset a hub holds is
+//! always covered by the state file. It never touches the ring or the status.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Local};
+
+use crate::parse::{Entry, Folder};
+use crate::state::{LogState, StateError, StateStore};
+
+/// Bytes read per step; a step that fills it says more may be waiting.
+const CHUNK: usize = 256 * 1024;
+/// A line longer than this is cut here (the rest is the next line), so one
+/// runaway line cannot grow memory without bound.
+pub const MAX_LINE: usize = 1024 * 1024;
+/// An entry is complete this long after its last line (DESIGN.md).
+pub const FOLD_WAIT: Duration = Duration::from_millis(100);
+/// Bytes of the first line that identify a file.
+const HEAD_BYTES: usize = 256;
+
+/// The offset of a line: `(generation << 40) + position`.
+pub fn offset(generation: u64, position: u64) -> u64 {
+    (generation << 40) + position
+}
+
+/// What the tailer saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TailEvent {
+    /// A complete entry.
+    Entry(Entry),
+    /// A new latest.log began (a rotation, or the first file): the server is starting.
+    NewFile,
+}
+
+/// A tailer's failure in one step; the worker logs it and tries again on the
+/// next poll, and the entries of the step are still published.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    /// Reading the log or its metadata failed (permissions, IO).
+    #[error("{0}: {1}")]
+    Io(PathBuf, io::Error),
+    /// The state file could not be written.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// One server's log follower.
+pub struct Tailer {
+    server_id: String,
+    path: PathBuf,
+    store: Arc<StateStore>,
+    file: Option<File>,
+    state: LogState,
+    /// What the state file holds for this server.
+    saved: LogState,
+    /// Bytes read after `state.position` that do not end a line yet.
+    carry: Vec<u8>,
+    buf: Vec<u8>,
+    folder: Folder,
+    last_line_at: Instant,
+}
+
+impl Tailer {
+    /// Opens `path` for server `server_id`, deciding the generation from the
+    /// saved state: the same file (same inode, not shorter than the saved
+    /// position, same first line) keeps its generation and is read again from
+    /// the start to refill the ring with the same offsets; anything else is a
+    /// new generation. Returns the tailer and its floor (the newest offset it
+    /// can no longer produce).
+    ///
+    /// # Errors
+    /// The state file cannot be written (when the generation changed).
+    pub fn open(server_id: &str, path: &Path, store: Arc<StateStore>) -> Result<(Tailer, u64), StateError> {
+        let saved = store.log_state(server_id);
+        let file = match File::open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("server {server_id}: cannot open {}: {e}", path.display());
+                }
+                None
+            }
+        };
+        let mut tailer = Tailer {
+            server_id: server_id.to_string(),
+            path: path.to_path_buf(),
+            store,
+            file: None,
+            state: saved.clone().unwrap_or(LogState { generation: 1, ..LogState::default() }),
+            saved: saved.clone().unwrap_or_default(),
+            carry: Vec::new(),
+            buf: vec![0; CHUNK],
+            folder: Folder::default(),
+            last_line_at: Instant::now(),
+        };
+        let floor = match (&file, saved.is_some()) {
+            (Some(f), _) => {
+                let (ino, len) = f.metadata().map(|m| (m.ino(), m.len())).unwrap_or((0, 0));
+                let same = tailer.state.inode == ino
+                    && len >= tailer.state.position
+                    && (tailer.state.head.is_empty() || head_of(f).as_deref() == Some(tailer.state.head.as_str()));
+                if !same {
+                    if saved.is_some() {
+                        log::info!("server {server_id}: latest.log was replaced while the agent was down");
+                    }
+                    tailer.new_generation(ino);
+                }
+                tailer.state.position = 0;
+                tailer.state.prev_last
+            }
+            // The generation's file is gone: nothing of it can be read again.
+            (None, true) => tailer.state.last_offset.max(tailer.state.prev_last),
+            (None, false) => 0,
+        };
+        tailer.file = file;
+        tailer.save()?;
+        Ok((tailer, floor))
+    }
+
+    /// The state as it stands (for tests and logs).
+    pub fn state(&self) -> &LogState {
+        &self.state
+    }
+
+    /// Reads what is there (up to one chunk), follows a rotation or a
+    /// truncation when the open file is read to its end, saves the state if
+    /// it changed, and appends what it saw to `out`. Returns whether more may
+    /// be waiting (call again before sleeping).
+    ///
+    /// # Errors
+    /// An IO or state-file error; `out` still holds what was read before it.
+    pub fn step(&mut self, out: &mut Vec<TailEvent>) -> Result<bool, TailError> {
+        let now = Local::now();
+        let result = self.advance(&now, out);
+        self.save()?;
+        result.map_err(|e| TailError::Io(self.path.clone(), e))
+    }
+
+    fn advance(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<bool> {
+        if self.read_chunk(now, out)? == CHUNK {
+            return Ok(true);
+        }
+        let meta = match fs::metadata(&self.path) {
+            Ok(m) => m,
+            // Renamed away and not replaced yet: keep the old file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if self.file.is_none() || meta.ino() != self.state.inode {
+            // Rotation: finish the old file (lines written just before the
+            // rename are still in it), then start the new one.
+            while self.read_chunk(now, out)? == CHUNK {}
+            self.finish_file(now, out);
+            let file = match File::open(&self.path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            let ino = file.metadata()?.ino();
+            log::info!("server {}: following a new latest.log (inode {ino})", self.server_id);
+            self.new_generation(ino);
+            self.file = Some(file);
+            out.push(TailEvent::NewFile);
+            return Ok(true);
+        }
+        if let Some(file) = &self.file {
+            if file.metadata()?.len() < self.state.position + self.carry.len() as u64 {
+                log::info!("server {}: latest.log was truncated", self.server_id);
+                out.extend(self.folder.flush().map(TailEvent::Entry));
+                self.new_generation(meta.ino());
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Completes the entry waiting for continuation lines when its last line
+    /// is [`FOLD_WAIT`] old.
+    pub fn flush_idle(&mut self, now: Instant) -> Option<Entry> {
+        if self.folder.has_pending() && now.duration_since(self.last_line_at) >= FOLD_WAIT {
+            self.folder.flush()
+        } else {
+            None
+        }
+    }
+
+    /// Whether an entry waits for continuation lines.
+    pub fn has_pending(&self) -> bool {
+        self.folder.has_pending()
+    }
+
+    /// After the first read at start: completes the waiting entry when the
+    /// file has not changed for [`FOLD_WAIT`] (its lines were written before
+    /// the agent started, so no continuation is on its way).
+    pub fn settle(&mut self) -> Option<Entry> {
+        let modified = self.file.as_ref()?.metadata().ok()?.modified().ok()?;
+        let age = std::time::SystemTime::now().duration_since(modified).unwrap_or_default();
+        if age >= FOLD_WAIT {
+            self.folder.flush()
+        } else {
+            None
+        }
+    }
+
+    /// Reads up to one chunk from the open file and takes its complete lines.
+    fn read_chunk(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<usize> {
+        let Some(file) = &self.file else { return Ok(0) };
+        let at = self.state.position + self.carry.len() as u64;
+        let n = loop {
+            match file.read_at(&mut self.buf, at) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n > 0 {
+            self.carry.extend_from_slice(&self.buf[..n]);
+            self.take_lines(now, out, false);
+        }
+        Ok(n)
+    }
+
+    /// Turns the complete lines in `carry` into entries; with `eof`, also
+    /// the partial last line.
+    fn take_lines(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>, eof: bool) {
+        let carry = std::mem::take(&mut self.carry);
+        let mut start = 0;
+        while start < carry.len() {
+            let rest = &carry[start..];
+            let (len, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(nl) if nl <= MAX_LINE => (nl, nl + 1),
+                None if rest.len() <= MAX_LINE && !eof => break,
+                None if rest.len() <= MAX_LINE => (rest.len(), rest.len()),
+                _ => (MAX_LINE, MAX_LINE),
+            };
+            let line = rest[..len].strip_suffix(b"\r").unwrap_or(&rest[..len]);
+            let position = self.state.position + start as u64;
+            if position == 0 {
+                self.state.head = fingerprint(line);
+            }
+            let offset = offset(self.state.generation, position);
+            out.extend(self.folder.push(offset, &String::from_utf8_lossy(line), now).map(TailEvent::Entry));
+            if let Some(begun) = self.folder.pending_offset() {
+                self.state.last_offset = self.state.last_offset.max(begun);
+            }
+            start += next;
+        }
+        if start > 0 {
+            self.last_line_at = Instant::now();
+        }
+        self.state.position += start as u64;
+        self.carry = carry;
+        self.carry.drain(..start);
+    }
+
+    /// The open file is finished: its partial last line is a line, and the
+    /// waiting entry is complete.
+    fn finish_file(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) {
+        self.take_lines(now, out, true);
+        out.extend(self.folder.flush().map(TailEvent::Entry));
+    }
+
+    /// Starts a new generation on the file with inode `ino`. A generation
+    /// that never had a file (inode 0) is adopted instead.
+    fn new_generation(&mut self, ino: u64) {
+        let s = &mut self.state;
+        if s.inode != 0 {
+            s.prev_last = s.prev_last.max(s.last_offset);
+            s.generation += 1;
+        }
+        s.inode = ino;
+        s.position = 0;
+        s.head.clear();
+        self.carry.clear();
+        self.folder.reset();
+    }
+
+    /// Writes the state file when something a restart needs has changed
+    /// (re-reading an old file from the start changes nothing).
+    fn save(&mut self) -> Result<(), StateError> {
+        let (s, d) = (&self.state, &self.saved);
+        let changed = s.generation != d.generation
+            || s.inode != d.inode
+            || s.prev_last != d.prev_last
+            || s.head != d.head
+            || s.last_offset > d.last_offset
+            || s.position > d.position;
+        if changed {
+            self.store.save_log_state(&self.server_id, &self.state)?;
+            self.saved = self.state.clone();
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a of a first line's first bytes, hex.
+fn fingerprint(line: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in &line[..line.len().min(HEAD_BYTES)] {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// The fingerprint of a file's first line, when enough of it is there.
+fn head_of(file: &File) -> Option<String> {
+    let mut buf = vec![0; 4096];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let buf = &buf[..n];
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(nl) => Some(fingerprint(buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]))),
+        None if n > HEAD_BYTES => Some(fingerprint(buf)),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        log: PathBuf,
+        store: Arc<StateStore>,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            let dir = tempfile::Builder::new().prefix(&format!("aymc-agent-tail-{name}-")).tempdir().unwrap();
+            fs::create_dir_all(dir.path().join("logs")).unwrap();
+            let store = Arc::new(StateStore::open(&dir.path().join("state.toml")).unwrap());
+            Fixture { log: dir.path().join("logs/latest.log"), dir, store }
+        }
+
+        fn append(&self, text: &str) {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+
+        fn reopen_store(&mut self) {
+            self.store = Arc::new(StateStore::open(&self.dir.path().join("state.toml")).unwrap());
+        }
+    }
+
+    /// Steps until nothing more is waiting, then flushes the waiting entry.
+    fn drain(t: &mut Tailer) -> Vec<TailEvent> {
+        let mut out = Vec::new();
+        while t.step(&mut out).unwrap() {}
+        out.extend(t.folder.flush().map(TailEvent::Entry));
+        out
+    }
+
+    fn offsets(events: &[TailEvent]) -> Vec<u64> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TailEvent::Entry(e) => Some(e.offset),
+                TailEvent::NewFile => None,
+            })
+            .collect()
+    }
+
+    const A: &str = "[10:00:00] [Server thread/INFO]: a\n";
+    const B: &str = "[10:00:01] [Server thread/INFO]: b\n";
+
+    #[test]
+    fn offsets_are_generation_and_position_and_partial_lines_wait() {
+        let f = Fixture::new("offsets");
+        f.append(A);
+        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(floor, 0);
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40]);
+        f.append("[10:00:01] [Server thread/INFO]: no newline yet");
+        assert!(offsets(&drain(&mut t)).is_empty());
+        f.append("\n");
+        assert_eq!(offsets(&drain(&mut t)), vec![(1 << 40) + A.len() as u64]);
+        assert_eq!(f.store.log_state("s").unwrap().position, t.state().position);
+    }
+
+    #[test]
+    fn rotation_reads_the_old_file_to_its_end_then_bumps_the_generation() {
+        let f = Fixture::new("rotation");
+        f.append(A);
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        drain(&mut t);
+        f.append(B);
+        fs::rename(&f.log, f.dir.path().join("logs/2026-11-28-1.log")).unwrap();
+        f.append(A);
+        let events = drain(&mut t);
+        assert_eq!(offsets(&events), vec![(1 << 40) + A.len() as u64, 2 << 40]);
+        assert!(events.contains(&TailEvent::NewFile));
+        let st = f.store.log_state("s").unwrap();
+        assert_eq!((st.generation, st.prev_last), (2, (1 << 40) + A.len() as u64));
+    }
+
+    #[test]
+    fn truncation_is_a_new_generation() {
+        let f = Fixture::new("truncate");
+        f.append(A);
+        f.append(B);
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        drain(&mut t);
+        fs::write(&f.log, "").unwrap();
+        f.append(B);
+        assert_eq!(offsets(&drain(&mut t)), vec![2 << 40]);
+    }
+
+    #[test]
+    fn restart_same_file_same_offsets_replaced_file_new_generation() {
+        let mut f = Fixture::new("restart");
+        f.append(A);
+        f.append(B);
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let first = offsets(&drain(&mut t));
+        drop(t);
+        f.append(A);
+        f.reopen_store();
+        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(floor, 0);
+        let again = offsets(&drain(&mut t));
+        assert_eq!(&again[..2], &first[..]);
+        assert_eq!(again.len(), 3);
+        drop(t);
+        // Replaced while down (a new inode, even with the same first line).
+        fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
+        f.append(A);
+        f.reopen_store();
+        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(floor, again[2]);
+        assert_eq!(offsets(&drain(&mut t)), vec![2 << 40]);
+        drop(t);
+        // Gone while down: the floor covers the whole generation.
+        fs::remove_file(&f.log).unwrap();
+        f.reopen_store();
+        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(floor, 2 << 40);
+        f.append(B);
+        assert_eq!(offsets(&drain(&mut t)), vec![3 << 40]);
+    }
+
+    #[test]
+    fn a_rewritten_file_with_the_same_inode_is_a_new_generation() {
+        let mut f = Fixture::new("rewritten");
+        f.append(A);
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        drain(&mut t);
+        drop(t);
+        fs::write(&f.log, format!("{B}{B}")).unwrap();
+        f.reopen_store();
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t))[0], 2 << 40);
+    }
+
+    #[test]
+    fn an_overlong_line_is_cut() {
+        let f = Fixture::new("long");
+        f.append(&"x".repeat(MAX_LINE + 10));
+        f.append("\n");
+        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + MAX_LINE as u64]);
+    }
+}
