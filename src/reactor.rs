@@ -444,6 +444,9 @@ impl Reactor {
         match conn.phase {
             Phase::Http(_) => endpoints::on_bytes(&mut self.app, key, conn, bytes, now),
             Phase::WebSocket(_) => dispatch::on_bytes(&mut self.app, key, conn, bytes, now),
+            // Our Close went out; whatever comes now (the peer's Close)
+            // ends the handshake.
+            Phase::Closing(ref c) if c.shut => Outcome::Drop(c.reason.clone()),
             Phase::Closing(_) => Outcome::Keep,
         }
     }
@@ -459,7 +462,8 @@ impl Reactor {
                 if matches!(conn.phase, Phase::Closing(_)) {
                     return;
                 }
-                let deadline = self.shutdown_at.map_or(now + CLOSE_LINGER, |t| t.min(now + CLOSE_LINGER));
+                // Shutting down, a client has the rest of the grace period.
+                let deadline = self.shutdown_at.unwrap_or(now + CLOSE_LINGER);
                 let who = self.app.hub.end_session(key).map(|s| s.describe());
                 conn.begin_closing(deadline, reason, who);
                 self.app.hub.touch(key);

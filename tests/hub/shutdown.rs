@@ -46,3 +46,18 @@ fn a_client_that_ignores_the_close_does_not_hold_the_hub_past_the_grace() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     assert!(start.elapsed() < Duration::from_secs(4), "exit took {:?}", start.elapsed());
 }
+
+#[test]
+fn a_closing_client_gets_the_whole_shutdown_grace() {
+    let mut hub = Hub::start("shutdown_grace_s = 4");
+    // A raw client that reads the Close but never answers it: the hub waits
+    // for it until the grace ends, not a fixed 2 s.
+    let mut ws = RawWs::connect(hub.addr, &admin_token());
+    let start = Instant::now();
+    hub.signal(libc::SIGTERM);
+    assert_eq!(ws.expect_close(Duration::from_secs(3)), 1001);
+    let status = hub.wait_exit(Duration::from_secs(8)).expect("the hub exits after its grace");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(3500) && took < Duration::from_secs(7), "exit after {took:?}");
+}
