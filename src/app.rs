@@ -3,6 +3,7 @@
 //! state and the stored-logs query thread. The reactor owns one [`App`] and
 //! hands it to [`endpoints`](crate::endpoints) and
 //! [`dispatch`](crate::dispatch) with the connection an event is for.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::time::Instant;
 

@@ -3,6 +3,7 @@
 //! Owns the key and the validation rules; turns a token into an
 //! [`Identity`], and answers "may this identity watch that channel". It does
 //! no IO once built (the public key file is read at start-up).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
 
@@ -161,18 +162,21 @@ impl Authenticator {
             .as_ref()
             .ok_or("only auth.jwt_public_key is configured; the hub cannot sign tokens without auth.jwt_secret")?;
         let now = chrono::Utc::now().timestamp();
-        let mut claims = serde_json::json!({ "sub": user, "iat": now, "exp": now + ttl_s });
+        let mut claims = Map::new();
+        claims.insert("sub".into(), serde_json::json!(user));
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("exp".into(), Value::from(now.saturating_add(ttl_s)));
         if let Some(role) = role {
-            claims["role"] = Value::from(role);
+            claims.insert("role".into(), Value::from(role));
         }
         if !servers.is_empty() {
-            claims["servers"] = serde_json::json!(servers);
+            claims.insert("servers".into(), serde_json::json!(servers));
         }
         if let Some(iss) = &self.issuer {
-            claims["iss"] = Value::from(iss.as_str());
+            claims.insert("iss".into(), Value::from(iss.as_str()));
         }
         if let Some(aud) = &self.audience {
-            claims["aud"] = Value::from(aud.as_str());
+            claims.insert("aud".into(), Value::from(aud.as_str()));
         }
         let key = EncodingKey::from_secret(secret.as_bytes()).map_err(|e| e.to_string())?;
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).map_err(|e| e.to_string())

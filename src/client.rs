@@ -3,6 +3,7 @@
 //! limit, its own timers). The [`Hub`](crate::hub::Hub) keeps one
 //! [`Client`] per open connection, under the connection's key; nothing here
 //! does IO or knows about sockets.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

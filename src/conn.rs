@@ -5,6 +5,7 @@
 //! [`Outcome`] of every handler tells the reactor whether the connection
 //! stays, and only the reactor removes one. [`Conn::interest`] is the one
 //! place that decides what the socket is registered for.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::net::SocketAddr;
 use std::time::Instant;

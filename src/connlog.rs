@@ -2,6 +2,7 @@
 //! per client, as the seed's hub logs them, except during a storm: past a
 //! few a second, the rest of that second is summed up in one line, so a
 //! reconnect storm of 10,000 clients does not flood the journal.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::time::{Duration, Instant};
 

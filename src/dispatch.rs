@@ -2,6 +2,7 @@
 //! (keeping only an incomplete one), control frames, the rate limit, and
 //! each client message (PROTOCOL.md section 4) handed to the hub. Every
 //! entry point returns the connection's [`Outcome`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::net::SocketAddr;
 use std::time::Instant;

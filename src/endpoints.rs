@@ -4,6 +4,7 @@
 //! and the checks of an upgrade. Responses are queued on the connection's
 //! client in the hub; each entry point returns the connection's
 //! [`Outcome`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::rc::Rc;
 use std::time::Instant;

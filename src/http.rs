@@ -1,6 +1,7 @@
 //! HTTP/1.1 request heads (parsed with `httparse`), routing and responses:
 //! PROTOCOL.md sections 1, 8 and 9. A partial head is "not yet", never an
 //! error; every refusal is the JSON error body of section 1. No IO here.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fmt::Write as _;
 
@@ -194,8 +195,8 @@ fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
+    while let Some(&byte) = bytes.get(i) {
+        match byte {
             b'%' => {
                 let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {

@@ -1,6 +1,7 @@
 //! How other threads talk to the reactor: they send an [`Event`] through a
 //! [`Link`] (a bounded channel plus a `mio::Waker`); the reactor drains the
 //! channel when woken. Nothing else crosses threads (DESIGN.md rule 2).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;

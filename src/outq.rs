@@ -6,6 +6,7 @@
 //! client only and remembered as a [`DropReport`] (PROTOCOL.md section 5,
 //! "Drops"). Control replies never count and are never dropped. An idle
 //! queue holds no allocation once [`OutQueue::release`] has run.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -148,13 +149,12 @@ impl OutQueue {
         while !self.items.is_empty() {
             let mut slices = [IoSlice::new(&[]); IOV_BATCH];
             let mut n = 0;
-            for (i, item) in self.items.iter().take(IOV_BATCH).enumerate() {
-                let bytes =
-                    if i == 0 { item.bytes.get(self.offset as usize..).unwrap_or_default() } else { &item.bytes[..] };
-                slices[i] = IoSlice::new(bytes);
-                n = i + 1;
+            for (slot, item) in slices.iter_mut().zip(&self.items) {
+                let skip = if n == 0 { self.offset as usize } else { 0 };
+                *slot = IoSlice::new(item.bytes.get(skip..).unwrap_or_default());
+                n += 1;
             }
-            match w.write_vectored(&slices[..n]) {
+            match w.write_vectored(slices.get(..n).unwrap_or_default()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     total += written;

@@ -12,6 +12,7 @@
 //! comes next turn) and WRITABLE interest is registered only while bytes
 //! wait. Only the loop removes a connection; only a failure of `poll`
 //! itself stops it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};

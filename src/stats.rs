@@ -1,6 +1,7 @@
 //! What `/api/v1/stats` (JSON) and `/metrics` (Prometheus text) show
 //! (PROTOCOL.md section 9): the hub's counters, subscriptions, history
 //! sizes, the on-disk store's figures and each agent's link state.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fmt::Write as _;
 

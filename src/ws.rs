@@ -4,6 +4,7 @@
 //! buffer; only an incomplete frame or a fragmented message is kept, in a
 //! `Vec` that is released as soon as it is complete. Outgoing frames are
 //! encoded once into shared bytes. No IO here.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::borrow::Cow;
 use std::io::Cursor;
@@ -167,11 +168,12 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let word = u32::from_ne_bytes(mask);
     let mut chunks = payload.chunks_exact_mut(4);
     for chunk in &mut chunks {
-        let v = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ word;
-        chunk.copy_from_slice(&v.to_ne_bytes());
+        if let Ok(four) = <[u8; 4]>::try_from(&*chunk) {
+            chunk.copy_from_slice(&(u32::from_ne_bytes(four) ^ word).to_ne_bytes());
+        }
     }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= mask[i];
+    for (b, m) in chunks.into_remainder().iter_mut().zip(mask) {
+        *b ^= m;
     }
 }
 

@@ -3,6 +3,7 @@
 //! and the latest value of a `metrics`/`status` channel (PROTOCOL.md 5a).
 //! Rings are bounded by `history.log_lines` each and `history.max_bytes` in
 //! all; over the byte budget the oldest entries of the largest ring go.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;

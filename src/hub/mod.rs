@@ -9,6 +9,7 @@
 //! It knows queues and sessions, not sockets: output is written through
 //! [`Hub::write_out`] to any `Write`, and the connections to flush are
 //! listed for the reactor ([`Hub::take_dirty`], [`Hub::take_fanout`]).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 mod channels;
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What a client sends (PROTOCOL.md section 4): the classification of a
 //! text frame into a [`ClientMessage`] or a [`Refusal`] with its code.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use serde::Deserialize;
 use serde_json::{Map, Value};

@@ -1,6 +1,7 @@
 //! The `data` shapes of PROTOCOL.md section 5 and [`Publish`], a message
 //! on its way to the hub (from an agent or the publish API): validation of
 //! publish bodies (section 8) and encoding into one envelope.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,6 +1,7 @@
 //! The wire contract of `PROTOCOL.md` as types: channel names, the envelope,
 //! the `data` shapes of section 5, error codes, and the classification of
 //! client messages (section 4). Pure functions only: nothing here does IO.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fmt;
 
