@@ -73,6 +73,9 @@ const LISTEN_BACKLOG: libc::c_int = 4096;
 /// autotunes up to `tcp_wmem`'s maximum (4 MiB), which hides a stalled
 /// client from the queue cap and the write timeout for tens of seconds.
 const SEND_BUFFER: libc::c_int = 256 * 1024;
+/// A connection still sending its request head may be evicted to make
+/// room (`limits.max_pending`) once it has been open this long.
+const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -93,7 +96,7 @@ pub struct Reactor {
     /// Connections in accept order that may still be sending their request
     /// head, as (key, serial); compacted when it grows past
     /// `limits.max_pending`.
-    pending: VecDeque<(usize, u64)>,
+    pending: VecDeque<(usize, u64, Instant)>,
     /// Connections with input left to read next turn.
     read_again: Vec<usize>,
     waker: Arc<Waker>,
@@ -372,7 +375,7 @@ impl Reactor {
             entry.insert(Conn::new(stream, peer, self.serials, reject, now));
             self.app.hub.connect(key);
             self.app.connections += 1;
-            self.pending.push_back((key, self.serials));
+            self.pending.push_back((key, self.serials, now));
             if reject {
                 debug!("connection from {peer} over the cap; it will get 503");
             } else {
@@ -393,9 +396,12 @@ impl Reactor {
             return;
         }
         let conns = &self.conns;
-        self.pending.retain(|&(k, serial)| conns.get(k).is_some_and(|c| c.serial == serial && c.awaits_head()));
-        while self.pending.len() > max {
-            let Some((key, _)) = self.pending.pop_front() else { return };
+        self.pending.retain(|&(k, serial, _)| conns.get(k).is_some_and(|c| c.serial == serial && c.awaits_head()));
+        // Only one that has had time to send its head is evicted: a storm
+        // of connects accepted in one turn has not been read yet.
+        while self.pending.len() > max && self.pending.front().is_some_and(|p| now.duration_since(p.2) >= PENDING_GRACE)
+        {
+            let Some((key, _, _)) = self.pending.pop_front() else { return };
             let outcome = endpoints::evict(&mut self.app, key);
             self.act(key, outcome, now);
         }
@@ -556,6 +562,17 @@ impl Reactor {
         if self.serials != self.trimmed_at_serial && now.duration_since(self.last_trim) >= TRIM_EVERY {
             self.last_trim = now;
             self.trimmed_at_serial = self.serials;
+            // Tables keep their peak capacity: let it go once they are
+            // mostly empty (a storm of connections that went away).
+            if self.conns.is_empty() {
+                self.conns = Slab::new();
+            }
+            if self.pending.len() < self.pending.capacity() / 4 {
+                self.pending.shrink_to_fit();
+            }
+            self.per_ip.shrink_to_fit();
+            self.read_again.shrink_to_fit();
+            self.app.hub.shrink();
             // SAFETY: malloc_trim only gives free heap pages back to the OS.
             unsafe {
                 libc::malloc_trim(0);

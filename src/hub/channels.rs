@@ -141,6 +141,7 @@ impl Channels {
         }
         entry.subscribers.swap_remove(pos);
         if entry.subscribers.is_empty() {
+            entry.subscribers = Vec::new();
             self.idle += 1;
             self.clock += 1;
             entry.used = self.clock;

@@ -139,6 +139,19 @@ impl Hub {
         client
     }
 
+    /// Gives back the client table's spare capacity once it is mostly
+    /// empty.
+    pub fn shrink(&mut self) {
+        if self.clients.len() < self.clients.capacity() / 4 {
+            self.clients.shrink_to_fit();
+        }
+        for list in [&mut self.dirty, &mut self.fanout] {
+            if list.is_empty() {
+                list.shrink_to_fit();
+            }
+        }
+    }
+
     /// The client of a connection.
     pub fn client(&self, key: usize) -> Option<&Client> {
         self.clients.get(key)?.as_ref()

@@ -11,6 +11,7 @@
 //! - `limits`: keep-alive, frame-level closes, slow clients, drops (5, 6)
 //! - `expiry`: `TOKEN_EXPIRING`, `4001`, in-band `auth` (1, 4, 5b)
 //! - `http_api`: `/healthz`, `/api/v1/stats`, `/metrics`, HTTP errors (1, 9)
+//! - `faults`: out of descriptors, a 10,000-connection storm, a restart under recovering clients
 //! - `hardening`: what one client may cost everybody (caps in bytes and time), the cookie rule
 //! - `shutdown`: SIGTERM / SIGINT (10)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
@@ -30,6 +31,7 @@ mod connect;
 mod disk;
 mod end_to_end;
 mod expiry;
+mod faults;
 mod hardening;
 mod history;
 mod http_api;

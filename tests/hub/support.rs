@@ -127,6 +127,8 @@ pub struct HubConfig {
     /// `RLIMIT_FSIZE` for the process, with SIGXFSZ ignored, so writes past
     /// it fail with EFBIG (a full disk).
     pub fsize_limit: Option<u64>,
+    /// `RLIMIT_NOFILE` (soft and hard) for the process.
+    pub nofile_limit: Option<u64>,
 }
 
 impl Default for HubConfig {
@@ -139,6 +141,7 @@ impl Default for HubConfig {
             extra: String::new(),
             env: Vec::new(),
             fsize_limit: None,
+            nofile_limit: None,
         }
     }
 }
@@ -220,14 +223,19 @@ impl HubConfig {
                 cmd.env(k, v);
             }
         }
-        if let Some(limit) = self.fsize_limit {
+        let (fsize, nofile) = (self.fsize_limit, self.nofile_limit);
+        if fsize.is_some() || nofile.is_some() {
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-                    libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    if let Some(limit) = fsize {
+                        libc::setrlimit(libc::RLIMIT_FSIZE, &libc::rlimit { rlim_cur: limit, rlim_max: limit });
+                        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    }
+                    if let Some(limit) = nofile {
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &libc::rlimit { rlim_cur: limit, rlim_max: limit });
+                    }
                     Ok(())
                 });
             }
