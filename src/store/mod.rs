@@ -25,6 +25,7 @@
 
 mod db;
 mod query;
+mod retention;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -41,7 +42,8 @@ use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
 pub use query::{fts_query, memory_page, render_text, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT};
-pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETENTION_INTERVAL, RETRY_INTERVAL};
+pub use retention::RETENTION_INTERVAL;
+pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETRY_INTERVAL};
 
 /// How long [`Store::shutdown`] waits for the writer before giving up.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
@@ -347,7 +349,7 @@ fn open_with(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Reco
             (None, recovered_from(&snapshot, epoch, true), snapshot.servers)
         }
     };
-    let retention = writer::Retention {
+    let retention = retention::Retention {
         max_age_ms: i64::try_from(cfg.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX),
         max_bytes: cfg.retention_mb_per_server.saturating_mul(1024 * 1024),
     };

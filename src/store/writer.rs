@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::db::{self, ServerRow};
+use super::retention::{self, Retention, RETENTION_INTERVAL};
 use super::{level_to_sql, Shared, StoredLog};
 
 /// Entries per transaction at most; a full batch is committed at once.
@@ -25,11 +26,6 @@ pub const BATCH: usize = 1000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// After a failed write, the next attempt comes this much later.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// Retention runs this often (and right after start).
-pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// Rows one retention step deletes at most, so a large clean-up never holds
-/// back commits for long.
-const RETENTION_STEP_ROWS: usize = 5000;
 /// Entries kept in memory while writes fail; over it the oldest is dropped
 /// and counted in `dropped`.
 pub const MAX_PENDING: usize = 100_000;
@@ -78,15 +74,6 @@ impl Default for Tuning {
 /// A shutdown's counters and where to answer.
 type ShutdownRequest = (Vec<(String, u64)>, Sender<bool>);
 
-/// Retention limits; 0 turns one off.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Retention {
-    /// Entries older than this (by their time) are deleted.
-    pub max_age_ms: i64,
-    /// Per server, oldest entries are deleted while its bytes exceed this.
-    pub max_bytes: u64,
-}
-
 /// The writer's state. See the module docs.
 pub(super) struct Writer {
     path: PathBuf,
@@ -120,10 +107,6 @@ struct Delta {
     bytes: u64,
     last_offset: u64,
     max_seq: u64,
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Writer {
@@ -420,18 +403,22 @@ impl Writer {
         self.marked = false;
     }
 
+    /// One retention step ([`retention::step`]); after the last one of a
+    /// pass, index upkeep and the next pass in [`RETENTION_INTERVAL`].
     fn retention(&mut self, now: Instant) {
-        let result = self.ensure_conn().and_then(|()| self.retention_step());
+        let result = self.ensure_conn().and_then(|()| match self.conn.as_mut() {
+            Some(conn) => retention::step(conn, self.retention, &mut self.servers),
+            None => Ok(false),
+        });
         match result {
             Ok(more) => {
+                self.publish_sizes();
                 self.succeeded();
                 self.retention_more = more;
                 if !more {
                     self.next_retention = now + RETENTION_INTERVAL;
                     if let Some(conn) = &self.conn {
-                        if let Err(e) = db::merge_fts(conn).and_then(|()| conn.execute_batch("PRAGMA optimize")) {
-                            log::debug!("history: index upkeep: {e}");
-                        }
+                        retention::upkeep(conn);
                     }
                 }
             }
@@ -441,86 +428,6 @@ impl Writer {
                 self.failed(&e, now);
             }
         }
-    }
-
-    /// Deletes at most [`RETENTION_STEP_ROWS`] rows that are too old or over
-    /// a server's byte budget, oldest first, in one transaction. Returns
-    /// whether more may be left.
-    fn retention_step(&mut self) -> rusqlite::Result<bool> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(false) };
-        let Retention { max_age_ms, max_bytes } = self.retention;
-        let cutoff = now_unix_ms().saturating_sub(max_age_ms);
-        let mut budget = RETENTION_STEP_ROWS;
-        let mut changes: Vec<(Uuid, u64, u64)> = Vec::new();
-        let tx = conn.transaction()?;
-        {
-            let mut by_age = tx.prepare_cached(
-                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE server = ?1 AND ts < ?2 LIMIT ?3) \
-                 RETURNING bytes",
-            )?;
-            let mut oldest =
-                tx.prepare_cached("SELECT seq, bytes FROM logs WHERE server = ?1 ORDER BY seq LIMIT ?2")?;
-            let mut up_to = tx.prepare_cached("DELETE FROM logs WHERE server = ?1 AND seq <= ?2 RETURNING bytes")?;
-            let sum = |rows: rusqlite::Rows<'_>| -> rusqlite::Result<(u64, u64)> {
-                let mut rows = rows;
-                let (mut n, mut bytes) = (0u64, 0u64);
-                while let Some(row) = rows.next()? {
-                    n += 1;
-                    bytes += db::from_sql_u64(row.get(0)?);
-                }
-                Ok((n, bytes))
-            };
-            for (&server, row) in &self.servers {
-                if budget == 0 {
-                    break;
-                }
-                let key = &server.as_bytes()[..];
-                let (mut n, mut bytes) = (0, 0);
-                if max_age_ms > 0 && row.entries > 0 {
-                    (n, bytes) = sum(by_age.query(params![key, cutoff, budget as i64])?)?;
-                    budget -= n as usize;
-                }
-                let left = row.bytes.saturating_sub(bytes);
-                if max_bytes > 0 && left > max_bytes && budget > 0 {
-                    let excess = left - max_bytes;
-                    let mut freed = 0;
-                    let mut last = None;
-                    let mut rows = oldest.query(params![key, budget as i64])?;
-                    while let Some(r) = rows.next()? {
-                        last = Some(r.get::<_, i64>(0)?);
-                        freed += db::from_sql_u64(r.get(1)?);
-                        if freed >= excess {
-                            break;
-                        }
-                    }
-                    drop(rows);
-                    if let Some(last) = last {
-                        let (n2, bytes2) = sum(up_to.query(params![key, last])?)?;
-                        budget = budget.saturating_sub(n2 as usize);
-                        n += n2;
-                        bytes += bytes2;
-                    }
-                }
-                if n > 0 {
-                    changes.push((server, n, bytes));
-                }
-            }
-            let mut update =
-                tx.prepare_cached("UPDATE servers SET entries = entries - ?2, bytes = bytes - ?3 WHERE server = ?1")?;
-            for (server, n, bytes) in &changes {
-                update.execute(params![&server.as_bytes()[..], db::to_sql_u64(*n), db::to_sql_u64(*bytes)])?;
-            }
-        }
-        tx.commit()?;
-        for (server, n, bytes) in changes {
-            if let Some(row) = self.servers.get_mut(&server) {
-                row.entries = row.entries.saturating_sub(n);
-                row.bytes = row.bytes.saturating_sub(bytes);
-            }
-            log::debug!("history: retention deleted {n} entries ({bytes} bytes) of server {server}");
-        }
-        self.publish_sizes();
-        Ok(budget == 0)
     }
 
     /// Shutdown (or every handle gone): writes everything pending within
