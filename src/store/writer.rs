@@ -1,5 +1,6 @@
-//! The writer thread: the only connection that writes. It takes entries and
-//! counters from the channel into a bounded in-memory queue, commits them in
+//! The writer thread: the only connection that writes. It takes entries
+//! from the channel (and the counters the handles saved) into a bounded
+//! in-memory queue, commits them in
 //! batches (every [`COMMIT_INTERVAL`] or [`BATCH`] entries, whichever comes
 //! first), runs retention every [`RETENTION_INTERVAL`] in bounded steps, and
 //! survives every database error: it logs it, counts it, keeps the batch
@@ -26,8 +27,8 @@ pub const BATCH: usize = 1000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// After a failed write, the next attempt comes this much later.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// Entries kept in memory while writes fail; over it the oldest is dropped
-/// and counted in `dropped`.
+/// Entries kept in memory while writes fail; over it the oldest is dropped,
+/// counted in `dropped`, and its server's stored offset stays below it.
 pub const MAX_PENDING: usize = 100_000;
 /// Bytes (of envelopes) kept in memory while writes fail; same policy.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
@@ -44,8 +45,9 @@ const LOG_EVERY_FAILURES: u64 = 60;
 pub(super) enum Cmd {
     /// One entry to store.
     Append(StoredLog),
-    /// Seq counters to save (the highest of stored and given wins).
-    Counters(Vec<(String, u64)>),
+    /// Seq counters were saved (`Shared::take_counters`; the highest of
+    /// stored and given wins).
+    Counters,
     /// Flush, save these counters, mark clean, stop; answers whether the
     /// clean flag was written.
     Shutdown {
@@ -56,18 +58,27 @@ pub(super) enum Cmd {
     },
 }
 
-/// Caps of the in-memory queue (tests make them small).
+/// Caps of the channel and of the in-memory queue (tests make them small).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tuning {
-    /// Entries at most.
+    /// Entries in the queue at most.
     pub max_pending: usize,
-    /// Envelope bytes at most.
+    /// Envelope bytes in the queue at most.
     pub max_pending_bytes: usize,
+    /// Entries in the channel at most.
+    pub max_queued: usize,
+    /// Envelope bytes in the channel at most.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { max_pending: MAX_PENDING, max_pending_bytes: MAX_PENDING_BYTES }
+        Tuning {
+            max_pending: MAX_PENDING,
+            max_pending_bytes: MAX_PENDING_BYTES,
+            max_queued: super::MAX_QUEUED,
+            max_queued_bytes: super::MAX_QUEUED_BYTES,
+        }
     }
 }
 
@@ -191,21 +202,26 @@ impl Writer {
     fn take(&mut self, cmd: Cmd) -> Option<ShutdownRequest> {
         match cmd {
             Cmd::Append(log) => {
-                self.pending_bytes += log.envelope.len();
+                let bytes = log.envelope.len();
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.pending_bytes += bytes;
                 self.pending.push_back((Instant::now(), log));
                 self.enforce_cap();
                 None
             }
-            Cmd::Counters(seqs) => {
-                self.merge_counters(seqs);
+            Cmd::Counters => {
+                let saved = self.shared.take_counters();
+                self.merge_counters(saved);
                 None
             }
             Cmd::Shutdown { seqs, done } => Some((seqs, done)),
         }
     }
 
-    fn merge_counters(&mut self, seqs: Vec<(String, u64)>) {
-        if seqs.is_empty() {
+    fn merge_counters(&mut self, seqs: impl IntoIterator<Item = (String, u64)>) {
+        let mut seqs = seqs.into_iter().peekable();
+        if seqs.peek().is_none() {
             return;
         }
         for (channel, seq) in seqs {
@@ -216,14 +232,14 @@ impl Writer {
     }
 
     /// Drops the oldest pending entries over [`MAX_PENDING`] /
-    /// [`MAX_PENDING_BYTES`].
+    /// [`MAX_PENDING_BYTES`]; their servers' stored offsets stay below them.
     fn enforce_cap(&mut self) {
-        let Tuning { max_pending, max_pending_bytes } = self.tuning;
+        let Tuning { max_pending, max_pending_bytes, .. } = self.tuning;
         while self.pending.len() > max_pending || (self.pending_bytes > max_pending_bytes && self.pending.len() > 1) {
             let Some((_, old)) = self.pending.pop_front() else { break };
             self.pending_bytes -= old.envelope.len();
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.shared.lose(&old);
             if !self.lost || dropped.is_power_of_two() {
                 log::warn!(
                     "history: {} entries waiting for the database; dropping the oldest ({dropped} dropped so far)",
@@ -320,7 +336,14 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return Err(rusqlite::Error::InvalidPath(self.path.clone()));
         };
-        let deltas = write_batch(conn, &self.epoch, self.marked, self.pending.iter().take(n), &self.counters, clean)?;
+        let batch = Batch {
+            epoch: &self.epoch,
+            marked: self.marked,
+            counters: &self.counters,
+            held_offsets: &self.shared.held_offsets(),
+            clean,
+        };
+        let deltas = write_batch(conn, &batch, self.pending.iter().take(n))?;
         self.marked = true;
         for _ in 0..n {
             if let Some((_, log)) = self.pending.pop_front() {
@@ -437,10 +460,14 @@ impl Writer {
     fn finish(&mut self, seqs: Vec<(String, u64)>, clean: bool) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         self.merge_counters(seqs);
+        let saved = self.shared.take_counters();
+        self.merge_counters(saved);
+        // An entry dropped anywhere (channel, queue) is a hole in this epoch.
+        let lost = self.lost || self.shared.dropped.load(Ordering::Relaxed) > 0;
         loop {
             let n = self.pending.len().min(BATCH);
             let last = n == self.pending.len();
-            let mark_clean = clean && last && !self.lost;
+            let mark_clean = clean && last && !lost;
             if n == 0 && self.counters.is_empty() && !mark_clean {
                 break;
             }
@@ -501,18 +528,31 @@ impl Writer {
     }
 }
 
+/// What goes into one transaction besides the entries.
+struct Batch<'a> {
+    /// The epoch in use.
+    epoch: &'a str,
+    /// The meta row is already written on this connection.
+    marked: bool,
+    /// Counters to save.
+    counters: &'a HashMap<String, u64>,
+    /// Per server, the lowest offset of an entry dropped in this run: the
+    /// stored offset stays below it.
+    held_offsets: &'a HashMap<Uuid, u64>,
+    /// Set the clean flag.
+    clean: bool,
+}
+
 /// One transaction: the meta row (unless already written on this
-/// connection), the entries, per server its size and last offset, the logs
-/// channels' counters (raised to the batch's highest seq), the saved
-/// counters, and the clean flag when asked.
+/// connection), the entries, per server its size and last offset (the last
+/// entry's, unless held back), the logs channels' counters (raised to the
+/// batch's highest seq), the saved counters, and the clean flag when asked.
 fn write_batch<'a>(
     conn: &mut Connection,
-    epoch: &str,
-    marked: bool,
+    batch: &Batch<'_>,
     entries: impl Iterator<Item = &'a (Instant, StoredLog)>,
-    counters: &HashMap<String, u64>,
-    clean: bool,
 ) -> rusqlite::Result<HashMap<Uuid, Delta>> {
+    let Batch { epoch, marked, counters, held_offsets, clean } = *batch;
     let tx = conn.transaction()?;
     if !marked {
         db::mark(&tx, epoch, false)?;
@@ -540,7 +580,7 @@ fn write_batch<'a>(
             let d = deltas.entry(log.server).or_default();
             d.entries += 1;
             d.bytes += bytes;
-            if log.offset != 0 {
+            if log.offset != 0 && held_offsets.get(&log.server).is_none_or(|&held| log.offset < held) {
                 d.last_offset = log.offset;
             }
             d.max_seq = d.max_seq.max(log.seq);
