@@ -30,6 +30,7 @@
 //!
 //! This module must not touch the hub or any socket; the reactor feeds it.
 
+mod batch;
 mod db;
 mod query;
 mod retention;
