@@ -49,7 +49,10 @@ use uuid::Uuid;
 use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
-pub use query::{fts_query, memory_page, render_text, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT};
+pub use query::{
+    fts_query, memory_page, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT, MAX_WORDS,
+    QUERY_TIMEOUT,
+};
 pub use retention::RETENTION_INTERVAL;
 pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETRY_INTERVAL};
 
@@ -161,6 +164,10 @@ pub enum StoreError {
     /// A query the endpoint should answer with `400`.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A query ran past [`QUERY_TIMEOUT`] and was stopped: the endpoint
+    /// answers `503` with `Retry-After`; the [`Reader`] stays usable.
+    #[error("the query ran longer than {0:?} and was stopped")]
+    Timeout(Duration),
 }
 
 /// State the writer updates and the handles read.

@@ -694,3 +694,31 @@ fn a_full_queue_while_writes_fail_keeps_the_stored_offset_below_the_dropped() {
     assert!(!store.shutdown(Vec::new()));
     assert_eq!(stored_offset(&cfg, SERVER), Some(500), "held below the first dropped line (offset 600)");
 }
+
+#[test]
+fn a_query_past_its_deadline_is_stopped_and_the_reader_still_works() {
+    let dir = TempDir::new("deadline");
+    let (store, rec) = open(&config(dir.db())).unwrap();
+    for seq in 1..=20_000 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "a player joined a game on a server"));
+        if seq % 5000 == 0 {
+            wait_flushed(&store);
+        }
+    }
+    wait_flushed(&store);
+    let mut reader = store.reader().unwrap();
+    reader.set_timeout(Duration::from_millis(100));
+    // A phrase of 1,000 words that no line holds: FTS5 tries it on every
+    // line with an "a", seconds of work.
+    let slow = LogQuery { q: Some(vec!["a"; 1000].join(".")), ..LogQuery::new(SERVER) };
+    match reader.query(&slow) {
+        Err(StoreError::Timeout(t)) => assert_eq!(t, Duration::from_millis(100)),
+        other => panic!("not stopped: {other:?}"),
+    }
+    let page = reader.query(&LogQuery { limit: 5, ..LogQuery::new(SERVER) }).unwrap();
+    assert_eq!(seqs(&page), (19_996..=20_000).collect::<Vec<_>>(), "the same reader answers the next query");
+    assert_eq!(search(&reader, "player").len(), 100);
+    let too_many = LogQuery { q: Some((1..=17).map(|i| format!("w{i} ")).collect()), ..LogQuery::new(SERVER) };
+    assert!(matches!(reader.query(&too_many), Err(StoreError::InvalidQuery(_))));
+    store.shutdown(Vec::new());
+}

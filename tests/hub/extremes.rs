@@ -1,0 +1,108 @@
+//! Extreme input through the real binary, which must neither hurt other
+//! users nor the hub: stored-log queries crafted to be slow (PROTOCOL.md
+//! 11.4), configuration values out of range (CONFIG.md), token times near
+//! the ends of the integers (2.4).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aymc_hub::config::HistoryConfig;
+use aymc_hub::protocol::{Level, Time};
+use aymc_hub::store::{self, StoredLog};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// Stores `lines` INFO lines of SERVER_A ("a player joined a game on a
+/// server #N") with the hub's own store, as a hub would have, and closes
+/// it cleanly.
+fn big_history(db: &Path, lines: u64) {
+    let cfg = HistoryConfig { db_path: Some(db.to_path_buf()), ..HistoryConfig::default() };
+    let (store, rec) = store::open(&cfg).unwrap();
+    let server = Uuid::parse_str(SERVER_A).unwrap();
+    let ts_ms = chrono::Utc::now().timestamp_millis();
+    let time = Time::from_unix_ms(ts_ms).unwrap();
+    for seq in 1..=lines {
+        let message = format!("a player joined a game on a server #{seq}");
+        let envelope = json!({
+            "type": "log_entry", "channel": logs(SERVER_A),
+            "data": {"server_id": SERVER_A, "timestamp": time, "level": "INFO", "source": "server", "message": message},
+            "timestamp": time, "seq": seq, "epoch": rec.epoch,
+        });
+        store.append(StoredLog {
+            server,
+            seq,
+            epoch: rec.epoch.clone(),
+            ts_ms,
+            level: Level::Info,
+            source: "server".into(),
+            message,
+            exception: String::new(),
+            envelope: envelope.to_string(),
+            offset: 0,
+        });
+        // Stay well under the store's queue caps (nothing may be dropped).
+        if seq.is_multiple_of(1000) {
+            let start = Instant::now();
+            while store.stats().pending > 10_000 {
+                assert!(start.elapsed() < Duration::from_secs(60), "the store does not keep up");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    assert!(store.shutdown(Vec::new()), "the history closes cleanly");
+}
+
+fn logs_request(query: &str, close: bool) -> String {
+    format!(
+        "GET /api/v1/servers/{SERVER_A}/logs?{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n{}\r\n",
+        admin_token(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+}
+
+fn seqs(page: &Value) -> Vec<u64> {
+    page["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_slow_stored_logs_query_is_stopped_with_503_and_the_next_query_is_answered() {
+    let dir = TempDir::new();
+    let db = dir.join("history.db");
+    big_history(&db, 100_000);
+    let hub = HubConfig::new().extra(&format!("[history]\ndb_path = \"{}\"", db.display())).start();
+
+    // One word of 3,000 tokens is a phrase FTS5 tries on every stored
+    // line: about a minute of work on this database without a deadline.
+    let phrase = vec!["a"; 3000].join(".");
+    let mut conn = HttpConn::connect(hub.addr);
+    let start = Instant::now();
+    conn.send(logs_request(&format!("q={phrase}"), false).as_bytes());
+    let resp = conn.read_response(Duration::from_secs(20)).unwrap_or_else(|e| panic!("no answer: {e}"));
+    let took = start.elapsed();
+    assert_http_error(&resp, 503, "unavailable", None);
+    assert_eq!(resp.header("retry-after"), Some("5"), "{:?}", resp.headers);
+    let message = resp.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("2 s"), "{message}");
+    assert!(took >= Duration::from_millis(1500), "stopped at the deadline, not before: {took:?}");
+
+    // The same connection and the query thread's same reader go on.
+    let resp = conn.request(logs_request("q=player&limit=5", false).as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(seqs(&resp.json()), (99_996..=100_000).collect::<Vec<u64>>());
+
+    // 2,700 copies of a common word (they fit in a request head) are one
+    // word: with a level no line has, the search walks every line once,
+    // not 2,700 times.
+    let repeated = vec!["a"; 2700].join("+");
+    let start = Instant::now();
+    let resp = raw_http(hub.addr, logs_request(&format!("q={repeated}&level=ERROR"), true).as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json(), json!({"messages": [], "next_before_seq": null}));
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+
+    let seventeen: Vec<String> = (1..=17).map(|i| format!("word{i}")).collect();
+    let resp = raw_http(hub.addr, logs_request(&format!("q={}", seventeen.join("+")), true).as_bytes());
+    assert_http_error(&resp, 400, "bad_request", Some("'q' may have at most 16 different words"));
+}
