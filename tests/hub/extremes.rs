@@ -106,3 +106,88 @@ fn a_slow_stored_logs_query_is_stopped_with_503_and_the_next_query_is_answered()
     let resp = raw_http(hub.addr, logs_request(&format!("q={}", seventeen.join("+")), true).as_bytes());
     assert_http_error(&resp, 400, "bad_request", Some("'q' may have at most 16 different words"));
 }
+
+/// Every duration and size key with its documented range (CONFIG.md 4).
+const RANGES: &[(&str, &str, u64, u64)] = &[
+    ("auth", "leeway_s", 0, 86_400),
+    ("auth", "expiry_notice_s", 0, 86_400),
+    ("limits", "ping_interval_s", 1, 86_400),
+    ("limits", "pong_timeout_s", 1, 86_400),
+    ("limits", "write_timeout_s", 1, 86_400),
+    ("limits", "head_timeout_s", 1, 86_400),
+    ("limits", "shutdown_grace_s", 0, 86_400),
+    ("monitor", "health_interval_s", 1, 86_400),
+    ("history", "retention_days", 0, 365),
+    ("limits", "max_message_bytes", 1, 64 << 20),
+    ("limits", "publish_max_bytes", 1, 64 << 20),
+    ("limits", "head_max_bytes", 1, 1 << 20),
+    ("limits", "head_max_headers", 1, 1024),
+    ("limits", "client_queue", 1, 1_000_000),
+    ("limits", "max_connections", 1, 1_000_000),
+    ("limits", "max_connections_per_ip", 0, 1_000_000),
+    ("limits", "max_subscriptions", 1, 1_000_000),
+    ("history", "log_lines", 0, 1_000_000),
+    ("history", "max_bytes", 0, 16 << 30),
+    ("history", "retention_mb_per_server", 0, 1 << 20),
+];
+
+/// A config that sets `[table] key = value`.
+fn config_with(table: &str, key: &str, value: u64) -> String {
+    let secret = format!("jwt_secret = \"{SECRET}\"\n");
+    if table == "auth" {
+        format!("[auth]\n{secret}{key} = {value}\n")
+    } else {
+        format!("[auth]\n{secret}\n[{table}]\n{key} = {value}\n")
+    }
+}
+
+#[test]
+fn check_config_refuses_durations_and_sizes_out_of_range() {
+    let dir = TempDir::new();
+    let check = |name: &str, toml: String| {
+        let path = dir.write(name, &toml);
+        run_cli(&["check-config", "--config", path.to_str().unwrap()], &[])
+    };
+    for &(table, key, min, max) in RANGES {
+        let mut bad = vec![u64::MAX, i64::MAX as u64, max + 1];
+        if min > 0 {
+            bad.push(0);
+        }
+        for value in bad {
+            let out = check(&format!("{key}-{value}.toml"), config_with(table, key, value));
+            assert_eq!(out.code, Some(2), "{table}.{key} = {value}: {out:?}");
+            let lines = out.stderr_lines();
+            assert_eq!(lines.len(), 1, "{table}.{key} = {value}: one line: {:?}", out.stderr);
+            assert!(lines[0].contains(&format!("{table}.{key}")), "names the key: {}", lines[0]);
+            assert!(lines[0].contains(&format!("from {min} to {max}")), "says the range: {}", lines[0]);
+        }
+        for value in [min, max] {
+            let out = check(&format!("{key}-{value}.toml"), config_with(table, key, value));
+            assert_eq!(out.code, Some(0), "{table}.{key} = {value} is valid: {out:?}");
+        }
+    }
+}
+
+#[test]
+fn the_longest_timeouts_allowed_run_without_overflow() {
+    // Every duration at its maximum: each becomes a deadline of the
+    // connection, the agent link or the shutdown, and none may overflow.
+    // (`expiry_notice_s` at a day would only send TOKEN_EXPIRING at once.)
+    let mut hub = HubConfig::new()
+        .auth("leeway_s = 86400")
+        .limits(
+            "ping_interval_s = 86400\npong_timeout_s = 86400\nwrite_timeout_s = 86400\nhead_timeout_s = 86400\n\
+             shutdown_grace_s = 86400",
+        )
+        .extra("[monitor]\nhealth_interval_s = 86400\n\n[history]\nretention_days = 365")
+        .start();
+    let mut c = hub.connect_admin();
+    c.subscribe_ok(&[&logs(SERVER_A)]);
+    hub.publish(&log_body(SERVER_A, "still here"));
+    assert_eq!(c.recv_json()["data"]["message"], "still here");
+    c.ping_pong();
+    assert_eq!(http_get(hub.addr, "/healthz", None).status, 200);
+    hub.signal(libc::SIGTERM);
+    let status = hub.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "a clean exit within 10 s: {status:?}");
+}
