@@ -191,3 +191,64 @@ fn the_longest_timeouts_allowed_run_without_overflow() {
     let status = hub.wait_exit(Duration::from_secs(10));
     assert!(status.is_some_and(|s| s.success()), "a clean exit within 10 s: {status:?}");
 }
+
+/// A signed token of admin `sub` whose `exp` and `nbf` are `exp` and `nbf`
+/// (left out when `Null`).
+fn token_with_times(sub: &str, exp: Value, nbf: Value) -> String {
+    let mut claims = json!({"sub": sub, "role": "admin", "iat": now()});
+    if !exp.is_null() {
+        claims["exp"] = exp;
+    }
+    if !nbf.is_null() {
+        claims["nbf"] = nbf;
+    }
+    sign(&claims)
+}
+
+#[test]
+fn token_times_at_the_ends_of_the_integers_get_a_clean_answer() {
+    // The largest leeway, so that `exp + leeway` and `now +- leeway` are
+    // as large as they get.
+    let mut hub = HubConfig::new().auth("leeway_s = 86400").start();
+    let soon = json!(now() + 600);
+    let far = [json!(i64::MAX), json!(u64::MAX), json!(1e19)];
+    for exp in &far {
+        let token = token_with_times(&new_id(), exp.clone(), Value::Null);
+        let resp = raw_http(hub.addr, upgrade_request(&ws_path(&token), &[("Connection", "close")]).as_bytes());
+        assert_upgraded(&resp);
+        assert_eq!(http_get(hub.addr, "/api/v1/stats", Some(&token)).status, 200, "exp {exp}");
+    }
+    let refused = [
+        (json!(i64::MIN), Value::Null, "invalid claims"),
+        (json!(-1), Value::Null, "invalid claims"),
+        (json!(1e300), Value::Null, "invalid claims"),
+        (json!(0), Value::Null, "token expired"),
+        (soon.clone(), json!(u64::MAX), "token not yet valid"),
+        (soon.clone(), json!(i64::MAX), "token not yet valid"),
+        (soon.clone(), json!(i64::MIN), "invalid claims"),
+        (soon.clone(), json!(-1), "invalid claims"),
+    ];
+    for (exp, nbf, message) in refused {
+        let token = token_with_times(&new_id(), exp.clone(), nbf.clone());
+        let resp = raw_http(hub.addr, upgrade_request(&ws_path(&token), &[]).as_bytes());
+        assert_http_error(&resp, 401, "unauthorized", Some(message));
+        let resp = http_get(hub.addr, "/api/v1/stats", Some(&token));
+        assert_http_error(&resp, 401, "unauthorized", Some(message));
+    }
+
+    // A session whose token never expires lives through the timers' ticks
+    // (TOKEN_EXPIRING, the 4001 check) and can refresh to another one.
+    let me = new_id();
+    let mut client = hub.connect(&token_with_times(&me, json!(i64::MAX), Value::Null));
+    client.subscribe_ok(&[&logs(SERVER_A)]);
+    client.expect_no_message(Duration::from_millis(600));
+    let token = token_with_times(&me, json!(u64::MAX), json!(-0.0));
+    client.send_json(&json!({"type": "auth", "data": {"token": token}}));
+    let msg = client.recv_json();
+    assert_eq!(msg["data"]["code"], "AUTHENTICATED", "{msg}");
+    assert_eq!(msg["data"]["data"]["expires_at"], json!(i64::MAX), "{msg}");
+    hub.publish(&log_body(SERVER_A, "still streaming"));
+    assert_eq!(client.recv_json()["data"]["message"], "still streaming");
+    assert!(hub.wait_exit(Duration::from_millis(100)).is_none(), "the hub is still running");
+    hub.connect_admin().ping_pong();
+}
