@@ -37,7 +37,9 @@ pub enum AuthError {
     /// `aud` differs from `auth.audience`.
     #[error("invalid audience")]
     Audience,
-    /// No usable user id, no `exp`, or claims of the wrong type.
+    /// No usable user id, no `exp`, or claims of the wrong type (also an
+    /// `exp` or `nbf` that is negative or beyond u64, which jsonwebtoken
+    /// does not read as a time).
     #[error("invalid claims")]
     Claims,
 }
@@ -62,7 +64,8 @@ pub struct Identity {
     pub role: Role,
     /// From `servers`.
     pub servers: Box<[Uuid]>,
-    /// `exp`, unix seconds.
+    /// `exp`, unix seconds (one beyond `i64::MAX` reads as `i64::MAX`; use
+    /// saturating arithmetic on it).
     pub exp: i64,
 }
 
@@ -102,7 +105,10 @@ impl Authenticator {
             }
         };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = cfg.leeway_s;
+        // jsonwebtoken computes `now - leeway` and `now + leeway` in u64:
+        // `Config::validate` keeps the leeway to a day, and so does this for
+        // an unvalidated config.
+        validation.leeway = cfg.leeway_s.min(crate::config::MAX_DURATION_S);
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
         match &cfg.audience {
@@ -273,6 +279,35 @@ mod tests {
             "eyJzdWIiOiIxMjNlNDU2Ny1lODliLTEyZDMtYTQ1Ni00MjY2MTQxNzQwMDAiLCJleHAiOjk5OTk5OTk5OTl9"
         );
         assert_eq!(a.validate(&none), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn times_at_the_ends_of_the_integers_are_answered_not_panicked_on() {
+        let cfg = AuthConfig { jwt_secret: Some("s3cret".into()), leeway_s: u64::MAX, ..AuthConfig::default() };
+        let a = Authenticator::new(&cfg, HashMap::new()).unwrap();
+        let token = |exp: Value, nbf: Value| {
+            let mut claims = serde_json::json!({"sub": USER, "exp": exp});
+            if !nbf.is_null() {
+                claims["nbf"] = nbf;
+            }
+            sign(claims, "s3cret")
+        };
+        let soon = Value::from(now() + 600);
+        for exp in [Value::from(i64::MAX), Value::from(u64::MAX), Value::from(1e19)] {
+            assert_eq!(a.validate(&token(exp.clone(), Value::Null)).map(|i| i.exp), Ok(i64::MAX), "{exp}");
+        }
+        let cases = [
+            (Value::from(i64::MIN), Value::Null, AuthError::Claims),
+            (Value::from(-1), Value::Null, AuthError::Claims),
+            (Value::from(1e300), Value::Null, AuthError::Claims),
+            (soon.clone(), Value::from(u64::MAX), AuthError::NotYetValid),
+            (soon.clone(), Value::from(i64::MIN), AuthError::Claims),
+        ];
+        for (exp, nbf, want) in cases {
+            assert_eq!(a.validate(&token(exp.clone(), nbf.clone())), Err(want), "exp {exp}, nbf {nbf}");
+        }
+        // A day of leeway at most: a token that expired two days ago is refused.
+        assert_eq!(a.validate(&token(Value::from(now() - 2 * 86_400), Value::Null)), Err(AuthError::Expired));
     }
 
     #[test]

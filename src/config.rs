@@ -15,6 +15,51 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// The longest timeout, interval or grace period a key may set, seconds (a
+/// day): every such key becomes a deadline (`Instant` + it), which must
+/// not overflow.
+pub const MAX_DURATION_S: u64 = 86_400;
+/// The longest `history.retention_days` (a year).
+pub const MAX_RETENTION_DAYS: u64 = 365;
+/// The largest message and body size keys (`limits.max_message_bytes`,
+/// `limits.publish_max_bytes`): 64 MiB.
+pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest `limits.head_max_bytes`: 1 MiB.
+pub const MAX_HEAD_BYTES: u64 = 1024 * 1024;
+/// The largest `limits.head_max_headers` (each request parse reserves room
+/// for this many).
+pub const MAX_HEAD_HEADERS: u64 = 1024;
+/// The largest count keys (`client_queue`, `max_connections`,
+/// `max_connections_per_ip`, `max_subscriptions`, `history.log_lines`).
+pub const MAX_COUNT: u64 = 1_000_000;
+/// The largest `history.max_bytes`: 16 GiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// The largest `history.retention_mb_per_server`: 1 TiB.
+pub const MAX_RETENTION_MB: u64 = 1024 * 1024;
+
+/// A numeric key's value and its valid range, inclusive.
+struct Range {
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    /// Says what `max` is, for the error line.
+    what: &'static str,
+}
+
+impl Range {
+    fn new(key: &'static str, value: impl TryInto<u64>, min: u64, max: u64, what: &'static str) -> Range {
+        Range { key, value: value.try_into().unwrap_or(u64::MAX), min, max, what }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if (self.min..=self.max).contains(&self.value) {
+            return Ok(());
+        }
+        err(format!("{} must be from {} to {} ({}); got {}", self.key, self.min, self.max, self.what, self.value))
+    }
+}
+
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -382,38 +427,8 @@ impl Config {
             (Some(s), None) if s.is_empty() => return err("auth.jwt_secret must not be empty"),
             _ => {}
         }
-        let l = &self.limits;
-        for (name, v) in [
-            ("limits.ping_interval_s", l.ping_interval_s),
-            ("limits.pong_timeout_s", l.pong_timeout_s),
-            ("limits.write_timeout_s", l.write_timeout_s),
-            ("limits.head_timeout_s", l.head_timeout_s),
-            ("limits.message_timeout_s", l.message_timeout_s),
-            ("monitor.health_interval_s", self.monitor.health_interval_s),
-        ] {
-            if v == 0 {
-                return err(format!("{name} must be at least 1"));
-            }
-        }
-        for (name, v) in [
-            ("limits.max_message_bytes", l.max_message_bytes),
-            ("limits.client_queue", l.client_queue),
-            ("limits.max_connections", l.max_connections),
-            ("limits.max_subscriptions", l.max_subscriptions),
-            ("limits.head_max_bytes", l.head_max_bytes),
-            ("limits.head_max_headers", l.head_max_headers),
-            ("limits.publish_max_bytes", l.publish_max_bytes),
-            ("limits.max_channels_per_request", l.max_channels_per_request),
-            ("limits.max_reply_bytes", l.max_reply_bytes),
-            ("limits.max_pending", l.max_pending),
-            ("limits.max_idle_channels", l.max_idle_channels),
-        ] {
-            if v == 0 {
-                return err(format!("{name} must be at least 1"));
-            }
-        }
-        if l.rate_per_s == 0 || l.rate_burst == 0 {
-            return err("limits.rate_per_s and limits.rate_burst must be at least 1");
+        for range in self.ranges() {
+            range.check()?;
         }
         let mut seen = std::collections::HashSet::new();
         for agent in &self.agents {
@@ -431,6 +446,54 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every numeric key with its valid range (docs/CONFIG.md says the
+    /// same), in the order of the file's tables.
+    fn ranges(&self) -> [Range; 27] {
+        const DAY: &str = "seconds, a day at most";
+        let (a, l, h) = (&self.auth, &self.limits, &self.history);
+        [
+            Range::new("auth.leeway_s", a.leeway_s, 0, MAX_DURATION_S, DAY),
+            Range::new("auth.expiry_notice_s", a.expiry_notice_s, 0, MAX_DURATION_S, DAY),
+            Range::new("limits.ping_interval_s", l.ping_interval_s, 1, MAX_DURATION_S, DAY),
+            Range::new("limits.pong_timeout_s", l.pong_timeout_s, 1, MAX_DURATION_S, DAY),
+            Range::new("limits.write_timeout_s", l.write_timeout_s, 1, MAX_DURATION_S, DAY),
+            Range::new("limits.max_message_bytes", l.max_message_bytes, 1, MAX_BODY_BYTES, "bytes, 64 MiB at most"),
+            Range::new("limits.client_queue", l.client_queue, 1, MAX_COUNT, "messages"),
+            Range::new("limits.max_connections", l.max_connections, 1, MAX_COUNT, "connections"),
+            Range::new("limits.max_connections_per_ip", l.max_connections_per_ip, 0, MAX_COUNT, "connections; 0 = off"),
+            Range::new("limits.max_subscriptions", l.max_subscriptions, 1, MAX_COUNT, "subscriptions"),
+            Range::new("limits.rate_per_s", l.rate_per_s, 1, u64::from(u32::MAX), "messages per second"),
+            Range::new("limits.rate_burst", l.rate_burst, 1, u64::from(u32::MAX), "messages"),
+            Range::new("limits.head_max_bytes", l.head_max_bytes, 1, MAX_HEAD_BYTES, "bytes, 1 MiB at most"),
+            Range::new("limits.head_max_headers", l.head_max_headers, 1, MAX_HEAD_HEADERS, "headers"),
+            Range::new("limits.head_timeout_s", l.head_timeout_s, 1, MAX_DURATION_S, DAY),
+            Range::new("limits.publish_max_bytes", l.publish_max_bytes, 1, MAX_BODY_BYTES, "bytes, 64 MiB at most"),
+            Range::new("limits.shutdown_grace_s", l.shutdown_grace_s, 0, MAX_DURATION_S, DAY),
+            Range::new("limits.max_channels_per_request", l.max_channels_per_request, 1, MAX_COUNT, "channels"),
+            Range::new("limits.max_reply_bytes", l.max_reply_bytes, 1, MAX_BODY_BYTES, "bytes, 64 MiB at most"),
+            Range::new("limits.max_pending", l.max_pending, 1, MAX_COUNT, "connections"),
+            Range::new("limits.message_timeout_s", l.message_timeout_s, 1, MAX_DURATION_S, DAY),
+            Range::new("limits.max_idle_channels", l.max_idle_channels, 1, MAX_COUNT, "channels"),
+            Range::new("monitor.health_interval_s", self.monitor.health_interval_s, 1, MAX_DURATION_S, DAY),
+            Range::new("history.log_lines", h.log_lines, 0, MAX_COUNT, "messages per channel"),
+            Range::new("history.max_bytes", h.max_bytes, 0, MAX_MEMORY_BYTES, "bytes, 16 GiB at most"),
+            Range::new(
+                "history.retention_days",
+                h.retention_days,
+                0,
+                MAX_RETENTION_DAYS,
+                "days, a year at most; 0 = off",
+            ),
+            Range::new(
+                "history.retention_mb_per_server",
+                h.retention_mb_per_server,
+                0,
+                MAX_RETENTION_MB,
+                "MiB, 1 TiB at most; 0 = off",
+            ),
+        ]
     }
 }
 

@@ -1,7 +1,10 @@
-//! `GET /api/v1/servers/{id}/logs` (PROTOCOL.md section 9): stored log
+//! `GET /api/v1/servers/{id}/logs` (PROTOCOL.md section 11.4): stored log
 //! lines, paged. With on-disk history the query runs on its own thread
 //! (the reactor never waits on the disk) and the answer comes back as an
-//! [`Event::Reply`]; without it, the reactor answers from its rings.
+//! [`Event::Reply`]; without it, the reactor answers from its rings. That
+//! one thread serves every user, so each query has a deadline
+//! ([`QUERY_TIMEOUT`]): past it the answer is `503` and the next query
+//! runs on the same connection.
 
 use std::sync::mpsc::{channel, Sender};
 
@@ -9,7 +12,7 @@ use log::warn;
 
 use crate::http;
 use crate::link::{Event, Link, Reply};
-use crate::store::{render_text, LogQuery, Page, Reader, Store, StoreError};
+use crate::store::{render_text, LogQuery, Page, Reader, Store, StoreError, QUERY_TIMEOUT};
 
 /// One query to run.
 pub struct Job {
@@ -53,6 +56,20 @@ impl Queries {
                 };
                 let response = match result {
                     Ok(page) => answer(&page, job.text, job.close),
+                    Err(StoreError::InvalidQuery(msg)) => http::error(400, &msg, &[], job.close),
+                    Err(StoreError::Timeout(_)) => {
+                        warn!("stored logs query of server {} stopped after {QUERY_TIMEOUT:?}", job.query.server);
+                        http::error(
+                            503,
+                            &format!(
+                                "the query ran longer than {} s and was stopped; narrow it (fewer or rarer words, \
+                                 a time range) and retry",
+                                QUERY_TIMEOUT.as_secs()
+                            ),
+                            &[("Retry-After", "5")],
+                            job.close,
+                        )
+                    }
                     Err(e) => {
                         warn!("stored logs query failed: {e}");
                         http::error(

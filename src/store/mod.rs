@@ -4,7 +4,8 @@
 //! logs (PROTOCOL.md 5, 5a, 9).
 //!
 //! The reactor never waits on the disk: [`Store::append`] only sends to a
-//! channel. A dedicated writer thread owns the one writing connection (WAL,
+//! bounded channel ([`MAX_QUEUED`], [`MAX_QUEUED_BYTES`]; when it is full the
+//! entry is dropped and counted). A dedicated writer thread owns the one writing connection (WAL,
 //! `synchronous=NORMAL`), commits in batches (at least every 200 ms or 1,000
 //! entries), applies retention by age and by bytes per server every 60 s,
 //! and survives a full disk or a broken file: it logs, counts (see
@@ -21,16 +22,24 @@
 //! SIGKILL always leads to a new epoch and a seq is never issued twice in
 //! one epoch.
 //!
+//! Offsets: the stored agent offset of a server is where its `StreamLogs`
+//! resumes after a restart. Once an entry of a server was dropped (full
+//! channel, full queue while writes fail), its stored offset stays below
+//! that entry's offset until the next start, so the agent sends the line
+//! again rather than the store skipping it for good.
+//!
 //! This module must not touch the hub or any socket; the reactor feeds it.
 
+mod batch;
 mod db;
 mod query;
+mod retention;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,11 +49,23 @@ use uuid::Uuid;
 use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
-pub use query::{fts_query, memory_page, render_text, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT};
-pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETENTION_INTERVAL, RETRY_INTERVAL};
+pub use query::{
+    fts_query, memory_page, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT, MAX_WORDS,
+    QUERY_TIMEOUT,
+};
+pub use retention::RETENTION_INTERVAL;
+pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETRY_INTERVAL};
 
 /// How long [`Store::shutdown`] waits for the writer before giving up.
 pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// Entries in the channel to the writer at most (it drains the channel
+/// into its own queue, so this only fills while the writer is stuck in a
+/// slow write); over it [`Store::append`] drops the new entry and counts it
+/// in [`StoreStats::dropped`].
+pub const MAX_QUEUED: usize = 50_000;
+/// Envelope bytes in the channel at most; same policy (an entry alone in
+/// the channel always fits).
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
 /// One stored log entry: what the hub published on `server:{id}:logs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +135,10 @@ pub struct StoreStats {
     pub pending: u64,
     /// Failed write attempts (each retry counts).
     pub write_errors: u64,
-    /// Entries that never reached the file: dropped from the full queue
-    /// while writes failed, or still pending when the writer stopped.
+    /// Entries that never reached the file: dropped at [`Store::append`]
+    /// while the channel to the writer was full ([`MAX_QUEUED`]), dropped
+    /// from the writer's full queue while writes failed ([`MAX_PENDING`]),
+    /// or still pending when the writer stopped.
     pub dropped: u64,
     /// Writes are failing right now (the hub streams from memory).
     pub failing: bool,
@@ -141,6 +164,10 @@ pub enum StoreError {
     /// A query the endpoint should answer with `400`.
     #[error("{0}")]
     InvalidQuery(String),
+    /// A query ran past [`QUERY_TIMEOUT`] and was stopped: the endpoint
+    /// answers `503` with `Retry-After`; the [`Reader`] stays usable.
+    #[error("the query ran longer than {0:?} and was stopped")]
+    Timeout(Duration),
 }
 
 /// State the writer updates and the handles read.
@@ -153,11 +180,45 @@ struct Shared {
     dropped: AtomicU64,
     failing: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Entries in the channel (the writer takes them off).
+    queued: AtomicUsize,
+    /// Their envelope bytes.
+    queued_bytes: AtomicUsize,
+    /// Per server, the lowest agent offset of an entry dropped in this run:
+    /// the stored offset stays below it. Locked only briefly (never across
+    /// a disk write), so the reactor never waits on it for long.
+    held_offsets: Mutex<HashMap<Uuid, u64>>,
+    /// Counters the writer has not taken yet (highest per channel).
+    counters: Mutex<HashMap<String, u64>>,
+    /// A `Cmd::Counters` is in the channel: the next save only merges.
+    counters_sent: AtomicBool,
 }
 
 impl Shared {
     fn set_error(&self, text: String) {
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+
+    /// Counts an entry that will never reach the file and holds its
+    /// server's stored offset below it. Returns the drops so far.
+    fn lose(&self, log: &StoredLog) -> u64 {
+        if log.offset != 0 {
+            let mut held = self.held_offsets.lock().unwrap_or_else(|e| e.into_inner());
+            let h = held.entry(log.server).or_insert(log.offset);
+            *h = (*h).min(log.offset);
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The offsets held back so far (see [`Shared::lose`]).
+    fn held_offsets(&self) -> HashMap<Uuid, u64> {
+        self.held_offsets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes the counters saved since the writer last looked.
+    fn take_counters(&self) -> HashMap<String, u64> {
+        self.counters_sent.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *self.counters.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -165,6 +226,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Store {
     tx: Sender<writer::Cmd>,
+    tuning: writer::Tuning,
     shared: Arc<Shared>,
     path: Arc<PathBuf>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
@@ -297,6 +359,34 @@ pub fn open(cfg: &HistoryConfig) -> Result<(Store, Recovered), StoreError> {
 }
 
 fn open_with(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Recovered), StoreError> {
+    let (store, recovered, writer) = prepare(cfg, tuning)?;
+    writer.start()?;
+    Ok((store, recovered))
+}
+
+/// A writer thread ready to start, and where its handle goes.
+struct Unstarted {
+    writer: writer::Writer,
+    rx: Receiver<writer::Cmd>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Unstarted {
+    /// Starts the thread.
+    fn start(self) -> Result<(), StoreError> {
+        let Unstarted { writer, rx, thread } = self;
+        let handle = std::thread::Builder::new()
+            .name("history-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(StoreError::Spawn)?;
+        *thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+}
+
+/// [`open`] up to the writer thread, which the caller starts (tests append
+/// before it runs, as if it were stuck on a slow disk).
+fn prepare(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Recovered, Unstarted), StoreError> {
     let path = cfg.db_path.clone().ok_or(StoreError::NotConfigured)?;
     let shared = Arc::new(Shared::default());
     let mut attempt = start(&path, cfg.log_lines);
@@ -347,7 +437,7 @@ fn open_with(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Reco
             (None, recovered_from(&snapshot, epoch, true), snapshot.servers)
         }
     };
-    let retention = writer::Retention {
+    let retention = retention::Retention {
         max_age_ms: i64::try_from(cfg.retention_days.saturating_mul(86_400_000)).unwrap_or(i64::MAX),
         max_bytes: cfg.retention_mb_per_server.saturating_mul(1024 * 1024),
     };
@@ -361,31 +451,63 @@ fn open_with(cfg: &HistoryConfig, tuning: writer::Tuning) -> Result<(Store, Reco
         Arc::clone(&shared),
     );
     let (tx, rx) = mpsc::channel();
-    let handle = std::thread::Builder::new()
-        .name("history-writer".into())
-        .spawn(move || w.run(rx))
-        .map_err(StoreError::Spawn)?;
-    let store = Store { tx, shared, path: Arc::new(path), thread: Arc::new(Mutex::new(Some(handle))) };
-    Ok((store, recovered))
+    let thread = Arc::new(Mutex::new(None));
+    let store = Store { tx, tuning, shared, path: Arc::new(path), thread: Arc::clone(&thread) };
+    Ok((store, recovered, Unstarted { writer: w, rx, thread }))
 }
 
 impl Store {
-    /// Queues one entry for the writer; never blocks. When the writer is
-    /// gone (after [`shutdown`](Store::shutdown)) the entry is counted in
-    /// `dropped`.
+    /// Queues one entry for the writer; never blocks. When the channel to
+    /// the writer is full ([`MAX_QUEUED`] entries or [`MAX_QUEUED_BYTES`])
+    /// or the writer is gone (after [`shutdown`](Store::shutdown)), the entry
+    /// is dropped and counted in `dropped`, and its server's stored offset
+    /// stays below the entry's from then on (see the module docs).
     pub fn append(&self, log: StoredLog) {
-        self.shared.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(writer::Cmd::Append(log)).is_err() {
-            self.shared.pending.fetch_sub(1, Ordering::Relaxed);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        let s = &self.shared;
+        let bytes = log.envelope.len();
+        let queued = s.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        let queued_bytes = s.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let full = queued > self.tuning.max_queued || (queued_bytes > self.tuning.max_queued_bytes && queued > 1);
+        let log = if full {
+            log
+        } else {
+            s.pending.fetch_add(1, Ordering::Relaxed);
+            match self.tx.send(writer::Cmd::Append(log)) {
+                Ok(()) => return,
+                Err(mpsc::SendError(cmd)) => {
+                    s.pending.fetch_sub(1, Ordering::Relaxed);
+                    let writer::Cmd::Append(log) = cmd else { return };
+                    log
+                }
+            }
+        };
+        s.queued.fetch_sub(1, Ordering::Relaxed);
+        s.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let dropped = s.lose(&log);
+        if full && (dropped == 1 || dropped.is_power_of_two()) {
+            log::warn!(
+                "history: the writer is behind ({queued} entries, {queued_bytes} bytes waiting for it); \
+                 dropping new entries ({dropped} dropped so far)"
+            );
         }
     }
 
     /// Saves seq counters (all channels: also metrics, status,
     /// notifications) with the next batch; a stored counter only grows.
-    /// Never blocks.
+    /// Never blocks; saves the writer has not taken yet are merged (the
+    /// highest seq per channel), so they never pile up.
     pub fn save_counters(&self, seqs: Vec<(String, u64)>) {
-        let _ = self.tx.send(writer::Cmd::Counters(seqs));
+        let s = &self.shared;
+        {
+            let mut counters = s.counters.lock().unwrap_or_else(|e| e.into_inner());
+            for (channel, seq) in seqs {
+                let slot = counters.entry(channel).or_insert(0);
+                *slot = (*slot).max(seq);
+            }
+        }
+        if !s.counters_sent.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(writer::Cmd::Counters);
+        }
     }
 
     /// Stops the writer: flushes everything, saves `seqs` (every channel's

@@ -4,12 +4,18 @@
 //! stored envelopes verbatim, and `text/plain`). A [`Reader`] is its own
 //! read-only connection, used on whatever thread answers the request; it
 //! never blocks the writer (WAL).
+//!
+//! One thread answers every user's queries, so no query may hold it for
+//! long: `q` has at most [`MAX_WORDS`] different words (repeats count once),
+//! and a query still running after [`QUERY_TIMEOUT`] is stopped
+//! ([`StoreError::Timeout`]).
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, ErrorCode, OpenFlags};
 use uuid::Uuid;
 
 use super::db::{from_sql_u64, uuid_from_blob};
@@ -20,6 +26,14 @@ use crate::protocol::{Level, Time};
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest `limit`; larger requests are cut to it.
 pub const MAX_LIMIT: usize = 1000;
+/// Different words in `q` at most (case-insensitive; repeats count once);
+/// more are refused (`400`).
+pub const MAX_WORDS: usize = 16;
+/// How long one query may run; then SQLite stops it, and the endpoint
+/// answers `503` with `Retry-After`.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// SQLite virtual machine steps between two looks at the clock.
+const PROGRESS_STEPS: i32 = 1000;
 
 /// A query for one server's stored logs (section 9).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +54,8 @@ pub struct LogQuery {
     /// Plain words, all required, matched as whole words (case- and
     /// accent-insensitive) in `message` or `exception`. Each word is quoted
     /// for FTS5, so operators and punctuation in it are plain text; words
-    /// without a letter or digit are ignored.
+    /// without a letter or digit are ignored. At most [`MAX_WORDS`]
+    /// different ones ([`search_words`]).
     pub q: Option<String>,
     /// Entries per page: 1..=[`MAX_LIMIT`] (larger is cut, 0 is refused).
     pub limit: usize,
@@ -66,6 +81,8 @@ impl LogQuery {
     /// `http::Request::query_param` does). Unknown parameters are ignored;
     /// empty ones count as absent.
     ///
+    /// `q` keeps each word once (the first spelling, case-insensitively).
+    ///
     /// # Errors
     /// A sentence for the `400` answer naming the bad parameter.
     pub fn from_params(server: Uuid, param: impl Fn(&str) -> Option<String>) -> Result<LogQuery, String> {
@@ -88,6 +105,16 @@ impl LogQuery {
                 _ => return Err("'limit' must be an integer of at least 1".into()),
             },
         };
+        let q = match get("q") {
+            None => None,
+            Some(q) => {
+                let words = search_words(&q);
+                if words.len() > MAX_WORDS {
+                    return Err(too_many_words());
+                }
+                Some(words.join(" ")).filter(|q| !q.is_empty())
+            }
+        };
         Ok(LogQuery {
             server,
             before_seq: seq("before_seq")?,
@@ -95,7 +122,7 @@ impl LogQuery {
             from_ms: time("from")?,
             to_ms: time("to")?,
             min_level,
-            q: get("q"),
+            q,
             limit,
         })
     }
@@ -124,12 +151,23 @@ fn parse_level(v: &str) -> Option<Level> {
     }
 }
 
-/// The FTS5 query for `q`: each whitespace-separated word that has a letter
+/// The words of `q`: split at whitespace, each kept once (the first
+/// spelling; case-insensitive, as both searches are).
+pub fn search_words(q: &str) -> Vec<&str> {
+    let mut seen = std::collections::HashSet::new();
+    q.split_whitespace().filter(|w| seen.insert(w.to_lowercase())).collect()
+}
+
+fn too_many_words() -> String {
+    format!("'q' may have at most {MAX_WORDS} different words")
+}
+
+/// The FTS5 query for `q`: each word ([`search_words`]) that has a letter
 /// or digit becomes a quoted string (`"` doubled), joined by spaces (FTS5's
 /// implicit AND). `None` when no word is left.
 pub fn fts_query(q: &str) -> Option<String> {
-    let words: Vec<String> = q
-        .split_whitespace()
+    let words: Vec<String> = search_words(q)
+        .into_iter()
         .filter(|w| w.chars().any(char::is_alphanumeric))
         .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
         .collect();
@@ -196,7 +234,8 @@ pub fn memory_page<'a>(q: &LogQuery, kept: impl DoubleEndedIterator<Item = (u64,
         data: crate::protocol::LogEntry,
         epoch: String,
     }
-    let words: Vec<String> = q.q.as_deref().unwrap_or_default().split_whitespace().map(str::to_lowercase).collect();
+    let words: Vec<String> =
+        search_words(q.q.as_deref().unwrap_or_default()).into_iter().map(str::to_lowercase).collect();
     let matching = move |(seq, envelope): (u64, &[u8])| -> Option<StoredLog> {
         if q.after_seq.is_some_and(|a| seq <= a) || q.before_seq.is_some_and(|b| seq >= b) {
             return None;
@@ -280,9 +319,14 @@ pub fn render_text(page: &Page) -> String {
 
 /// A read-only connection for queries. `Send`, not `Sync`: one per thread.
 /// Cheap to open; open a new one after an error (the writer may have moved a
-/// broken file aside and started a fresh one at the same path).
+/// broken file aside and started a fresh one at the same path), but not
+/// after a [`StoreError::Timeout`].
 pub struct Reader {
     conn: Connection,
+    /// How long a query may run ([`QUERY_TIMEOUT`]).
+    timeout: Duration,
+    /// While a query runs: when SQLite's progress handler stops it.
+    deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -312,10 +356,29 @@ struct Envelope {
 
 impl Reader {
     pub(super) fn open(path: &Path) -> Result<Reader, StoreError> {
-        let conn =
+        let mut conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(Duration::from_secs(2))?;
-        Ok(Reader { conn })
+        let deadline: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let watched = Arc::clone(&deadline);
+        conn.progress_handler(
+            PROGRESS_STEPS,
+            Some(move || {
+                let deadline = *watched.lock().unwrap_or_else(|e| e.into_inner());
+                deadline.is_some_and(|d| Instant::now() >= d)
+            }),
+        )?;
+        Ok(Reader { conn, timeout: QUERY_TIMEOUT, deadline })
+    }
+
+    /// Sets how long a query may run (tests make it short).
+    #[cfg(test)]
+    pub(super) fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn set_deadline(&self, deadline: Option<Instant>) {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
     }
 
     /// Runs one query (section 9). With `after_seq` alone: the oldest
@@ -333,12 +396,27 @@ impl Reader {
     /// entries of the two runs then interleave by seq.
     ///
     /// # Errors
-    /// [`StoreError::InvalidQuery`] for `limit` 0; [`StoreError::Sqlite`]
-    /// when the database cannot be read.
+    /// [`StoreError::InvalidQuery`] for `limit` 0 or more than
+    /// [`MAX_WORDS`] words; [`StoreError::Timeout`] when it ran past
+    /// [`QUERY_TIMEOUT`] (this reader stays usable);
+    /// [`StoreError::Sqlite`] when the database cannot be read.
     pub fn query(&self, q: &LogQuery) -> Result<Page, StoreError> {
         if q.limit == 0 {
             return Err(StoreError::InvalidQuery("'limit' must be at least 1".into()));
         }
+        if q.q.as_deref().is_some_and(|q| search_words(q).len() > MAX_WORDS) {
+            return Err(StoreError::InvalidQuery(too_many_words()));
+        }
+        self.set_deadline(Some(Instant::now() + self.timeout));
+        let page = self.run(q);
+        self.set_deadline(None);
+        page.map_err(|e| match e.sqlite_error_code() {
+            Some(ErrorCode::OperationInterrupted) => StoreError::Timeout(self.timeout),
+            _ => StoreError::Sqlite(e),
+        })
+    }
+
+    fn run(&self, q: &LogQuery) -> rusqlite::Result<Page> {
         let limit = q.limit.min(MAX_LIMIT);
         let forward = q.is_forward();
         let server = Value::Blob(q.server.as_bytes().to_vec());
@@ -502,6 +580,22 @@ mod tests {
         ] {
             assert!(LogQuery::from_params(server, params(bad)).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn search_words_are_kept_once_and_at_most_16() {
+        let server = Uuid::nil();
+        let q = |text: String| LogQuery::from_params(server, move |n| (n == "q").then(|| text.clone()));
+        // 2,700 copies of a common word fit in a request head: one word.
+        let repeated = "the ".repeat(2700);
+        assert_eq!(q(repeated).unwrap().q.as_deref(), Some("the"));
+        assert_eq!(q("Player joined PLAYER the player".into()).unwrap().q.as_deref(), Some("Player joined the"));
+        let sixteen: Vec<String> = (1..=16).map(|i| format!("w{i}")).collect();
+        assert_eq!(q(sixteen.join(" ")).unwrap().q, Some(sixteen.join(" ")));
+        let seventeen = format!("{} w17", sixteen.join(" "));
+        let e = q(seventeen.clone()).unwrap_err();
+        assert_eq!(e, "'q' may have at most 16 different words");
+        assert_eq!(fts_query("a A a b"), Some("\"a\" \"b\"".into()));
     }
 
     fn entry(seq: u64, message: &str, exception: &str) -> StoredLog {

@@ -602,3 +602,104 @@ fn handles_are_send_and_clone() {
     send::<Reader>();
     send::<StoreError>();
 }
+
+/// The stored offset of `server` after a restart (where its agent stream
+/// resumes).
+fn stored_offset(cfg: &HistoryConfig, server: Uuid) -> Option<u64> {
+    let (store, rec) = open(cfg).unwrap();
+    store.shutdown(Vec::new());
+    rec.offsets.get(&server).copied()
+}
+
+#[test]
+fn a_full_channel_drops_new_entries_and_the_stored_offset_stays_below_them() {
+    let dir = tempdir().unwrap();
+    let cfg = config(db(&dir));
+    let tuning = writer::Tuning { max_queued: 10, ..writer::Tuning::default() };
+    // The writer does not run yet, as when it is stuck in a slow write:
+    // appends must neither wait nor queue without bound.
+    let (store, rec, writer) = prepare(&cfg, tuning).unwrap();
+    let start = Instant::now();
+    for seq in 1..=15 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "flood"));
+    }
+    assert!(start.elapsed() < Duration::from_secs(1), "append waited: {:?}", start.elapsed());
+    let stats = store.stats();
+    assert_eq!((stats.pending, stats.dropped), (10, 5), "the newest 5 are dropped: {stats:?}");
+    writer.start().unwrap();
+    wait_flushed(&store);
+    // Lines after the drop are stored, but the server's offset does not
+    // move past the first dropped line (seq 11, offset 1100): after a
+    // restart the agent sends it again.
+    for seq in 16..=20 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "after the flood"));
+    }
+    store.append(entry(OTHER, &rec.epoch, 1, Level::Info, "another server"));
+    wait_flushed(&store);
+    let page = store.reader().unwrap().query(&LogQuery::new(SERVER)).unwrap();
+    assert_eq!(seqs(&page), (1..=10).chain(16..=20).collect::<Vec<_>>());
+    assert_eq!(store.stats().dropped, 5);
+    assert!(!store.shutdown(Vec::new()), "lines were lost: not clean");
+    assert_eq!(stored_offset(&cfg, SERVER), Some(1000), "the last line before the first dropped one");
+    assert_eq!(stored_offset(&cfg, OTHER), Some(100), "other servers are not held back");
+}
+
+#[test]
+fn a_full_queue_while_writes_fail_keeps_the_stored_offset_below_the_dropped() {
+    let dir = tempdir().unwrap();
+    let state = dir.path().join("state");
+    let cfg = config(state.join("history.db"));
+    let (store, rec) = open(&cfg).unwrap();
+    for seq in 1..=5 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "stored"));
+    }
+    assert!(store.shutdown(Vec::new()));
+    // The database's directory goes missing (a file in its place): writes
+    // fail, and the writer's queue of 10 drops the oldest.
+    let away = dir.path().join("away");
+    std::fs::rename(&state, &away).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    let tuning = writer::Tuning { max_pending: 10, ..writer::Tuning::default() };
+    let (store, rec) = open_with(&cfg, tuning).unwrap();
+    for seq in 6..=20 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "queued"));
+    }
+    wait_until("the drops", Duration::from_secs(5), || store.stats().dropped == 5);
+    std::fs::remove_file(&state).unwrap();
+    std::fs::rename(&away, &state).unwrap();
+    wait_until("recovery", Duration::from_secs(10), || store.stats().stored_entries == 15);
+    store.append(entry(SERVER, &rec.epoch, 21, Level::Info, "later"));
+    wait_flushed(&store);
+    let page = store.reader().unwrap().query(&LogQuery::new(SERVER)).unwrap();
+    assert_eq!(seqs(&page), (1..=5).chain(11..=21).collect::<Vec<_>>(), "6..=10 were dropped");
+    assert!(!store.shutdown(Vec::new()));
+    assert_eq!(stored_offset(&cfg, SERVER), Some(500), "held below the first dropped line (offset 600)");
+}
+
+#[test]
+fn a_query_past_its_deadline_is_stopped_and_the_reader_still_works() {
+    let dir = tempdir().unwrap();
+    let (store, rec) = open(&config(db(&dir))).unwrap();
+    for seq in 1..=20_000 {
+        store.append(entry(SERVER, &rec.epoch, seq, Level::Info, "a player joined a game on a server"));
+        if seq % 5000 == 0 {
+            wait_flushed(&store);
+        }
+    }
+    wait_flushed(&store);
+    let mut reader = store.reader().unwrap();
+    reader.set_timeout(Duration::from_millis(100));
+    // A phrase of 1,000 words that no line holds: FTS5 tries it on every
+    // line with an "a", seconds of work.
+    let slow = LogQuery { q: Some(vec!["a"; 1000].join(".")), ..LogQuery::new(SERVER) };
+    match reader.query(&slow) {
+        Err(StoreError::Timeout(t)) => assert_eq!(t, Duration::from_millis(100)),
+        other => panic!("not stopped: {other:?}"),
+    }
+    let page = reader.query(&LogQuery { limit: 5, ..LogQuery::new(SERVER) }).unwrap();
+    assert_eq!(seqs(&page), (19_996..=20_000).collect::<Vec<_>>(), "the same reader answers the next query");
+    assert_eq!(search(&reader, "player").len(), 100);
+    let too_many = LogQuery { q: Some((1..=17).map(|i| format!("w{i} ")).collect()), ..LogQuery::new(SERVER) };
+    assert!(matches!(reader.query(&too_many), Err(StoreError::InvalidQuery(_))));
+    store.shutdown(Vec::new());
+}

@@ -1,5 +1,6 @@
-//! The writer thread: the only connection that writes. It takes entries and
-//! counters from the channel into a bounded in-memory queue, commits them in
+//! The writer thread: the only connection that writes. It takes entries
+//! from the channel (and the counters the handles saved) into a bounded
+//! in-memory queue, commits them in
 //! batches (every [`COMMIT_INTERVAL`] or [`BATCH`] entries, whichever comes
 //! first), runs retention every [`RETENTION_INTERVAL`] in bounded steps, and
 //! survives every database error: it logs it, counts it, keeps the batch
@@ -11,13 +12,15 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use uuid::Uuid;
 
+use super::batch;
 use super::db::{self, ServerRow};
-use super::{level_to_sql, Shared, StoredLog};
+use super::retention::{self, Retention, RETENTION_INTERVAL};
+use super::{Shared, StoredLog};
 
 /// Entries per transaction at most; a full batch is committed at once.
 pub const BATCH: usize = 1000;
@@ -25,13 +28,8 @@ pub const BATCH: usize = 1000;
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 /// After a failed write, the next attempt comes this much later.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// Retention runs this often (and right after start).
-pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// Rows one retention step deletes at most, so a large clean-up never holds
-/// back commits for long.
-const RETENTION_STEP_ROWS: usize = 5000;
-/// Entries kept in memory while writes fail; over it the oldest is dropped
-/// and counted in `dropped`.
+/// Entries kept in memory while writes fail; over it the oldest is dropped,
+/// counted in `dropped`, and its server's stored offset stays below it.
 pub const MAX_PENDING: usize = 100_000;
 /// Bytes (of envelopes) kept in memory while writes fail; same policy.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
@@ -48,8 +46,9 @@ const LOG_EVERY_FAILURES: u64 = 60;
 pub(super) enum Cmd {
     /// One entry to store.
     Append(StoredLog),
-    /// Seq counters to save (the highest of stored and given wins).
-    Counters(Vec<(String, u64)>),
+    /// Seq counters were saved (`Shared::take_counters`; the highest of
+    /// stored and given wins).
+    Counters,
     /// Flush, save these counters, mark clean, stop; answers whether the
     /// clean flag was written.
     Shutdown {
@@ -60,32 +59,32 @@ pub(super) enum Cmd {
     },
 }
 
-/// Caps of the in-memory queue (tests make them small).
+/// Caps of the channel and of the in-memory queue (tests make them small).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tuning {
-    /// Entries at most.
+    /// Entries in the queue at most.
     pub max_pending: usize,
-    /// Envelope bytes at most.
+    /// Envelope bytes in the queue at most.
     pub max_pending_bytes: usize,
+    /// Entries in the channel at most.
+    pub max_queued: usize,
+    /// Envelope bytes in the channel at most.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { max_pending: MAX_PENDING, max_pending_bytes: MAX_PENDING_BYTES }
+        Tuning {
+            max_pending: MAX_PENDING,
+            max_pending_bytes: MAX_PENDING_BYTES,
+            max_queued: super::MAX_QUEUED,
+            max_queued_bytes: super::MAX_QUEUED_BYTES,
+        }
     }
 }
 
 /// A shutdown's counters and where to answer.
 type ShutdownRequest = (Vec<(String, u64)>, Sender<bool>);
-
-/// Retention limits; 0 turns one off.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Retention {
-    /// Entries older than this (by their time) are deleted.
-    pub max_age_ms: i64,
-    /// Per server, oldest entries are deleted while its bytes exceed this.
-    pub max_bytes: u64,
-}
 
 /// The writer's state. See the module docs.
 pub(super) struct Writer {
@@ -111,19 +110,6 @@ pub(super) struct Writer {
     /// was moved aside): the next start must not keep the epoch.
     lost: bool,
     shared: Arc<Shared>,
-}
-
-/// Per-server changes of one batch.
-#[derive(Default)]
-struct Delta {
-    entries: u64,
-    bytes: u64,
-    last_offset: u64,
-    max_seq: u64,
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl Writer {
@@ -208,21 +194,26 @@ impl Writer {
     fn take(&mut self, cmd: Cmd) -> Option<ShutdownRequest> {
         match cmd {
             Cmd::Append(log) => {
-                self.pending_bytes += log.envelope.len();
+                let bytes = log.envelope.len();
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.pending_bytes += bytes;
                 self.pending.push_back((Instant::now(), log));
                 self.enforce_cap();
                 None
             }
-            Cmd::Counters(seqs) => {
-                self.merge_counters(seqs);
+            Cmd::Counters => {
+                let saved = self.shared.take_counters();
+                self.merge_counters(saved);
                 None
             }
             Cmd::Shutdown { seqs, done } => Some((seqs, done)),
         }
     }
 
-    fn merge_counters(&mut self, seqs: Vec<(String, u64)>) {
-        if seqs.is_empty() {
+    fn merge_counters(&mut self, seqs: impl IntoIterator<Item = (String, u64)>) {
+        let mut seqs = seqs.into_iter().peekable();
+        if seqs.peek().is_none() {
             return;
         }
         for (channel, seq) in seqs {
@@ -233,14 +224,14 @@ impl Writer {
     }
 
     /// Drops the oldest pending entries over [`MAX_PENDING`] /
-    /// [`MAX_PENDING_BYTES`].
+    /// [`MAX_PENDING_BYTES`]; their servers' stored offsets stay below them.
     fn enforce_cap(&mut self) {
-        let Tuning { max_pending, max_pending_bytes } = self.tuning;
+        let Tuning { max_pending, max_pending_bytes, .. } = self.tuning;
         while self.pending.len() > max_pending || (self.pending_bytes > max_pending_bytes && self.pending.len() > 1) {
             let Some((_, old)) = self.pending.pop_front() else { break };
             self.pending_bytes -= old.envelope.len();
             self.shared.pending.fetch_sub(1, Ordering::Relaxed);
-            let dropped = self.shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.shared.lose(&old);
             if !self.lost || dropped.is_power_of_two() {
                 log::warn!(
                     "history: {} entries waiting for the database; dropping the oldest ({dropped} dropped so far)",
@@ -337,7 +328,14 @@ impl Writer {
         let Some(conn) = self.conn.as_mut() else {
             return Err(rusqlite::Error::InvalidPath(self.path.clone()));
         };
-        let deltas = write_batch(conn, &self.epoch, self.marked, self.pending.iter().take(n), &self.counters, clean)?;
+        let batch = batch::Batch {
+            epoch: &self.epoch,
+            marked: self.marked,
+            counters: &self.counters,
+            held_offsets: &self.shared.held_offsets(),
+            clean,
+        };
+        let deltas = batch::write(conn, &batch, self.pending.iter().take(n))?;
         self.marked = true;
         for _ in 0..n {
             if let Some((_, log)) = self.pending.pop_front() {
@@ -420,18 +418,22 @@ impl Writer {
         self.marked = false;
     }
 
+    /// One retention step ([`retention::step`]); after the last one of a
+    /// pass, index upkeep and the next pass in [`RETENTION_INTERVAL`].
     fn retention(&mut self, now: Instant) {
-        let result = self.ensure_conn().and_then(|()| self.retention_step());
+        let result = self.ensure_conn().and_then(|()| match self.conn.as_mut() {
+            Some(conn) => retention::step(conn, self.retention, &mut self.servers),
+            None => Ok(false),
+        });
         match result {
             Ok(more) => {
+                self.publish_sizes();
                 self.succeeded();
                 self.retention_more = more;
                 if !more {
                     self.next_retention = now + RETENTION_INTERVAL;
                     if let Some(conn) = &self.conn {
-                        if let Err(e) = db::merge_fts(conn).and_then(|()| conn.execute_batch("PRAGMA optimize")) {
-                            log::debug!("history: index upkeep: {e}");
-                        }
+                        retention::upkeep(conn);
                     }
                 }
             }
@@ -443,86 +445,6 @@ impl Writer {
         }
     }
 
-    /// Deletes at most [`RETENTION_STEP_ROWS`] rows that are too old or over
-    /// a server's byte budget, oldest first, in one transaction. Returns
-    /// whether more may be left.
-    fn retention_step(&mut self) -> rusqlite::Result<bool> {
-        let Some(conn) = self.conn.as_mut() else { return Ok(false) };
-        let Retention { max_age_ms, max_bytes } = self.retention;
-        let cutoff = now_unix_ms().saturating_sub(max_age_ms);
-        let mut budget = RETENTION_STEP_ROWS;
-        let mut changes: Vec<(Uuid, u64, u64)> = Vec::new();
-        let tx = conn.transaction()?;
-        {
-            let mut by_age = tx.prepare_cached(
-                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE server = ?1 AND ts < ?2 LIMIT ?3) \
-                 RETURNING bytes",
-            )?;
-            let mut oldest =
-                tx.prepare_cached("SELECT seq, bytes FROM logs WHERE server = ?1 ORDER BY seq LIMIT ?2")?;
-            let mut up_to = tx.prepare_cached("DELETE FROM logs WHERE server = ?1 AND seq <= ?2 RETURNING bytes")?;
-            let sum = |rows: rusqlite::Rows<'_>| -> rusqlite::Result<(u64, u64)> {
-                let mut rows = rows;
-                let (mut n, mut bytes) = (0u64, 0u64);
-                while let Some(row) = rows.next()? {
-                    n += 1;
-                    bytes += db::from_sql_u64(row.get(0)?);
-                }
-                Ok((n, bytes))
-            };
-            for (&server, row) in &self.servers {
-                if budget == 0 {
-                    break;
-                }
-                let key = &server.as_bytes()[..];
-                let (mut n, mut bytes) = (0, 0);
-                if max_age_ms > 0 && row.entries > 0 {
-                    (n, bytes) = sum(by_age.query(params![key, cutoff, budget as i64])?)?;
-                    budget -= n as usize;
-                }
-                let left = row.bytes.saturating_sub(bytes);
-                if max_bytes > 0 && left > max_bytes && budget > 0 {
-                    let excess = left - max_bytes;
-                    let mut freed = 0;
-                    let mut last = None;
-                    let mut rows = oldest.query(params![key, budget as i64])?;
-                    while let Some(r) = rows.next()? {
-                        last = Some(r.get::<_, i64>(0)?);
-                        freed += db::from_sql_u64(r.get(1)?);
-                        if freed >= excess {
-                            break;
-                        }
-                    }
-                    drop(rows);
-                    if let Some(last) = last {
-                        let (n2, bytes2) = sum(up_to.query(params![key, last])?)?;
-                        budget = budget.saturating_sub(n2 as usize);
-                        n += n2;
-                        bytes += bytes2;
-                    }
-                }
-                if n > 0 {
-                    changes.push((server, n, bytes));
-                }
-            }
-            let mut update =
-                tx.prepare_cached("UPDATE servers SET entries = entries - ?2, bytes = bytes - ?3 WHERE server = ?1")?;
-            for (server, n, bytes) in &changes {
-                update.execute(params![&server.as_bytes()[..], db::to_sql_u64(*n), db::to_sql_u64(*bytes)])?;
-            }
-        }
-        tx.commit()?;
-        for (server, n, bytes) in changes {
-            if let Some(row) = self.servers.get_mut(&server) {
-                row.entries = row.entries.saturating_sub(n);
-                row.bytes = row.bytes.saturating_sub(bytes);
-            }
-            log::debug!("history: retention deleted {n} entries ({bytes} bytes) of server {server}");
-        }
-        self.publish_sizes();
-        Ok(budget == 0)
-    }
-
     /// Shutdown (or every handle gone): writes everything pending within
     /// [`SHUTDOWN_BUDGET`], then the counters and, when `clean` is asked and
     /// nothing of this run was lost, the clean flag, all in the last
@@ -530,10 +452,14 @@ impl Writer {
     fn finish(&mut self, seqs: Vec<(String, u64)>, clean: bool) -> bool {
         let deadline = Instant::now() + SHUTDOWN_BUDGET;
         self.merge_counters(seqs);
+        let saved = self.shared.take_counters();
+        self.merge_counters(saved);
+        // An entry dropped anywhere (channel, queue) is a hole in this epoch.
+        let lost = self.lost || self.shared.dropped.load(Ordering::Relaxed) > 0;
         loop {
             let n = self.pending.len().min(BATCH);
             let last = n == self.pending.len();
-            let mark_clean = clean && last && !self.lost;
+            let mark_clean = clean && last && !lost;
             if n == 0 && self.counters.is_empty() && !mark_clean {
                 break;
             }
@@ -592,79 +518,4 @@ impl Writer {
         self.shared.stored_entries.store(entries, Ordering::Relaxed);
         self.shared.stored_bytes.store(bytes, Ordering::Relaxed);
     }
-}
-
-/// One transaction: the meta row (unless already written on this
-/// connection), the entries, per server its size and last offset, the logs
-/// channels' counters (raised to the batch's highest seq), the saved
-/// counters, and the clean flag when asked.
-fn write_batch<'a>(
-    conn: &mut Connection,
-    epoch: &str,
-    marked: bool,
-    entries: impl Iterator<Item = &'a (Instant, StoredLog)>,
-    counters: &HashMap<String, u64>,
-    clean: bool,
-) -> rusqlite::Result<HashMap<Uuid, Delta>> {
-    let tx = conn.transaction()?;
-    if !marked {
-        db::mark(&tx, epoch, false)?;
-    }
-    let mut deltas: HashMap<Uuid, Delta> = HashMap::new();
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO logs (server, epoch, seq, ts, level, envelope, agent_offset, bytes) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        let mut words = tx.prepare_cached(db::FTS_INSERT)?;
-        for (_, log) in entries {
-            let bytes = log.envelope.len() as u64;
-            insert.execute(params![
-                &log.server.as_bytes()[..],
-                log.epoch,
-                db::to_sql_u64(log.seq),
-                log.ts_ms,
-                level_to_sql(log.level),
-                log.envelope,
-                db::to_sql_u64(log.offset),
-                db::to_sql_u64(bytes),
-            ])?;
-            words.execute(params![tx.last_insert_rowid(), log.message, log.exception])?;
-            let d = deltas.entry(log.server).or_default();
-            d.entries += 1;
-            d.bytes += bytes;
-            if log.offset != 0 {
-                d.last_offset = log.offset;
-            }
-            d.max_seq = d.max_seq.max(log.seq);
-        }
-    }
-    {
-        let mut server = tx.prepare_cached(
-            "INSERT INTO servers (server, entries, bytes, last_offset) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT(server) DO UPDATE SET entries = entries + excluded.entries, bytes = bytes + excluded.bytes, \
-             last_offset = CASE WHEN excluded.last_offset != 0 THEN excluded.last_offset ELSE last_offset END",
-        )?;
-        let mut counter = tx.prepare_cached(
-            "INSERT INTO counters (channel, seq) VALUES (?1, ?2) \
-             ON CONFLICT(channel) DO UPDATE SET seq = max(seq, excluded.seq)",
-        )?;
-        for (id, d) in &deltas {
-            server.execute(params![
-                &id.as_bytes()[..],
-                db::to_sql_u64(d.entries),
-                db::to_sql_u64(d.bytes),
-                db::to_sql_u64(d.last_offset)
-            ])?;
-            counter.execute(params![db::logs_channel(*id), db::to_sql_u64(d.max_seq)])?;
-        }
-        for (channel, seq) in counters {
-            counter.execute(params![channel, db::to_sql_u64(*seq)])?;
-        }
-    }
-    if clean {
-        db::mark(&tx, epoch, true)?;
-    }
-    tx.commit()?;
-    Ok(deltas)
 }

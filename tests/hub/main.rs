@@ -20,6 +20,7 @@
 //! - `disk`: on-disk history: restarts, SIGKILL, full disk, broken file, stored logs endpoint
 //! - `end_to_end`: aymc-agent + aymc-hub + a client, lines appended to a log file
 //! - `walkthrough`: the seed's manual tests 1-8 as PROTOCOL.md adapts them
+//! - `extremes`: slow stored-log queries, out-of-range config values, token times at the integers' ends
 
 mod fake_agent;
 mod support;
@@ -31,6 +32,7 @@ mod connect;
 mod disk;
 mod end_to_end;
 mod expiry;
+mod extremes;
 mod faults;
 mod hardening;
 mod history;

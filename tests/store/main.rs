@@ -306,7 +306,7 @@ fn ingest(store: &Store, epoch: &str, total: u64) -> f64 {
         let (message, exception) = bench_line(seq);
         store.append(entry(epoch, seq, &message, &exception));
         if seq.is_multiple_of(1000) {
-            while store.stats().pending > 50_000 {
+            while store.stats().pending > 40_000 {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
