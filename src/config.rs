@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::proxy::Cidr;
+
 /// A configuration or command-line error: one line for stderr, exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -204,6 +206,11 @@ pub struct ServerConfig {
 pub struct Config {
     /// Address the hub listens on.
     pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` (or PROXY header) names the client
+    /// (PROTOCOL.md 1, behind a reverse proxy).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// `[auth]`
     pub auth: AuthConfig,
     /// `[limits]`
@@ -222,6 +229,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             auth: AuthConfig::default(),
             limits: Limits::default(),
             monitor: MonitorConfig::default(),
@@ -426,6 +435,9 @@ impl Config {
             if agent.address.is_empty() {
                 return err(format!("agents: agent '{}' has an empty address", agent.id));
             }
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return err("proxy_protocol = true needs trusted_proxies: only their connections carry a PROXY header");
         }
         let mut seen = std::collections::HashSet::new();
         for server in &self.servers {

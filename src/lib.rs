@@ -22,6 +22,7 @@
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
+//! | [`proxy`] | behind a reverse proxy: `trusted_proxies` CIDRs, `X-Forwarded-For`, PROXY protocol headers |
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
 //! | [`agent`] | the agent thread: gRPC streams and health monitor → events for the reactor |
@@ -50,6 +51,7 @@ pub mod logs_api;
 pub mod outq;
 pub mod proto;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod stats;
 pub mod store;
