@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use crate::auth::Authenticator;
+use crate::caps::Caps;
 use crate::config::Config;
 use crate::connlog::ConnLog;
 use crate::hub::Hub;
@@ -29,6 +30,8 @@ pub struct App {
     pub started: Instant,
     /// Open connections (stats).
     pub connections: usize,
+    /// What the connection caps count.
+    pub caps: Caps,
     /// Connect and disconnect lines, summed up during storms.
     pub connlog: ConnLog,
 }

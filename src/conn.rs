@@ -12,6 +12,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::caps::Counted;
 use crate::http::Request;
 use crate::ws::Decoder;
 
@@ -152,8 +153,9 @@ pub struct Conn {
     pub serial: u64,
     /// Where it is in its life.
     pub phase: Phase,
-    /// Counted toward the connection caps (not marked for `503`).
-    pub counted: bool,
+    /// What it holds of the connection caps' counts (`None`: marked for
+    /// `503`).
+    pub counted: Option<Counted>,
     /// The interest registered now.
     pub registered: Interest,
     /// Last time bytes arrived.
@@ -166,8 +168,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A freshly accepted connection, registered READABLE.
-    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, reject: bool, now: Instant) -> Conn {
+    /// A freshly accepted connection, registered READABLE; without
+    /// `counted` it is over a cap and gets `503` after its head.
+    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, counted: Option<Counted>, now: Instant) -> Conn {
         Conn {
             stream,
             peer,
@@ -175,12 +178,12 @@ impl Conn {
             phase: Phase::Http(Box::new(HttpState {
                 buf: Vec::new(),
                 since: now,
-                reject,
+                reject: counted.is_none(),
                 served: false,
                 body: None,
                 waiting: None,
             })),
-            counted: !reject,
+            counted,
             registered: Interest::READABLE,
             last_read: now,
             stall: None,

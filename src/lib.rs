@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | [`config`] | command line, `AYMC_*` environment, TOML file → validated [`config::Config`] |
 //! | [`reactor`] | the `mio` loop only: listener, sockets (slab), reads into one buffer, outcomes, flushes, timers, signals, waker |
+//! | [`caps`] | the connection caps: counted in all and per client IP |
 //! | [`conn`] | one connection's socket side: the state machine (`Http` → `WebSocket` → `Closing`), [`conn::Outcome`], its interest |
 //! | [`app`] | what handlers work with: the hub, the token checker, the config, agent states, the query thread |
 //! | [`endpoints`] | the HTTP side: pipelined requests, publish bodies, routing, endpoint handlers, upgrade checks |
@@ -38,6 +39,7 @@ pub mod agent;
 pub mod agentd;
 pub mod app;
 pub mod auth;
+pub mod caps;
 pub mod client;
 pub mod config;
 pub mod conn;
