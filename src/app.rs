@@ -13,6 +13,7 @@ use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::AgentState;
 use crate::logs_api::Queries;
+use crate::proxy;
 
 /// See the module docs.
 pub struct App {
@@ -32,6 +33,8 @@ pub struct App {
     pub connections: usize,
     /// What the connection caps count.
     pub caps: Caps,
+    /// Proxied connections' refusals and fallbacks (stats).
+    pub proxied: proxy::Counters,
     /// Connect and disconnect lines, summed up during storms.
     pub connlog: ConnLog,
 }

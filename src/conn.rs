@@ -14,6 +14,7 @@ use mio::Interest;
 
 use crate::caps::Counted;
 use crate::http::Request;
+use crate::proxy::{Remote, Source, Via};
 use crate::ws::Decoder;
 
 /// Why a connection ends; logged at disconnect.
@@ -147,8 +148,13 @@ pub enum Phase {
 pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
-    /// The peer.
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// How its client's address is learned (the peer may be a trusted
+    /// proxy).
+    pub via: Via,
+    /// The client a trusted proxy named (`None`: the peer is the client).
+    pub source: Option<Source>,
     /// Unique for the life of the process (slab keys are reused).
     pub serial: u64,
     /// Where it is in its life.
@@ -170,10 +176,19 @@ pub struct Conn {
 impl Conn {
     /// A freshly accepted connection, registered READABLE; without
     /// `counted` it is over a cap and gets `503` after its head.
-    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, counted: Option<Counted>, now: Instant) -> Conn {
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        via: Via,
+        serial: u64,
+        counted: Option<Counted>,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
             peer,
+            via,
+            source: None,
             serial,
             phase: Phase::Http(Box::new(HttpState {
                 buf: Vec::new(),
@@ -189,6 +204,11 @@ impl Conn {
             stall: None,
             paused: false,
         }
+    }
+
+    /// Who it is from, for log lines.
+    pub fn remote(&self) -> Remote {
+        Remote { peer: self.peer, source: self.source }
     }
 
     /// Still sending a request head (also an idle keep-alive connection).

@@ -185,6 +185,17 @@ pub fn forwarded_ip(entry: &str) -> Option<IpAddr> {
     Some(ip.to_canonical())
 }
 
+/// What `/api/v1/stats` and `/metrics` show about proxied connections.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Request heads from a trusted proxy whose last `X-Forwarded-For`
+    /// entry was not an address (the peer was taken as the client).
+    pub forwarded_fallbacks: u64,
+    /// Connections from a trusted proxy closed for a missing, malformed or
+    /// too long PROXY header.
+    pub headers_refused: u64,
+}
+
 /// A PROXY protocol header at the start of a connection's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preamble {

@@ -38,6 +38,7 @@ use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::{AgentState, Event, Link};
 use crate::logs_api::Queries;
+use crate::proxy::Via;
 use crate::store::{Recovered, Store};
 use crate::{dispatch, endpoints, ws};
 
@@ -192,8 +193,18 @@ impl Reactor {
             .collect();
         let now = Instant::now();
         let caps = Caps::new(&cfg.limits);
-        let app =
-            App { hub, auth, cfg, agents, queries, started: now, connections: 0, caps, connlog: ConnLog::new(now) };
+        let app = App {
+            hub,
+            auth,
+            cfg,
+            agents,
+            queries,
+            started: now,
+            connections: 0,
+            caps,
+            proxied: Default::default(),
+            connlog: ConnLog::new(now),
+        };
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -379,12 +390,15 @@ impl Reactor {
                 warn!("cannot register connection from {peer}: {e}");
                 continue;
             }
-            let counted = self.app.caps.admit(Some(peer.ip()));
+            let cfg = &self.app.cfg;
+            let via = Via::of(peer.ip(), &cfg.trusted_proxies, cfg.proxy_protocol);
+            // A trusted proxy's client is counted per IP once it is named.
+            let counted = self.app.caps.admit((via == Via::Direct).then_some(peer.ip()));
             if counted.is_none() {
                 debug!("connection from {peer} over the cap; it will get 503");
             }
             self.serials += 1;
-            entry.insert(Conn::new(stream, peer, self.serials, counted, now));
+            entry.insert(Conn::new(stream, peer, via, self.serials, counted, now));
             self.app.hub.connect(key);
             self.app.connections += 1;
             self.pending.push_back((key, self.serials));
@@ -576,15 +590,17 @@ impl Reactor {
         }
         let session = self.app.hub.end_session(key);
         self.app.hub.disconnect(key);
+        let remote = conn.remote();
         let who = match conn.phase {
             Phase::Closing(closing) => closing.who,
             _ => session.map(|s| s.describe()),
         };
         match who {
-            Some(who) => self.app.connlog.disconnected(Instant::now(), || {
-                format!("client disconnected: user {who} from {}: {reason}", conn.peer)
-            }),
-            None => debug!("connection from {} closed: {reason}", conn.peer),
+            Some(who) => self
+                .app
+                .connlog
+                .disconnected(Instant::now(), || format!("client disconnected: user {who} from {remote}: {reason}")),
+            None => debug!("connection from {remote} closed: {reason}"),
         }
     }
 

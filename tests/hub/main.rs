@@ -12,6 +12,7 @@
 //! - `expiry`: `TOKEN_EXPIRING`, `4001`, in-band `auth` (1, 4, 5b)
 //! - `http_api`: `/healthz`, `/api/v1/stats`, `/metrics`, HTTP errors (1, 9)
 //! - `shutdown`: SIGTERM / SIGINT (10)
+//! - `proxies`: `trusted_proxies`, `X-Forwarded-For`, PROXY protocol headers (1)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
 //! - `history`: `since` recovery, `history` paging, bounded rings (5a)
@@ -33,6 +34,7 @@ mod history;
 mod http_api;
 mod keys;
 mod limits;
+mod proxies;
 mod shutdown;
 mod subscribe;
 mod walkthrough;
