@@ -14,7 +14,7 @@ use mio::Interest;
 
 use crate::caps::Counted;
 use crate::http::Request;
-use crate::proxy::{Remote, Source, Via};
+use crate::proxy::{ProxyError, Remote, Source, Via};
 use crate::ws::Decoder;
 
 /// Why a connection ends; logged at disconnect.
@@ -35,6 +35,10 @@ pub enum Reason {
     /// An HTTP exchange ended (response sent with `Connection: close`, or
     /// an idle keep-alive connection timed out).
     HttpDone,
+    /// A trusted proxy's PROXY protocol header was missing (also: not
+    /// complete within `head_timeout_s`), malformed or too long; closed
+    /// without an answer.
+    ProxyHeader(ProxyError),
 }
 
 impl std::fmt::Display for Reason {
@@ -47,6 +51,7 @@ impl std::fmt::Display for Reason {
             Reason::Io(e) => write!(f, "socket error: {e}"),
             Reason::Shutdown => f.write_str("hub shutting down"),
             Reason::HttpDone => f.write_str("http exchange done"),
+            Reason::ProxyHeader(e) => e.fmt(f),
         }
     }
 }
@@ -86,6 +91,10 @@ pub struct HttpState {
     pub since: Instant,
     /// Accepted over a connection cap: answer `503` once the head is read.
     pub reject: bool,
+    /// A PROXY protocol header must come first (a trusted proxy with
+    /// `proxy_protocol`); at most [`V2_MAX`](crate::proxy::V2_MAX) bytes
+    /// are looked at for it.
+    pub preamble: bool,
     /// At least one request was answered on this connection.
     pub served: bool,
     /// A publish body being read.
@@ -194,6 +203,7 @@ impl Conn {
                 buf: Vec::new(),
                 since: now,
                 reject: counted.is_none(),
+                preamble: via == Via::ProxyHeader,
                 served: false,
                 body: None,
                 waiting: None,

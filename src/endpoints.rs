@@ -19,7 +19,7 @@ use crate::conn::{Conn, HttpState, Outcome, PendingBody, Phase, Reason, WsState}
 use crate::http::{self, HttpError, Request, Route, TokenSource};
 use crate::logs_api;
 use crate::protocol::{Channel, Publish};
-use crate::proxy::{self, Source, Via};
+use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
 use crate::{dispatch, stats};
 
@@ -27,7 +27,36 @@ use crate::{dispatch, stats};
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     http.buf.extend_from_slice(bytes);
+    if http.preamble {
+        if let Some(outcome) = preamble(app, conn) {
+            return outcome;
+        }
+    }
     process(app, key, conn, now)
+}
+
+/// A trusted proxy with `proxy_protocol` starts the connection with a
+/// PROXY header naming the client (then `X-Forwarded-For` is ignored);
+/// the connection is counted under the client's IP from then on. `None`
+/// once the header is read (request heads may follow), else the outcome
+/// for now: `Keep` while it is incomplete, `Drop` without an answer when
+/// it is refused.
+fn preamble(app: &mut App, conn: &mut Conn) -> Option<Outcome> {
+    let Phase::Http(http) = &mut conn.phase else { return Some(Outcome::Keep) };
+    match proxy::parse_preamble(&http.buf) {
+        Ok(Preamble::Partial) => Some(Outcome::Keep),
+        Err(e) => {
+            app.proxied.headers_refused += 1;
+            Some(Outcome::Drop(Reason::ProxyHeader(e)))
+        }
+        Ok(Preamble::Done { source, len }) => {
+            http.buf.drain(..len.min(http.buf.len()));
+            http.preamble = false;
+            conn.source = source;
+            count_client(app, conn);
+            None
+        }
+    }
 }
 
 /// The answer of the query thread for a request that waits for it.
@@ -48,6 +77,10 @@ pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outc
     let timeout = std::time::Duration::from_secs(app.cfg.limits.head_timeout_s);
     if now.duration_since(http.since) < timeout {
         return Outcome::Keep;
+    }
+    if http.preamble {
+        app.proxied.headers_refused += 1;
+        return Outcome::Drop(Reason::ProxyHeader(ProxyError::Missing));
     }
     if http.waiting.is_some() {
         return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")])
