@@ -8,11 +8,13 @@
 use std::time::Instant;
 
 use crate::auth::Authenticator;
+use crate::caps::Caps;
 use crate::config::Config;
 use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::AgentState;
 use crate::logs_api::Queries;
+use crate::proxy;
 
 /// See the module docs.
 pub struct App {
@@ -30,6 +32,10 @@ pub struct App {
     pub started: Instant,
     /// Open connections (stats).
     pub connections: usize,
+    /// What the connection caps count.
+    pub caps: Caps,
+    /// Proxied connections' refusals and fallbacks (stats).
+    pub proxied: proxy::Counters,
     /// Connect and disconnect lines, summed up during storms.
     pub connlog: ConnLog,
 }

@@ -11,6 +11,8 @@ use aymc_cli::{flag_value, read_toml, split_flag};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::proxy::Cidr;
+
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
@@ -246,6 +248,11 @@ pub struct ServerConfig {
 pub struct Config {
     /// Address the hub listens on.
     pub listen: SocketAddr,
+    /// Peers whose `X-Forwarded-For` (or PROXY header) names the client
+    /// (PROTOCOL.md 1, behind a reverse proxy).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connections from `trusted_proxies` start with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// `[auth]`
     pub auth: AuthConfig,
     /// `[limits]`
@@ -264,6 +271,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             auth: AuthConfig::default(),
             limits: Limits::default(),
             monitor: MonitorConfig::default(),
@@ -438,6 +447,9 @@ impl Config {
             if agent.address.is_empty() {
                 return err(format!("agents: agent '{}' has an empty address", agent.id));
             }
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return err("proxy_protocol = true needs trusted_proxies: only their connections carry a PROXY header");
         }
         let mut seen = std::collections::HashSet::new();
         for server in &self.servers {

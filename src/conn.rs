@@ -13,7 +13,9 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::caps::Counted;
 use crate::http::Request;
+use crate::proxy::{ProxyError, Remote, Source, Via};
 use crate::ws::Decoder;
 
 /// Why a connection ends; logged at disconnect.
@@ -34,6 +36,10 @@ pub enum Reason {
     /// An HTTP exchange ended (response sent with `Connection: close`, or
     /// an idle keep-alive connection timed out).
     HttpDone,
+    /// A trusted proxy's PROXY protocol header was missing (also: not
+    /// complete within `head_timeout_s`), malformed or too long; closed
+    /// without an answer.
+    ProxyHeader(ProxyError),
 }
 
 impl std::fmt::Display for Reason {
@@ -46,6 +52,7 @@ impl std::fmt::Display for Reason {
             Reason::Io(e) => write!(f, "socket error: {e}"),
             Reason::Shutdown => f.write_str("hub shutting down"),
             Reason::HttpDone => f.write_str("http exchange done"),
+            Reason::ProxyHeader(e) => e.fmt(f),
         }
     }
 }
@@ -85,6 +92,10 @@ pub struct HttpState {
     pub since: Instant,
     /// Accepted over a connection cap: answer `503` once the head is read.
     pub reject: bool,
+    /// A PROXY protocol header must come first (a trusted proxy with
+    /// `proxy_protocol`); at most [`V2_MAX`](crate::proxy::V2_MAX) bytes
+    /// are looked at for it.
+    pub preamble: bool,
     /// At least one request was answered on this connection.
     pub served: bool,
     /// A publish body being read.
@@ -147,14 +158,20 @@ pub enum Phase {
 pub struct Conn {
     /// The socket.
     pub stream: TcpStream,
-    /// The peer.
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// How its client's address is learned (the peer may be a trusted
+    /// proxy).
+    pub via: Via,
+    /// The client a trusted proxy named (`None`: the peer is the client).
+    pub source: Option<Source>,
     /// Unique for the life of the process (slab keys are reused).
     pub serial: u64,
     /// Where it is in its life.
     pub phase: Phase,
-    /// Counted toward the connection caps (not marked for `503`).
-    pub counted: bool,
+    /// What it holds of the connection caps' counts (`None`: marked for
+    /// `503`).
+    pub counted: Option<Counted>,
     /// The interest registered now.
     pub registered: Interest,
     /// Last time bytes arrived.
@@ -167,26 +184,42 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A freshly accepted connection, registered READABLE.
-    pub fn new(stream: TcpStream, peer: SocketAddr, serial: u64, reject: bool, now: Instant) -> Conn {
+    /// A freshly accepted connection, registered READABLE; without
+    /// `counted` it is over a cap and gets `503` after its head.
+    pub fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        via: Via,
+        serial: u64,
+        counted: Option<Counted>,
+        now: Instant,
+    ) -> Conn {
         Conn {
             stream,
             peer,
+            via,
+            source: None,
             serial,
             phase: Phase::Http(Box::new(HttpState {
                 buf: Vec::new(),
                 since: now,
-                reject,
+                reject: counted.is_none(),
+                preamble: via == Via::ProxyHeader,
                 served: false,
                 body: None,
                 waiting: None,
             })),
-            counted: !reject,
+            counted,
             registered: Interest::READABLE,
             last_read: now,
             stall: None,
             paused: false,
         }
+    }
+
+    /// Who it is from, for log lines.
+    pub fn remote(&self) -> Remote {
+        Remote { peer: self.peer, source: self.source }
     }
 
     /// Still sending a request head (also an idle keep-alive connection).

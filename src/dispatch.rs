@@ -4,7 +4,6 @@
 //! entry point returns the connection's [`Outcome`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::{debug, info, warn};
@@ -14,15 +13,16 @@ use crate::app::App;
 use crate::client::Rate;
 use crate::conn::{Conn, Outcome, Phase, Reason};
 use crate::protocol::{self, ClientMessage, ErrorCode};
+use crate::proxy::Remote;
 use crate::ws::{self, Decoder, Incoming};
 
 /// Bytes arrived on an upgraded connection. Whole frames are decoded in
 /// place; an incomplete one is kept for the next read.
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &mut [u8], now: Instant) -> Outcome {
-    let peer = conn.peer;
+    let remote = conn.remote();
     let Phase::WebSocket(ws) = &mut conn.phase else { return Outcome::Keep };
     if ws.partial.is_empty() {
-        let used = match frames(app, key, peer, &mut ws.decoder, bytes, now) {
+        let used = match frames(app, key, remote, &mut ws.decoder, bytes, now) {
             Ok(used) => used,
             Err(outcome) => return outcome,
         };
@@ -30,7 +30,7 @@ pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &mut [u8], no
     } else {
         let mut partial = std::mem::take(&mut ws.partial);
         partial.extend_from_slice(bytes);
-        let used = match frames(app, key, peer, &mut ws.decoder, &mut partial, now) {
+        let used = match frames(app, key, remote, &mut ws.decoder, &mut partial, now) {
             Ok(used) => used,
             Err(outcome) => return outcome,
         };
@@ -47,7 +47,7 @@ pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &mut [u8], no
 fn frames(
     app: &mut App,
     key: usize,
-    peer: SocketAddr,
+    remote: Remote,
     decoder: &mut Decoder,
     buf: &mut [u8],
     now: Instant,
@@ -66,7 +66,7 @@ fn frames(
             Ok(Some((used, message))) => {
                 pos += used;
                 if let Some(message) = message {
-                    match on_message(app, key, peer, message, now) {
+                    match on_message(app, key, remote, message, now) {
                         Outcome::Keep => {}
                         outcome => return Err(outcome),
                     }
@@ -100,7 +100,7 @@ pub fn check_token(app: &mut App, key: usize, unix_now: i64) -> Option<Outcome> 
 }
 
 /// Handles one message.
-fn on_message(app: &mut App, key: usize, peer: SocketAddr, message: Incoming<'_>, now: Instant) -> Outcome {
+fn on_message(app: &mut App, key: usize, remote: Remote, message: Incoming<'_>, now: Instant) -> Outcome {
     let text = match message {
         Incoming::Ping(payload) => {
             app.hub.queue(key, ws::control(Control::Pong, payload));
@@ -130,7 +130,7 @@ fn on_message(app: &mut App, key: usize, peer: SocketAddr, message: Incoming<'_>
             return Outcome::Keep;
         }
         Rate::Abuse => {
-            warn!("closing {} from {peer}: sustained rate-limit abuse", session.describe());
+            warn!("closing {} from {remote}: sustained rate-limit abuse", session.describe());
             return close(app, key, 1008, "rate limit exceeded");
         }
     }

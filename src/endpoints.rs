@@ -9,6 +9,7 @@
 use std::rc::Rc;
 use std::time::Instant;
 
+use log::debug;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -19,6 +20,7 @@ use crate::conn::{Conn, HttpState, Outcome, PendingBody, Phase, Reason, WsState}
 use crate::http::{self, HttpError, Request, Route, TokenSource};
 use crate::logs_api;
 use crate::protocol::{Channel, Publish};
+use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
 use crate::{dispatch, stats};
 
@@ -26,7 +28,36 @@ use crate::{dispatch, stats};
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     http.buf.extend_from_slice(bytes);
+    if http.preamble {
+        if let Some(outcome) = preamble(app, conn) {
+            return outcome;
+        }
+    }
     process(app, key, conn, now)
+}
+
+/// A trusted proxy with `proxy_protocol` starts the connection with a
+/// PROXY header naming the client (then `X-Forwarded-For` is ignored);
+/// the connection is counted under the client's IP from then on. `None`
+/// once the header is read (request heads may follow), else the outcome
+/// for now: `Keep` while it is incomplete, `Drop` without an answer when
+/// it is refused.
+fn preamble(app: &mut App, conn: &mut Conn) -> Option<Outcome> {
+    let Phase::Http(http) = &mut conn.phase else { return Some(Outcome::Keep) };
+    match proxy::parse_preamble(&http.buf) {
+        Ok(Preamble::Partial) => Some(Outcome::Keep),
+        Err(e) => {
+            app.proxied.headers_refused += 1;
+            Some(Outcome::Drop(Reason::ProxyHeader(e)))
+        }
+        Ok(Preamble::Done { source, len }) => {
+            http.buf.drain(..len.min(http.buf.len()));
+            http.preamble = false;
+            conn.source = source;
+            count_client(app, conn);
+            None
+        }
+    }
 }
 
 /// The answer of the query thread for a request that waits for it.
@@ -47,6 +78,10 @@ pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outc
     let timeout = std::time::Duration::from_secs(app.cfg.limits.head_timeout_s);
     if now.duration_since(http.since) < timeout {
         return Outcome::Keep;
+    }
+    if http.preamble {
+        app.proxied.headers_refused += 1;
+        return Outcome::Drop(Reason::ProxyHeader(ProxyError::Missing));
     }
     if http.waiting.is_some() {
         return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")])
@@ -104,6 +139,10 @@ fn process(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome 
         }
         let l = &app.cfg.limits;
         let parsed = http::parse_head(&http.buf, l.head_max_bytes, l.head_max_headers);
+        if let (Ok(Some((request, _))), Via::Forwarded) = (&parsed, conn.via) {
+            forwarded(app, conn, request);
+        }
+        let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
         if http.reject && !matches!(parsed, Ok(None)) {
             return refuse_503(app, key);
         }
@@ -152,6 +191,42 @@ impl From<Outcome> for Next {
             other => Next::Stop(other),
         }
     }
+}
+
+/// A trusted proxy's request head names the client: the last
+/// `X-Forwarded-For` entry, or the peer when there is none or it is no
+/// address (counted, logged at debug). Each head of a keep-alive
+/// connection names its own client.
+fn forwarded(app: &mut App, conn: &mut Conn, req: &Request) {
+    let ip = req.forwarded_for.as_deref().and_then(|entry| {
+        let ip = proxy::forwarded_ip(entry);
+        if ip.is_none() {
+            app.proxied.forwarded_fallbacks += 1;
+            let entry: String = entry.chars().take(64).collect();
+            debug!("X-Forwarded-For from {}: last entry {entry:?} is no address; the peer is the client", conn.peer);
+        }
+        ip
+    });
+    conn.source = ip.map(|ip| Source { ip, port: None });
+    count_client(app, conn);
+}
+
+/// Counts a proxied connection under its client's IP from now on; when
+/// that IP is at its cap, the connection is uncounted and marked for
+/// `503` (section 1 row 1).
+fn count_client(app: &mut App, conn: &mut Conn) {
+    let ip = conn.source.map_or(conn.peer.ip(), |s| s.ip);
+    let Some(counted) = &mut conn.counted else { return };
+    if app.caps.move_to(counted, ip) {
+        return;
+    }
+    if let Some(counted) = conn.counted.take() {
+        app.caps.release(counted);
+    }
+    if let Phase::Http(http) = &mut conn.phase {
+        http.reject = true;
+    }
+    debug!("connection from {} over the per-IP cap; it will get 503", conn.remote());
 }
 
 fn refuse_503(app: &mut App, key: usize) -> Outcome {
@@ -336,8 +411,8 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
     let session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
-    let peer = conn.peer;
-    app.connlog.connected(now, || format!("client connected: user {} from {peer}", session.describe()));
+    let remote = conn.remote();
+    app.connlog.connected(now, || format!("client connected: user {} from {remote}", session.describe()));
     app.hub.queue(key, Rc::from(http::switching_protocols(&ws_key)));
     app.hub.open_session(key, session);
     conn.phase = Phase::WebSocket(WsState::default());

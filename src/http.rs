@@ -49,6 +49,9 @@ pub struct Request {
     pub chunked: bool,
     /// `Accept`.
     pub accept: Option<String>,
+    /// The last entry of `X-Forwarded-For` (all of them joined), trimmed;
+    /// bytes that are not UTF-8 are kept garbled, so they name no address.
+    pub forwarded_for: Option<String>,
 }
 
 fn has_token(value: &str, token: &str) -> bool {
@@ -85,6 +88,11 @@ pub fn parse_head(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Op
         ..Request::default()
     };
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            let value = String::from_utf8_lossy(h.value);
+            out.forwarded_for = value.rsplit(',').next().map(|last| last.trim().to_string());
+            continue;
+        }
         let Ok(value) = std::str::from_utf8(h.value) else { continue };
         let value = value.trim();
         let name = h.name;
@@ -372,6 +380,21 @@ mod tests {
         assert_eq!(r.token(), TokenSource::Found("t1".into()));
         let (r, _) = parse("GET / HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert_eq!(r.token(), TokenSource::None);
+    }
+
+    #[test]
+    fn the_last_forwarded_for_entry_of_all_headers_is_kept() {
+        let last = |headers: &str| parse(&format!("GET / HTTP/1.1\r\n{headers}\r\n")).unwrap().unwrap().0.forwarded_for;
+        assert_eq!(last(""), None);
+        assert_eq!(last("X-Forwarded-For: 203.0.113.7\r\n").as_deref(), Some("203.0.113.7"));
+        assert_eq!(last("x-forwarded-for: 1.1.1.1 ,  203.0.113.7 \r\n").as_deref(), Some("203.0.113.7"));
+        let two = "X-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\n";
+        assert_eq!(last(two).as_deref(), Some("203.0.113.7"));
+        assert_eq!(last("X-Forwarded-For: 203.0.113.7,\r\n").as_deref(), Some(""));
+        assert_eq!(last("X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For:\r\n").as_deref(), Some(""));
+        let garbled = parse_head(b"GET / HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1, 9.9.9.\xff9\r\n\r\n", 8192, 64);
+        let garbled = garbled.unwrap().unwrap().0.forwarded_for.unwrap();
+        assert!(garbled.starts_with("9.9.9.") && garbled.parse::<std::net::IpAddr>().is_err(), "{garbled}");
     }
 
     #[test]

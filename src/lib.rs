@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`config`] | command line, `AYMC_*` environment, TOML file → validated [`config::Config`] |
 //! | [`reactor`] | the `mio` loop only: listener, sockets (slab), reads into one buffer, outcomes, flushes, timers, signals, waker |
+//! | [`caps`] | the connection caps: counted in all and per client IP |
 //! | [`conn`] | one connection's socket side: the state machine (`Http` → `WebSocket` → `Closing`), [`conn::Outcome`], its interest |
 //! | [`app`] | what handlers work with: the hub, the token checker, the config, agent states, the query thread |
 //! | [`endpoints`] | the HTTP side: pipelined requests, publish bodies, routing, endpoint handlers, upgrade checks |
@@ -23,6 +24,7 @@
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
+//! | [`proxy`] | behind a reverse proxy: `trusted_proxies` CIDRs, `X-Forwarded-For`, PROXY protocol headers |
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
 //! | [`agent_link`] | the hub's side of the gRPC agent link: one thread, streams and health monitor → events for the reactor |
@@ -35,6 +37,7 @@
 pub mod agent_link;
 pub mod app;
 pub mod auth;
+pub mod caps;
 pub mod client;
 pub mod config;
 pub mod conn;
@@ -47,6 +50,7 @@ pub mod link;
 pub mod logs_api;
 pub mod outq;
 pub mod protocol;
+pub mod proxy;
 pub mod reactor;
 pub mod stats;
 pub mod store;

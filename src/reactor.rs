@@ -14,9 +14,9 @@
 //! itself stops it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
@@ -32,12 +32,14 @@ use slab::Slab;
 
 use crate::app::App;
 use crate::auth::Authenticator;
+use crate::caps::Caps;
 use crate::config::Config;
 use crate::conn::{Conn, Outcome, Phase, Reason};
 use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::{AgentState, Event, Link};
 use crate::logs_api::Queries;
+use crate::proxy::Via;
 use crate::store::{Recovered, Store};
 use crate::{dispatch, endpoints, ws};
 
@@ -87,10 +89,6 @@ pub struct Reactor {
     conns: Slab<Conn>,
     app: App,
     scratch: Box<[u8]>,
-    /// Open connections per IP (only when `max_connections_per_ip` is set).
-    per_ip: HashMap<IpAddr, usize>,
-    /// Connections counted toward the caps.
-    counted: usize,
     accept_paused_until: Option<Instant>,
     shutdown_at: Option<Instant>,
     /// Connections in accept order that may still be sending their request
@@ -179,7 +177,19 @@ impl Reactor {
             })
             .collect();
         let now = Instant::now();
-        let app = App { hub, auth, cfg, agents, queries, started: now, connections: 0, connlog: ConnLog::new(now) };
+        let caps = Caps::new(&cfg.limits);
+        let app = App {
+            hub,
+            auth,
+            cfg,
+            agents,
+            queries,
+            started: now,
+            connections: 0,
+            caps,
+            proxied: Default::default(),
+            connlog: ConnLog::new(now),
+        };
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -187,8 +197,6 @@ impl Reactor {
             conns: Slab::new(),
             app,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
-            per_ip: HashMap::new(),
-            counted: 0,
             accept_paused_until: None,
             shutdown_at: None,
             pending: VecDeque::new(),
@@ -359,10 +367,6 @@ impl Reactor {
                     return;
                 }
             };
-            let l = &self.app.cfg.limits;
-            let ip_count = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
-            let reject = self.counted >= l.max_connections
-                || (l.max_connections_per_ip > 0 && ip_count >= l.max_connections_per_ip);
             let _ = stream.set_nodelay(true);
             cap_send_buffer(&stream);
             let entry = self.conns.vacant_entry();
@@ -371,19 +375,18 @@ impl Reactor {
                 warn!("cannot register connection from {peer}: {e}");
                 continue;
             }
+            let cfg = &self.app.cfg;
+            let via = Via::of(peer.ip(), &cfg.trusted_proxies, cfg.proxy_protocol);
+            // A trusted proxy's client is counted per IP once it is named.
+            let counted = self.app.caps.admit((via == Via::Direct).then_some(peer.ip()));
+            if counted.is_none() {
+                debug!("connection from {peer} over the cap; it will get 503");
+            }
             self.serials += 1;
-            entry.insert(Conn::new(stream, peer, self.serials, reject, now));
+            entry.insert(Conn::new(stream, peer, via, self.serials, counted, now));
             self.app.hub.connect(key);
             self.app.connections += 1;
             self.pending.push_back((key, self.serials, now));
-            if reject {
-                debug!("connection from {peer} over the cap; it will get 503");
-            } else {
-                self.counted += 1;
-                if l.max_connections_per_ip > 0 {
-                    *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
-                }
-            }
         }
     }
 
@@ -570,7 +573,6 @@ impl Reactor {
             if self.pending.len() < self.pending.capacity() / 4 {
                 self.pending.shrink_to_fit();
             }
-            self.per_ip.shrink_to_fit();
             self.read_again.shrink_to_fit();
             self.app.hub.shrink();
             // SAFETY: malloc_trim only gives free heap pages back to the OS.
@@ -585,28 +587,22 @@ impl Reactor {
         let Some(mut conn) = self.conns.try_remove(key) else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         self.app.connections -= 1;
-        if conn.counted {
-            self.counted -= 1;
-            if self.app.cfg.limits.max_connections_per_ip > 0 {
-                if let Some(n) = self.per_ip.get_mut(&conn.peer.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.per_ip.remove(&conn.peer.ip());
-                    }
-                }
-            }
+        if let Some(counted) = conn.counted.take() {
+            self.app.caps.release(counted);
         }
         let session = self.app.hub.end_session(key);
         self.app.hub.disconnect(key);
+        let remote = conn.remote();
         let who = match conn.phase {
             Phase::Closing(closing) => closing.who,
             _ => session.map(|s| s.describe()),
         };
         match who {
-            Some(who) => self.app.connlog.disconnected(Instant::now(), || {
-                format!("client disconnected: user {who} from {}: {reason}", conn.peer)
-            }),
-            None => debug!("connection from {} closed: {reason}", conn.peer),
+            Some(who) => self
+                .app
+                .connlog
+                .disconnected(Instant::now(), || format!("client disconnected: user {who} from {remote}: {reason}")),
+            None => debug!("connection from {remote} closed: {reason}"),
         }
     }
 

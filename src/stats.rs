@@ -40,6 +40,10 @@ pub fn json(app: &App) -> Value {
             "failing": d.failing,
             "last_error": d.last_error,
         })) },
+        "proxied": {
+            "forwarded_for_fallbacks": app.proxied.forwarded_fallbacks,
+            "proxy_headers_refused": app.proxied.headers_refused,
+        },
         "epoch": hub.epoch(),
         "uptime_seconds": app.started.elapsed().as_secs(),
     })
@@ -78,6 +82,18 @@ pub fn prometheus(app: &App) -> String {
             ),
             ("aymc_history_entries", "gauge", "Log messages kept in memory.", entries as u64),
             ("aymc_history_bytes", "gauge", "Bytes of log messages kept in memory.", bytes as u64),
+            (
+                "aymc_forwarded_for_fallbacks_total",
+                "counter",
+                "Request heads from a trusted proxy whose last X-Forwarded-For entry was no address.",
+                app.proxied.forwarded_fallbacks,
+            ),
+            (
+                "aymc_proxy_headers_refused_total",
+                "counter",
+                "Connections from a trusted proxy closed for a missing or bad PROXY header.",
+                app.proxied.headers_refused,
+            ),
             ("aymc_uptime_seconds", "gauge", "Seconds since the hub started.", app.started.elapsed().as_secs()),
         ],
     );

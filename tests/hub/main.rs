@@ -14,6 +14,7 @@
 //! - `faults`: out of descriptors, a 10,000-connection storm, a restart under recovering clients
 //! - `hardening`: what one client may cost everybody (caps in bytes and time), the cookie rule
 //! - `shutdown`: SIGTERM / SIGINT (10)
+//! - `proxies`: `trusted_proxies`, `X-Forwarded-For`, PROXY protocol headers (1)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
 //! - `history`: `since` recovery, `history` paging, bounded rings (5a)
@@ -39,6 +40,7 @@ mod history;
 mod http_api;
 mod keys;
 mod limits;
+mod proxies;
 mod shutdown;
 mod subscribe;
 mod walkthrough;

@@ -113,6 +113,8 @@ pub fn new_id() -> String {
 pub struct HubConfig {
     /// Top-level `listen`; `None` leaves it out.
     pub listen: Option<String>,
+    /// Further top-level lines (`trusted_proxies`, ...).
+    pub top: String,
     /// `[auth] jwt_secret`; `None` leaves it out.
     pub secret: Option<String>,
     /// Further lines of `[auth]`.
@@ -135,6 +137,7 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             listen: Some("127.0.0.1:0".to_string()),
+            top: String::new(),
             secret: Some(SECRET.to_string()),
             auth: String::new(),
             limits: String::new(),
@@ -149,6 +152,13 @@ impl Default for HubConfig {
 impl HubConfig {
     pub fn new() -> HubConfig {
         HubConfig::default()
+    }
+
+    /// Adds top-level lines (before the first table).
+    pub fn top(mut self, lines: &str) -> HubConfig {
+        self.top.push_str(lines);
+        self.top.push('\n');
+        self
     }
 
     pub fn auth(mut self, lines: &str) -> HubConfig {
@@ -179,6 +189,7 @@ impl HubConfig {
         if let Some(listen) = &self.listen {
             s.push_str(&format!("listen = \"{listen}\"\n"));
         }
+        s.push_str(&self.top);
         s.push_str("\n[auth]\n");
         if let Some(secret) = &self.secret {
             s.push_str(&format!("jwt_secret = \"{secret}\"\n"));
