@@ -99,8 +99,11 @@ struct AgentShared {
     /// Poll `GetStatus` (the agent does not implement `WatchStatus`).
     poll_status: bool,
     servers: HashMap<Uuid, ServerTrack>,
-    /// Cancel the open streams when the agent stops answering.
-    cancels: Vec<oneshot::Sender<()>>,
+    /// Cancel the open streams when the agent stops answering: one entry
+    /// per open stream, removed when its [`CancelHandle`] drops.
+    cancels: HashMap<u64, oneshot::Sender<()>>,
+    /// The key of the next cancel handle (never reused).
+    next_cancel: u64,
     /// Grows each time the agent answers again after being down: streams
     /// waiting in backoff retry at once.
     generation: u64,
@@ -111,6 +114,28 @@ struct AgentShared {
 type Shared = Rc<RefCell<AgentShared>>;
 
 impl AgentShared {
+    fn new(cfg: AgentConfig, client: AgentServiceClient, link: Link, dir: Rc<Directory>, interval: Duration) -> Self {
+        AgentShared {
+            id: cfg.id,
+            cfg,
+            client,
+            link,
+            dir,
+            timeout: (interval / 2).max(Duration::from_secs(1)),
+            interval,
+            up: None,
+            since: None,
+            last_error: None,
+            streams: 0,
+            poll_status: false,
+            servers: HashMap::new(),
+            cancels: HashMap::new(),
+            next_cancel: 0,
+            generation: 0,
+            recheck: false,
+        }
+    }
+
     fn report(&self) {
         self.link.send(Event::Agent(AgentState {
             id: self.id,
@@ -192,7 +217,7 @@ impl AgentShared {
         for server in known {
             self.observe(server, Status::Unreachable, format!("agent unreachable: {error}"));
         }
-        for cancel in self.cancels.drain(..) {
+        for (_, cancel) in self.cancels.drain() {
             let _ = cancel.send(());
         }
         self.report();
@@ -245,24 +270,8 @@ fn run(agents: Vec<AgentConfig>, dir: Directory, interval: Duration, link: Link)
     let spawner = pool.spawner();
     for cfg in agents {
         let channel = ChannelBuilder::new(Arc::clone(&env)).connect(&cfg.address);
-        let shared = Rc::new(RefCell::new(AgentShared {
-            id: cfg.id,
-            cfg,
-            client: AgentServiceClient::new(channel),
-            link: link.clone(),
-            dir: Rc::clone(&dir),
-            timeout: (interval / 2).max(Duration::from_secs(1)),
-            interval,
-            up: None,
-            since: None,
-            last_error: None,
-            streams: 0,
-            poll_status: false,
-            servers: HashMap::new(),
-            cancels: Vec::new(),
-            generation: 0,
-            recheck: false,
-        }));
+        let client = AgentServiceClient::new(channel);
+        let shared = Rc::new(RefCell::new(AgentShared::new(cfg, client, link.clone(), Rc::clone(&dir), interval)));
         shared.borrow().report();
         let task_spawner = spawner.clone();
         if let Err(e) = spawner.spawn_local(monitor(shared, task_spawner)) {
@@ -427,11 +436,33 @@ fn apply_status(shared: &Shared, server: Uuid, status: &pb::ServerStatus) {
     }
 }
 
-/// Registers a cancel handle for a stream of this agent.
-fn cancel_handle(shared: &Shared) -> oneshot::Receiver<()> {
-    let (tx, rx) = oneshot::channel();
-    shared.borrow_mut().cancels.push(tx);
-    rx
+/// One open stream's registration among its agent's cancel handles:
+/// resolves when the agent is found down; dropping it (the stream ended)
+/// unregisters it, so a flapping agent holds one handle per open stream,
+/// not one per retry.
+struct CancelHandle {
+    shared: Shared,
+    key: u64,
+    cancelled: oneshot::Receiver<()>,
+}
+
+impl CancelHandle {
+    /// Registers a cancel handle for a stream of this agent.
+    fn new(shared: &Shared) -> CancelHandle {
+        let (tx, rx) = oneshot::channel();
+        let mut s = shared.borrow_mut();
+        let key = s.next_cancel;
+        s.next_cancel += 1;
+        s.cancels.insert(key, tx);
+        CancelHandle { shared: Rc::clone(shared), key, cancelled: rx }
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        // Already gone when `mark_down` cancelled it.
+        self.shared.borrow_mut().cancels.remove(&self.key);
+    }
 }
 
 fn stream_opened(shared: &Shared, delta: isize) {
@@ -453,17 +484,21 @@ enum Ended {
 /// Follows an open server stream, handing each item to `on_item`, until it
 /// fails, ends, or is cancelled because the agent stopped answering; counts
 /// it among the agent's open streams meanwhile.
-async fn follow<T>(shared: &Shared, mut stream: grpcio::ClientSStreamReceiver<T>, mut on_item: impl FnMut(T)) -> Ended {
+async fn follow<T, S>(shared: &Shared, mut stream: S, mut on_item: impl FnMut(T)) -> Ended
+where
+    S: futures::Stream<Item = grpcio::Result<T>> + Unpin,
+{
     stream_opened(shared, 1);
-    let mut cancel = cancel_handle(shared);
+    let mut cancel = CancelHandle::new(shared);
     let ended = loop {
-        match future::select(stream.next(), &mut cancel).await {
+        match future::select(stream.next(), &mut cancel.cancelled).await {
             Either::Left((Some(Ok(item)), _)) => on_item(item),
             Either::Left((Some(Err(e)), _)) => break Ended::Failed(e),
             Either::Left((None, _)) => break Ended::Closed,
             Either::Right(_) => break Ended::Cancelled,
         }
     };
+    drop(cancel);
     stream_opened(shared, -1);
     ended
 }
@@ -592,6 +627,67 @@ mod tests {
         assert!(steps[7] >= Duration::from_secs(24) && steps[7] <= Duration::from_secs(36));
         b.reset();
         assert!(b.step() <= Duration::from_millis(1200));
+    }
+
+    /// An agent's shared state with a client that never connects (gRPC
+    /// channels connect lazily) and a link whose receiving end the test
+    /// drains; the `Poll` backs the link's waker.
+    fn test_shared() -> (Shared, std::sync::mpsc::Receiver<Event>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let link = Link::new(tx, waker, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        let client = AgentServiceClient::new(ChannelBuilder::new(env).connect("127.0.0.1:1"));
+        let cfg = AgentConfig { id: Uuid::new_v4(), address: "127.0.0.1:1".into() };
+        let shared = AgentShared::new(cfg, client, link, Rc::new(Directory::default()), Duration::from_secs(30));
+        (Rc::new(RefCell::new(shared)), rx, poll)
+    }
+
+    #[test]
+    fn cancel_handles_do_not_grow_with_stream_retries() {
+        let (shared, events, _poll) = test_shared();
+        let mut pool = LocalPool::new();
+        for retry in 0..1000 {
+            // A stream that delivers a little, then fails or ends: one retry
+            // of a flapping agent.
+            let items: Vec<grpcio::Result<u32>> = match retry % 3 {
+                0 => vec![Ok(1), Err(grpcio::Error::RemoteStopped)],
+                1 => vec![Ok(1), Ok(2)],
+                _ => vec![],
+            };
+            let mut seen = 0;
+            let ended = pool.run_until(follow(&shared, futures::stream::iter(items), |_| seen += 1));
+            assert!(!matches!(ended, Ended::Cancelled));
+            while events.try_recv().is_ok() {}
+        }
+        let s = shared.borrow();
+        assert_eq!(s.cancels.len(), 0, "a live cancel handle per ended stream");
+        assert_eq!(s.streams, 0);
+    }
+
+    #[test]
+    fn an_agent_going_down_cancels_its_open_streams() {
+        let (shared, events, _poll) = test_shared();
+        let mut pool = LocalPool::new();
+        let ended = Rc::new(RefCell::new(Vec::new()));
+        for _ in 0..3 {
+            let (shared, ended) = (Rc::clone(&shared), Rc::clone(&ended));
+            pool.spawner()
+                .spawn_local(async move {
+                    let stream = futures::stream::pending::<grpcio::Result<u32>>();
+                    let how = follow(&shared, stream, |_| {}).await;
+                    ended.borrow_mut().push(matches!(how, Ended::Cancelled));
+                })
+                .expect("spawn");
+        }
+        pool.run_until_stalled();
+        assert_eq!((shared.borrow().cancels.len(), shared.borrow().streams), (3, 3));
+        shared.borrow_mut().mark_down("test".into());
+        pool.run_until_stalled();
+        assert_eq!(*ended.borrow(), [true, true, true]);
+        assert_eq!((shared.borrow().cancels.len(), shared.borrow().streams), (0, 0));
+        while events.try_recv().is_ok() {}
     }
 
     #[test]
