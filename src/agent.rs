@@ -517,9 +517,10 @@ async fn stream_logs(shared: Shared, server: Uuid) {
         let error = match client.stream_logs_opt(&req, CallOption::default()) {
             Err(e) => e.to_string(),
             Ok(stream) => {
+                let mut first = true;
                 let ended = follow(&shared, stream, |entry| {
                     backoff.reset();
-                    take_entry(&shared, server, entry);
+                    take_entry(&shared, server, entry, std::mem::take(&mut first));
                 })
                 .await;
                 match ended {
@@ -534,21 +535,37 @@ async fn stream_logs(shared: Shared, server: Uuid) {
     }
 }
 
-fn take_entry(shared: &Shared, server: Uuid, entry: pb::LogEntry) {
+/// Publishes one entry of a server's log stream (`first`: the first of a
+/// newly opened stream, which asked for entries after the server's offset).
+///
+/// An entry at or below the offset is a repeat and dropped, unless the
+/// agent's offsets went back (its state was reset, or the server moved to
+/// another agent): a `truncated` entry, or the first entry of a stream, at
+/// or below it. Then the entry is taken, the server's offset starts again
+/// from it, and one `Log lines lost` alert says so, as for any `truncated`
+/// entry.
+fn take_entry(shared: &Shared, server: Uuid, entry: pb::LogEntry, first: bool) {
     let mut s = shared.borrow_mut();
     let Some(track) = s.servers.get_mut(&server) else { return };
-    if entry.get_offset() <= track.offset {
+    let (offset, after) = (entry.get_offset(), track.offset);
+    let went_back = offset <= after && after > 0 && (first || entry.get_truncated());
+    if offset <= after && !went_back {
         return;
     }
-    let after = track.offset;
-    track.offset = entry.get_offset();
+    track.offset = offset;
     let name = track.name.clone();
-    if entry.get_truncated() {
+    if went_back {
+        warn!("log offsets of server {server} went back from {after} to {offset}; following the agent from there");
+        let msg = format!(
+            "The agent's log offsets of server '{name}' went back (from {after} to {offset}): its state was reset \
+             or the server moved to another agent; lines written meanwhile may be lost"
+        );
+        s.link.publish(alert(Severity::Warning, "Log lines lost", msg, AlertSource::Server, server));
+    } else if entry.get_truncated() {
         let msg = format!("The agent no longer held some lines of server '{name}' after offset {after}; they are lost");
         s.link.publish(alert(Severity::Warning, "Log lines lost", msg, AlertSource::Server, server));
     }
     s.link.publish(Publish::Log(log_entry(server, &entry)));
-    drop(s);
 }
 
 fn log_entry(server: Uuid, e: &pb::LogEntry) -> LogEntry {

@@ -15,6 +15,7 @@
 //! - `shutdown`: SIGTERM / SIGINT (10)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
+//! - `agent_faults`: agents whose offsets go back, die mid-burst or never answer
 //! - `history`: `since` recovery, `history` paging, bounded rings (5a)
 //! - `disk`: on-disk history: restarts, SIGKILL, full disk, broken file, stored logs endpoint
 //! - `end_to_end`: aymc-agent + aymc-hub + a client, lines appended to a log file
@@ -23,6 +24,7 @@
 mod fake_agent;
 mod support;
 
+mod agent_faults;
 mod agent_link;
 mod broadcast;
 mod config_cli;
