@@ -9,9 +9,12 @@
 //! one `WatchStatus` task, each reconnecting with capped exponential backoff
 //! and resuming logs from the last offset seen. Every unary call has a
 //! deadline. It never touches the hub: it only sends events.
+//!
+//! A listed server that `[[servers]] agent` assigns to another agent is
+//! refused: no stream, metrics or status of it is taken from this agent.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +38,14 @@ use crate::protocol::{
     StatusChange, Time,
 };
 
-/// Names and owners of servers from the hub's `[[servers]]`.
+/// Names, owners and agents of servers from the hub's `[[servers]]`.
 #[derive(Debug, Clone, Default)]
 struct Directory {
     names: HashMap<Uuid, String>,
     owners: HashMap<Uuid, Uuid>,
+    /// The one agent that may speak for a server (`[[servers]] agent`);
+    /// a server without one is open to whichever agent lists it.
+    agents: HashMap<Uuid, Uuid>,
     /// Last stored log offset per server (resume point after a restart).
     offsets: HashMap<Uuid, u64>,
 }
@@ -96,6 +102,11 @@ struct AgentShared {
     since: Option<Time>,
     last_error: Option<String>,
     streams: usize,
+    /// Listed servers refused because another agent runs them, counted at
+    /// every listing.
+    refused: u64,
+    /// Servers refused so far (each is logged once).
+    refused_servers: HashSet<Uuid>,
     /// Poll `GetStatus` (the agent does not implement `WatchStatus`).
     poll_status: bool,
     servers: HashMap<Uuid, ServerTrack>,
@@ -127,6 +138,8 @@ impl AgentShared {
             since: None,
             last_error: None,
             streams: 0,
+            refused: 0,
+            refused_servers: HashSet::new(),
             poll_status: false,
             servers: HashMap::new(),
             cancels: HashMap::new(),
@@ -144,6 +157,7 @@ impl AgentShared {
             since: self.since,
             last_error: self.last_error.clone(),
             streams: self.streams,
+            refused: self.refused,
         }));
     }
 
@@ -184,6 +198,23 @@ impl AgentShared {
             }
             self.link.publish(alert(Severity::Critical, "Server Crashed", message, AlertSource::Server, server));
         }
+    }
+
+    /// Whether `[[servers]]` assigns this listed server to another agent:
+    /// then it is not streamed, polled or watched from this one; counted,
+    /// and logged once per server.
+    fn refuse(&mut self, server: Uuid) -> bool {
+        let Some(&owner) = self.dir.agents.get(&server).filter(|a| **a != self.id) else {
+            return false;
+        };
+        self.refused += 1;
+        if self.refused_servers.insert(server) {
+            warn!(
+                "agent {} at {} lists server {server}, which [[servers]] assigns to agent {owner}: refused",
+                self.id, self.cfg.address
+            );
+        }
+        true
     }
 
     fn mark_up(&mut self) {
@@ -256,6 +287,7 @@ pub fn spawn(
     let dir = Directory {
         names: cfg.servers.iter().filter_map(|s| Some((s.id, s.name.clone()?))).collect(),
         owners: cfg.servers.iter().filter_map(|s| Some((s.id, s.owner?))).collect(),
+        agents: cfg.servers.iter().filter_map(|s| Some((s.id, s.agent?))).collect(),
         offsets,
     };
     let agents = cfg.agents.clone();
@@ -355,11 +387,15 @@ async fn check(shared: &Shared, spawner: &futures::executor::LocalSpawner) -> bo
             return false;
         }
     };
+    let refused_before = shared.borrow().refused;
     for info in listed.get_servers() {
         let Ok(id) = Uuid::try_parse(info.get_id()) else {
             warn!("agent {} lists a server with a bad id '{}'", shared.borrow().id, info.get_id());
             continue;
         };
+        if shared.borrow_mut().refuse(id) {
+            continue;
+        }
         let start = {
             let mut s = shared.borrow_mut();
             let name = s.dir.names.get(&id).cloned().unwrap_or_else(|| match info.get_name() {
@@ -379,6 +415,9 @@ async fn check(shared: &Shared, spawner: &futures::executor::LocalSpawner) -> bo
                 warn!("cannot start stream tasks: {e}");
             }
         }
+    }
+    if shared.borrow().refused != refused_before {
+        shared.borrow().report();
     }
     let servers: Vec<Uuid> = shared.borrow().servers.keys().copied().collect();
     for server in servers {
