@@ -10,9 +10,12 @@
 //! one `WatchStatus` task, each reconnecting with capped exponential backoff
 //! and resuming logs from the last offset seen. Every unary call has a
 //! deadline. It never touches the hub: it only sends events.
+//!
+//! A listed server that `[[servers]] agent` assigns to another agent is
+//! refused: no stream, metrics or status of it is taken from this agent.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +39,14 @@ use crate::protocol::{
     StatusChange, Time,
 };
 
-/// Names and owners of servers from the hub's `[[servers]]`.
+/// Names, owners and agents of servers from the hub's `[[servers]]`.
 #[derive(Debug, Clone, Default)]
 struct Directory {
     names: HashMap<Uuid, String>,
     owners: HashMap<Uuid, Uuid>,
+    /// The one agent that may speak for a server (`[[servers]] agent`);
+    /// a server without one is open to whichever agent lists it.
+    agents: HashMap<Uuid, Uuid>,
     /// Last stored log offset per server (resume point after a restart).
     offsets: HashMap<Uuid, u64>,
 }
@@ -97,11 +103,19 @@ struct AgentShared {
     since: Option<Time>,
     last_error: Option<String>,
     streams: usize,
+    /// Listed servers refused because another agent runs them, counted at
+    /// every listing.
+    refused: u64,
+    /// Servers refused so far (each is logged once).
+    refused_servers: HashSet<Uuid>,
     /// Poll `GetStatus` (the agent does not implement `WatchStatus`).
     poll_status: bool,
     servers: HashMap<Uuid, ServerTrack>,
-    /// Cancel the open streams when the agent stops answering.
-    cancels: Vec<oneshot::Sender<()>>,
+    /// Cancel the open streams when the agent stops answering: one entry
+    /// per open stream, removed when its [`CancelHandle`] drops.
+    cancels: HashMap<u64, oneshot::Sender<()>>,
+    /// The key of the next cancel handle (never reused).
+    next_cancel: u64,
     /// Grows each time the agent answers again after being down: streams
     /// waiting in backoff retry at once.
     generation: u64,
@@ -112,6 +126,30 @@ struct AgentShared {
 type Shared = Rc<RefCell<AgentShared>>;
 
 impl AgentShared {
+    fn new(cfg: AgentConfig, client: AgentServiceClient, link: Link, dir: Rc<Directory>, interval: Duration) -> Self {
+        AgentShared {
+            id: cfg.id,
+            cfg,
+            client,
+            link,
+            dir,
+            timeout: (interval / 2).max(Duration::from_secs(1)),
+            interval,
+            up: None,
+            since: None,
+            last_error: None,
+            streams: 0,
+            refused: 0,
+            refused_servers: HashSet::new(),
+            poll_status: false,
+            servers: HashMap::new(),
+            cancels: HashMap::new(),
+            next_cancel: 0,
+            generation: 0,
+            recheck: false,
+        }
+    }
+
     fn report(&self) {
         self.link.send(Event::Agent(AgentState {
             id: self.id,
@@ -120,6 +158,7 @@ impl AgentShared {
             since: self.since,
             last_error: self.last_error.clone(),
             streams: self.streams,
+            refused: self.refused,
         }));
     }
 
@@ -162,6 +201,23 @@ impl AgentShared {
         }
     }
 
+    /// Whether `[[servers]]` assigns this listed server to another agent:
+    /// then it is not streamed, polled or watched from this one; counted,
+    /// and logged once per server.
+    fn refuse(&mut self, server: Uuid) -> bool {
+        let Some(&owner) = self.dir.agents.get(&server).filter(|a| **a != self.id) else {
+            return false;
+        };
+        self.refused += 1;
+        if self.refused_servers.insert(server) {
+            warn!(
+                "agent {} at {} lists server {server}, which [[servers]] assigns to agent {owner}: refused",
+                self.id, self.cfg.address
+            );
+        }
+        true
+    }
+
     fn mark_up(&mut self) {
         if self.up == Some(true) {
             return;
@@ -193,7 +249,7 @@ impl AgentShared {
         for server in known {
             self.observe(server, Status::Unreachable, format!("agent unreachable: {error}"));
         }
-        for cancel in self.cancels.drain(..) {
+        for (_, cancel) in self.cancels.drain() {
             let _ = cancel.send(());
         }
         self.report();
@@ -232,6 +288,7 @@ pub fn spawn(
     let dir = Directory {
         names: cfg.servers.iter().filter_map(|s| Some((s.id, s.name.clone()?))).collect(),
         owners: cfg.servers.iter().filter_map(|s| Some((s.id, s.owner?))).collect(),
+        agents: cfg.servers.iter().filter_map(|s| Some((s.id, s.agent?))).collect(),
         offsets,
     };
     let agents = cfg.agents.clone();
@@ -246,24 +303,8 @@ fn run(agents: Vec<AgentConfig>, dir: Directory, interval: Duration, link: Link)
     let spawner = pool.spawner();
     for cfg in agents {
         let channel = ChannelBuilder::new(Arc::clone(&env)).connect(&cfg.address);
-        let shared = Rc::new(RefCell::new(AgentShared {
-            id: cfg.id,
-            cfg,
-            client: AgentServiceClient::new(channel),
-            link: link.clone(),
-            dir: Rc::clone(&dir),
-            timeout: (interval / 2).max(Duration::from_secs(1)),
-            interval,
-            up: None,
-            since: None,
-            last_error: None,
-            streams: 0,
-            poll_status: false,
-            servers: HashMap::new(),
-            cancels: Vec::new(),
-            generation: 0,
-            recheck: false,
-        }));
+        let client = AgentServiceClient::new(channel);
+        let shared = Rc::new(RefCell::new(AgentShared::new(cfg, client, link.clone(), Rc::clone(&dir), interval)));
         shared.borrow().report();
         let task_spawner = spawner.clone();
         if let Err(e) = spawner.spawn_local(monitor(shared, task_spawner)) {
@@ -347,11 +388,15 @@ async fn check(shared: &Shared, spawner: &futures::executor::LocalSpawner) -> bo
             return false;
         }
     };
+    let refused_before = shared.borrow().refused;
     for info in listed.get_servers() {
         let Ok(id) = Uuid::try_parse(info.get_id()) else {
             warn!("agent {} lists a server with a bad id '{}'", shared.borrow().id, info.get_id());
             continue;
         };
+        if shared.borrow_mut().refuse(id) {
+            continue;
+        }
         let start = {
             let mut s = shared.borrow_mut();
             let name = s.dir.names.get(&id).cloned().unwrap_or_else(|| match info.get_name() {
@@ -371,6 +416,9 @@ async fn check(shared: &Shared, spawner: &futures::executor::LocalSpawner) -> bo
                 warn!("cannot start stream tasks: {e}");
             }
         }
+    }
+    if shared.borrow().refused != refused_before {
+        shared.borrow().report();
     }
     let servers: Vec<Uuid> = shared.borrow().servers.keys().copied().collect();
     for server in servers {
@@ -428,11 +476,33 @@ fn apply_status(shared: &Shared, server: Uuid, status: &pb::ServerStatus) {
     }
 }
 
-/// Registers a cancel handle for a stream of this agent.
-fn cancel_handle(shared: &Shared) -> oneshot::Receiver<()> {
-    let (tx, rx) = oneshot::channel();
-    shared.borrow_mut().cancels.push(tx);
-    rx
+/// One open stream's registration among its agent's cancel handles:
+/// resolves when the agent is found down; dropping it (the stream ended)
+/// unregisters it, so a flapping agent holds one handle per open stream,
+/// not one per retry.
+struct CancelHandle {
+    shared: Shared,
+    key: u64,
+    cancelled: oneshot::Receiver<()>,
+}
+
+impl CancelHandle {
+    /// Registers a cancel handle for a stream of this agent.
+    fn new(shared: &Shared) -> CancelHandle {
+        let (tx, rx) = oneshot::channel();
+        let mut s = shared.borrow_mut();
+        let key = s.next_cancel;
+        s.next_cancel += 1;
+        s.cancels.insert(key, tx);
+        CancelHandle { shared: Rc::clone(shared), key, cancelled: rx }
+    }
+}
+
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        // Already gone when `mark_down` cancelled it.
+        self.shared.borrow_mut().cancels.remove(&self.key);
+    }
 }
 
 fn stream_opened(shared: &Shared, delta: isize) {
@@ -454,17 +524,21 @@ enum Ended {
 /// Follows an open server stream, handing each item to `on_item`, until it
 /// fails, ends, or is cancelled because the agent stopped answering; counts
 /// it among the agent's open streams meanwhile.
-async fn follow<T>(shared: &Shared, mut stream: grpcio::ClientSStreamReceiver<T>, mut on_item: impl FnMut(T)) -> Ended {
+async fn follow<T, S>(shared: &Shared, mut stream: S, mut on_item: impl FnMut(T)) -> Ended
+where
+    S: futures::Stream<Item = grpcio::Result<T>> + Unpin,
+{
     stream_opened(shared, 1);
-    let mut cancel = cancel_handle(shared);
+    let mut cancel = CancelHandle::new(shared);
     let ended = loop {
-        match future::select(stream.next(), &mut cancel).await {
+        match future::select(stream.next(), &mut cancel.cancelled).await {
             Either::Left((Some(Ok(item)), _)) => on_item(item),
             Either::Left((Some(Err(e)), _)) => break Ended::Failed(e),
             Either::Left((None, _)) => break Ended::Closed,
             Either::Right(_) => break Ended::Cancelled,
         }
     };
+    drop(cancel);
     stream_opened(shared, -1);
     ended
 }
@@ -483,9 +557,10 @@ async fn stream_logs(shared: Shared, server: Uuid) {
         let error = match client.stream_logs_opt(&req, CallOption::default()) {
             Err(e) => e.to_string(),
             Ok(stream) => {
+                let mut first = true;
                 let ended = follow(&shared, stream, |entry| {
                     backoff.reset();
-                    take_entry(&shared, server, entry);
+                    take_entry(&shared, server, entry, std::mem::take(&mut first));
                 })
                 .await;
                 match ended {
@@ -500,21 +575,37 @@ async fn stream_logs(shared: Shared, server: Uuid) {
     }
 }
 
-fn take_entry(shared: &Shared, server: Uuid, entry: pb::LogEntry) {
+/// Publishes one entry of a server's log stream (`first`: the first of a
+/// newly opened stream, which asked for entries after the server's offset).
+///
+/// An entry at or below the offset is a repeat and dropped, unless the
+/// agent's offsets went back (its state was reset, or the server moved to
+/// another agent): a `truncated` entry, or the first entry of a stream, at
+/// or below it. Then the entry is taken, the server's offset starts again
+/// from it, and one `Log lines lost` alert says so, as for any `truncated`
+/// entry.
+fn take_entry(shared: &Shared, server: Uuid, entry: pb::LogEntry, first: bool) {
     let mut s = shared.borrow_mut();
     let Some(track) = s.servers.get_mut(&server) else { return };
-    if entry.get_offset() <= track.offset {
+    let (offset, after) = (entry.get_offset(), track.offset);
+    let went_back = offset <= after && after > 0 && (first || entry.get_truncated());
+    if offset <= after && !went_back {
         return;
     }
-    let after = track.offset;
-    track.offset = entry.get_offset();
+    track.offset = offset;
     let name = track.name.clone();
-    if entry.get_truncated() {
+    if went_back {
+        warn!("log offsets of server {server} went back from {after} to {offset}; following the agent from there");
+        let msg = format!(
+            "The agent's log offsets of server '{name}' went back (from {after} to {offset}): its state was reset \
+             or the server moved to another agent; lines written meanwhile may be lost"
+        );
+        s.link.publish(alert(Severity::Warning, "Log lines lost", msg, AlertSource::Server, server));
+    } else if entry.get_truncated() {
         let msg = format!("The agent no longer held some lines of server '{name}' after offset {after}; they are lost");
         s.link.publish(alert(Severity::Warning, "Log lines lost", msg, AlertSource::Server, server));
     }
     s.link.publish(Publish::Log(log_entry(server, &entry)));
-    drop(s);
 }
 
 fn log_entry(server: Uuid, e: &pb::LogEntry) -> LogEntry {
@@ -593,6 +684,67 @@ mod tests {
         assert!(steps[7] >= Duration::from_secs(24) && steps[7] <= Duration::from_secs(36));
         b.reset();
         assert!(b.step() <= Duration::from_millis(1200));
+    }
+
+    /// An agent's shared state with a client that never connects (gRPC
+    /// channels connect lazily) and a link whose receiving end the test
+    /// drains; the `Poll` backs the link's waker.
+    fn test_shared() -> (Shared, std::sync::mpsc::Receiver<Event>, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        let (tx, rx) = std::sync::mpsc::sync_channel(64);
+        let link = Link::new(tx, waker, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+        let client = AgentServiceClient::new(ChannelBuilder::new(env).connect("127.0.0.1:1"));
+        let cfg = AgentConfig { id: Uuid::new_v4(), address: "127.0.0.1:1".into() };
+        let shared = AgentShared::new(cfg, client, link, Rc::new(Directory::default()), Duration::from_secs(30));
+        (Rc::new(RefCell::new(shared)), rx, poll)
+    }
+
+    #[test]
+    fn cancel_handles_do_not_grow_with_stream_retries() {
+        let (shared, events, _poll) = test_shared();
+        let mut pool = LocalPool::new();
+        for retry in 0..1000 {
+            // A stream that delivers a little, then fails or ends: one retry
+            // of a flapping agent.
+            let items: Vec<grpcio::Result<u32>> = match retry % 3 {
+                0 => vec![Ok(1), Err(grpcio::Error::RemoteStopped)],
+                1 => vec![Ok(1), Ok(2)],
+                _ => vec![],
+            };
+            let mut seen = 0;
+            let ended = pool.run_until(follow(&shared, futures::stream::iter(items), |_| seen += 1));
+            assert!(!matches!(ended, Ended::Cancelled));
+            while events.try_recv().is_ok() {}
+        }
+        let s = shared.borrow();
+        assert_eq!(s.cancels.len(), 0, "a live cancel handle per ended stream");
+        assert_eq!(s.streams, 0);
+    }
+
+    #[test]
+    fn an_agent_going_down_cancels_its_open_streams() {
+        let (shared, events, _poll) = test_shared();
+        let mut pool = LocalPool::new();
+        let ended = Rc::new(RefCell::new(Vec::new()));
+        for _ in 0..3 {
+            let (shared, ended) = (Rc::clone(&shared), Rc::clone(&ended));
+            pool.spawner()
+                .spawn_local(async move {
+                    let stream = futures::stream::pending::<grpcio::Result<u32>>();
+                    let how = follow(&shared, stream, |_| {}).await;
+                    ended.borrow_mut().push(matches!(how, Ended::Cancelled));
+                })
+                .expect("spawn");
+        }
+        pool.run_until_stalled();
+        assert_eq!((shared.borrow().cancels.len(), shared.borrow().streams), (3, 3));
+        shared.borrow_mut().mark_down("test".into());
+        pool.run_until_stalled();
+        assert_eq!(*ended.borrow(), [true, true, true]);
+        assert_eq!((shared.borrow().cancels.len(), shared.borrow().streams), (0, 0));
+        while events.try_recv().is_ok() {}
     }
 
     #[test]

@@ -236,8 +236,9 @@ pub struct ServerConfig {
     pub id: Uuid,
     /// Display name.
     pub name: Option<String>,
-    /// The agent that runs it.
-    pub agent: Option<String>,
+    /// The agent that runs it (an `[[agents]]` id): when set, only that
+    /// agent's logs, metrics and status of this server are taken.
+    pub agent: Option<Uuid>,
     /// The user who owns it (may watch it; gets its crash notifications).
     pub owner: Option<Uuid>,
 }
@@ -456,6 +457,12 @@ impl Config {
             if !seen.insert(server.id) {
                 return err(format!("servers: id '{}' appears twice", server.id));
             }
+            if let Some(agent) = server.agent.filter(|a| !self.agents.iter().any(|c| c.id == *a)) {
+                return err(format!(
+                    "servers: server '{}' names agent '{agent}', which is not among [[agents]]",
+                    server.id
+                ));
+            }
         }
         Ok(())
     }
@@ -551,6 +558,12 @@ mod tests {
         std::fs::write(&path, "[auth]\njwt_secret = \"a\"\njwt_public_key = \"b\"\n").unwrap();
         let e = Config::from_file(&path).unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("both"), "{e}");
+        std::fs::write(&path, "[auth]\njwt_secret = \"a\"\n[[servers]]\nid = \"550e8400-e29b-41d4-a716-446655440000\"\nagent = \"node-3\"\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("line 5") && !e.contains('\n'), "{e}");
+        std::fs::write(&path, "[auth]\njwt_secret = \"a\"\n[[servers]]\nid = \"550e8400-e29b-41d4-a716-446655440000\"\nagent = \"6f1c2a9e-0000-4000-8000-000000000001\"\n").unwrap();
+        let e = Config::from_file(&path).unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("6f1c2a9e-0000-4000-8000-000000000001") && e.contains("[[agents]]"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

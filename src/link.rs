@@ -38,6 +38,9 @@ pub struct AgentState {
     pub last_error: Option<String>,
     /// Streams open (`StreamLogs` and `WatchStatus`).
     pub streams: usize,
+    /// Servers it listed that `[[servers]] agent` assigns to another agent,
+    /// counted at every listing (they are not streamed).
+    pub refused: u64,
 }
 
 /// An HTTP response for a connection that is waiting for it.

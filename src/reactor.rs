@@ -174,6 +174,7 @@ impl Reactor {
                 since: None,
                 last_error: None,
                 streams: 0,
+                refused: 0,
             })
             .collect();
         let now = Instant::now();

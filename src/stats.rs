@@ -30,6 +30,7 @@ pub fn json(app: &App) -> Value {
             "since": a.since.map(|t| t.to_string()),
             "last_error": a.last_error,
             "streams": a.streams,
+            "refused": a.refused,
         })).collect::<Vec<_>>(),
         "history": { "entries": entries, "bytes": bytes, "disk": hub.store_stats().map(|d| json!({
             "entries": d.stored_entries,
@@ -119,6 +120,13 @@ pub fn prometheus(app: &App) -> String {
             a.address.replace(['"', '\\', '\n'], "_"),
             u8::from(a.connected)
         );
+    }
+    out.push_str(
+        "# HELP aymc_agent_refused_total Servers an agent listed that another agent runs (refused, per listing).\n\
+         # TYPE aymc_agent_refused_total counter\n",
+    );
+    for a in &app.agents {
+        let _ = writeln!(out, "aymc_agent_refused_total{{agent=\"{}\"}} {}", a.id, a.refused);
     }
     out
 }

@@ -116,3 +116,10 @@ fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
     assert_eq!(recv_log_messages(&mut client, 50), numbered("d", 0..50));
     client.expect_no_message(Duration::from_millis(500));
 }
+
+/// For other test files: starts aymc-agent as the test above does (found
+/// the same way; SIGKILLed when the returned value drops); returns it and
+/// the address it listens on.
+pub(crate) fn spawn_agent(config: &std::path::Path) -> (impl Drop, String) {
+    start_agent(config)
+}

@@ -39,6 +39,11 @@ pub struct State {
     pub no_watch: bool,
     /// The newest offset no longer held (entries at or below it are gone).
     pub floor: u64,
+    /// Its offsets went back (state file reset, or the server moved here):
+    /// a stream whose `after_offset` is beyond the newest kept entry
+    /// starts from the oldest kept one. `Some(true)` flags that stream's
+    /// first entry `truncated`, as aymc-agent does; `Some(false)` does not.
+    pub offsets_reset: Option<bool>,
     log_streams: Vec<(String, UnboundedSender<LogEntry>)>,
     status_streams: Vec<(String, UnboundedSender<ServerStatus>)>,
 }
@@ -93,23 +98,32 @@ impl AgentService for Service {
 
     fn stream_logs(&mut self, ctx: RpcContext, req: StreamLogsRequest, mut sink: ServerStreamingSink<LogEntry>) {
         let (tx, mut rx) = unbounded();
-        {
+        // Whether the first entry still to be sent (a live one) is flagged.
+        let mut flag = {
             let mut s = lock(&self.state);
             let server = req.get_server_id().to_string();
             let after = req.get_after_offset();
             s.stream_requests.push((server.clone(), after));
             let floor = s.floor;
-            let mut first = true;
-            for e in s.logs.get(&server).into_iter().flatten().filter(|e| e.get_offset() > after) {
+            let kept = s.logs.get(&server).into_iter().flatten();
+            let newest = kept.clone().last().map_or(0, |e| e.get_offset());
+            let (after, mut flag) = match s.offsets_reset {
+                Some(truncated) if after > newest => (0, truncated),
+                _ => (after, after < floor && kept.clone().any(|e| e.get_offset() > after)),
+            };
+            for e in kept.filter(|e| e.get_offset() > after) {
                 let mut e = e.clone();
-                e.set_truncated(first && after < floor);
-                first = false;
+                e.set_truncated(std::mem::take(&mut flag));
                 let _ = tx.unbounded_send(e);
             }
             s.log_streams.push((server, tx));
-        }
+            flag
+        };
         ctx.spawn(async move {
-            while let Some(entry) = rx.next().await {
+            while let Some(mut entry) = rx.next().await {
+                if std::mem::take(&mut flag) {
+                    entry.set_truncated(true);
+                }
                 if sink.send((entry, WriteFlags::default())).await.is_err() {
                     return;
                 }

@@ -17,6 +17,8 @@
 //! - `proxies`: `trusted_proxies`, `X-Forwarded-For`, PROXY protocol headers (1)
 //! - `config_cli`: `check-config`, `token`, env and flag precedence
 //! - `agent_link`: the gRPC agent link against an in-process fake agent
+//! - `agent_faults`: agents whose offsets go back, die mid-burst or never answer
+//! - `agent_trust`: `[[servers]] agent`: which agent may speak for which server
 //! - `history`: `since` recovery, `history` paging, bounded rings (5a)
 //! - `disk`: on-disk history: restarts, SIGKILL, full disk, broken file, stored logs endpoint
 //! - `end_to_end`: aymc-agent + aymc-hub + a client, lines appended to a log file
@@ -26,7 +28,9 @@
 mod fake_agent;
 mod support;
 
+mod agent_faults;
 mod agent_link;
+mod agent_trust;
 mod broadcast;
 mod config_cli;
 mod connect;
