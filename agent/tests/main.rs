@@ -1,7 +1,6 @@
 //! Integration tests of `aymc-agent`: the real binary on real files, driven
 //! through a grpcio `AgentServiceClient` on 127.0.0.1.
 
-mod proto_hardening;
 mod support;
 
 use std::fs;

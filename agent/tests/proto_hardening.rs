@@ -4,6 +4,9 @@
 //!
 //! The requests are encoded by hand, not with `aymc_proto`'s types, so the
 //! test does not depend on the `protobuf` release the agent decodes with.
+//! Its own test binary (cargo finds it beside `main.rs`), sharing `support`.
+
+mod support;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use grpcio::{
     ChannelBuilder, Client, Environment, GrpcSlice, Marshaller, MessageReader, Method, MethodType, RpcStatusCode,
 };
 
-use crate::support::*;
+use support::*;
 
 /// Nesting depth of the start-group payloads (one byte per level each way).
 const GROUP_DEPTH: usize = 500_000;

@@ -35,6 +35,7 @@ mod history;
 mod http_api;
 mod keys;
 mod limits;
+mod proto_hardening;
 mod shutdown;
 mod subscribe;
 mod walkthrough;
