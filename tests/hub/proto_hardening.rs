@@ -338,9 +338,13 @@ fn assert_serving(hub: &mut Hub, after: &str) -> Value {
     hub.stats()
 }
 
-/// Waits for `n` more calls of `method` than `before`.
-fn wait_calls(agent: &HostileAgent, method: &str, before: usize, n: usize) {
+/// Waits for `n` more calls of `method` than `before`; a hub that died
+/// meanwhile fails with its exit status and stderr.
+fn wait_calls(hub: &mut Hub, agent: &HostileAgent, method: &str, before: usize, n: usize) {
     let ok = wait_until(Duration::from_secs(15), || agent.calls(method) >= before + n);
+    if let Some(status) = hub.wait_exit(Duration::ZERO) {
+        panic!("the hub exited ({status}) while waiting for {method} calls; stderr: {:?}", hub.logs());
+    }
     assert!(ok, "the hub made {} {method} calls, not {before} + {n}", agent.calls(method));
 }
 
@@ -363,7 +367,7 @@ fn crafted_nested_unknown_fields_from_an_agent_do_not_crash_the_hub() {
         }
     };
     assert_eq!((m["data"]["players_online"].as_i64(), m["data"]["max_players"].as_i64()), (Some(3), Some(20)));
-    wait_calls(&agent, STREAM_LOGS, 0, 1);
+    wait_calls(&mut hub, &agent, STREAM_LOGS, 0, 1);
     agent.log("deep 0");
     agent.log("deep 1");
     assert_eq!(recv_log_messages(&mut client, 2), ["deep 0", "deep 1"]);
@@ -377,24 +381,24 @@ fn crafted_nested_unknown_fields_from_an_agent_do_not_crash_the_hub() {
     let metrics_calls = agent.calls(GET_METRICS);
     agent.set_tail(&[STREAM_LOGS, GET_METRICS, GET_STATUS, WATCH_STATUS], &deep_groups);
     agent.log("grouped 0");
-    wait_calls(&agent, STREAM_LOGS, streams, 1);
-    wait_calls(&agent, GET_METRICS, metrics_calls, 2);
+    wait_calls(&mut hub, &agent, STREAM_LOGS, streams, 1);
+    wait_calls(&mut hub, &agent, GET_METRICS, metrics_calls, 2);
     assert_serving(&mut hub, "nested groups in stream items and metrics");
 
     // 3. ... then on ListServers (nested in its ServerInfo too), then on
     // Ping: the agent is down for the hub, which says why and goes on.
     let listed = agent.calls(LIST_SERVERS);
     agent.set_tail(&[LIST_SERVERS], &deep_groups);
-    wait_calls(&agent, LIST_SERVERS, listed, 1);
+    wait_calls(&mut hub, &agent, LIST_SERVERS, listed, 1);
     let stats = hub.wait_stats(Duration::from_secs(15), |s| s["agents"][0]["connected"] == false);
     assert!(stats["agents"][0]["last_error"].is_string(), "{stats}");
     let pings = agent.calls(PING);
     agent.set_tail(&ALL, &deep_groups);
-    wait_calls(&agent, PING, pings, 1);
+    wait_calls(&mut hub, &agent, PING, pings, 1);
     assert_serving(&mut hub, "nested groups in every answer");
     let pings = agent.calls(PING);
     agent.set_tail(&ALL, &open_groups(GROUP_DEPTH));
-    wait_calls(&agent, PING, pings, 1);
+    wait_calls(&mut hub, &agent, PING, pings, 1);
     let stats = assert_serving(&mut hub, "unclosed nested groups in every answer");
     assert_eq!(stats["agents"][0]["connected"], false, "{stats}");
 
