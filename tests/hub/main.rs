@@ -45,6 +45,7 @@ mod http_api;
 mod keys;
 mod limits;
 mod proxies;
+mod proto_hardening;
 mod shutdown;
 mod subscribe;
 mod walkthrough;
