@@ -177,6 +177,37 @@ fn unary(ctx: RpcContext, sink: UnarySink<Vec<u8>>, body: Vec<u8>) {
     });
 }
 
+/// Field 2 (`after_offset`) of a raw `StreamLogsRequest`; 0 when absent.
+fn after_offset(mut req: &[u8]) -> u64 {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = bytes.split_first()?;
+            *bytes = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut after = 0;
+    while let Some(tag) = varint(&mut req) {
+        match (tag >> 3, tag & 7) {
+            (2, 0) => after = varint(&mut req).unwrap_or(0),
+            (_, 0) => {
+                varint(&mut req);
+            }
+            (_, 2) => {
+                let len = varint(&mut req).unwrap_or(0) as usize;
+                req = req.get(len..).unwrap_or_default();
+            }
+            _ => break,
+        }
+    }
+    after
+}
+
 fn forward(
     ctx: RpcContext,
     mut sink: ServerStreamingSink<Vec<u8>>,
@@ -244,11 +275,13 @@ impl HostileAgent {
         let s = Arc::clone(&state);
         service = service.add_server_streaming_handler(
             &method(MethodType::ServerStreaming, STREAM_LOGS),
-            move |ctx, _req, sink| {
+            move |ctx, req: Vec<u8>, sink| {
                 let mut st = lock(&s);
                 st.hit(STREAM_LOGS);
                 let (tx, rx) = unbounded();
-                for i in 0..st.lines.len() {
+                // As the contract says: only entries after `after_offset`.
+                let after = after_offset(&req);
+                for i in (0..st.lines.len()).filter(|i| 100 * (*i as u64 + 1) > after) {
                     let _ = tx.unbounded_send(st.log_entry(i));
                 }
                 st.log_streams.push(tx);
