@@ -21,6 +21,7 @@ pub fn json(app: &App) -> Value {
         "connections": app.connections,
         "channels": subscriptions.len(),
         "channels_kept": hub.channels_kept(),
+        "queued_bytes": hub.queued_bytes(),
         "subscriptions": subscriptions,
         "messages": { "in": c.messages_in, "out": c.messages_out, "dropped": c.messages_dropped },
         "agents": app.agents.iter().map(|a| json!({
@@ -72,6 +73,7 @@ pub fn prometheus(app: &App) -> String {
             ("aymc_clients", "gauge", "Connected WebSocket clients.", hub.sessions() as u64),
             ("aymc_connections", "gauge", "Open TCP connections.", app.connections as u64),
             ("aymc_subscriptions", "gauge", "Channel subscriptions of all clients.", subscriptions as u64),
+            ("aymc_queued_bytes", "gauge", "Bytes queued for clients, not yet written.", hub.queued_bytes() as u64),
             ("aymc_messages_in_total", "counter", "Messages published.", c.messages_in),
             ("aymc_messages_out_total", "counter", "Message copies queued to clients.", c.messages_out),
             ("aymc_messages_dropped_total", "counter", "Message copies dropped for slow clients.", c.messages_dropped),

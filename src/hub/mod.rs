@@ -654,6 +654,11 @@ impl Hub {
         self.channels.forget_idle();
     }
 
+    /// Bytes queued for all clients together.
+    pub fn queued_bytes(&self) -> usize {
+        self.clients.iter().flatten().map(|c| c.out.pending_bytes()).sum()
+    }
+
     /// Channels in the table (with subscribers, a seq or a latest value).
     pub fn channels_kept(&self) -> usize {
         self.channels.len()
