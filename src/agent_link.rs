@@ -13,6 +13,7 @@
 //!
 //! A listed server that `[[servers]] agent` assigns to another agent is
 //! refused: no stream, metrics or status of it is taken from this agent.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -7,6 +7,7 @@
 //! move to another IP with the next request head. Each count is a
 //! [`Counted`] the connection holds, so releasing it uncounts exactly what
 //! was counted. Counting only: no sockets, no answers.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
 use std::net::IpAddr;

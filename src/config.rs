@@ -2,6 +2,7 @@
 //! file, merged (flag > environment > file > default) into a validated
 //! [`Config`] before anything runs. A problem is one [`ConfigError`] line,
 //! which `main` prints and answers with exit code 2. Touches no socket.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@
 //! one thread serves every user, so each query has a deadline
 //! ([`QUERY_TIMEOUT`]): past it the answer is `503` and the next query
 //! runs on the same connection.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::sync::mpsc::{channel, Sender};
 

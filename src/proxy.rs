@@ -5,6 +5,7 @@
 //! written in log lines. Pure parsing: no IO, no state. Everything here
 //! reads at most a bounded prefix of its input and never indexes out of
 //! bounds.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

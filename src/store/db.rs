@@ -2,6 +2,7 @@
 //! the meta row (epoch, clean flag), and moving a broken file aside. Shared by
 //! [`open`](super::open) and the writer thread, which reopens the file the
 //! same way after an error.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -29,6 +29,7 @@
 //! again rather than the store skipping it for good.
 //!
 //! This module must not touch the hub or any socket; the reactor feeds it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 mod batch;
 mod db;

@@ -9,6 +9,7 @@
 //! long: `q` has at most [`MAX_WORDS`] different words (repeats count once),
 //! and a query still running after [`QUERY_TIMEOUT`] is stopped
 //! ([`StoreError::Timeout`]).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 //! oldest first, in bounded steps so a large clean-up never holds back
 //! commits for long. The writer decides when a step runs and owns the
 //! connection; this module only says what one step deletes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -6,6 +6,7 @@
 //! survives every database error: it logs it, counts it, keeps the batch
 //! and retries every [`RETRY_INTERVAL`], reopening the file (and moving it
 //! aside when it is broken).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
