@@ -99,7 +99,11 @@ pub fn on_tick(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outc
 
 /// Makes room for a new connection: this one, the oldest still sending its
 /// request head, is answered `408` and closed (PROTOCOL.md 6, slowloris).
-pub fn evict(app: &mut App, key: usize) -> Outcome {
+/// One marked for `503` (section 1 row 1) gets that answer instead.
+pub fn evict(app: &mut App, key: usize, conn: &Conn) -> Outcome {
+    if matches!(&conn.phase, Phase::Http(http) if http.reject) {
+        return refuse_503(app, key);
+    }
     refuse(app, key, 408, "too many connections are sending their request head", &[]).into_outcome()
 }
 

@@ -406,7 +406,8 @@ impl Reactor {
         while self.pending.len() > max && self.pending.front().is_some_and(|p| now.duration_since(p.2) >= PENDING_GRACE)
         {
             let Some((key, _, _)) = self.pending.pop_front() else { return };
-            let outcome = endpoints::evict(&mut self.app, key);
+            let Some(conn) = self.conns.get(key) else { continue };
+            let outcome = endpoints::evict(&mut self.app, key, conn);
             self.act(key, outcome, now);
         }
     }

@@ -269,7 +269,11 @@ impl Channels {
     /// before_seq`, oldest first, and whether the first of them is the
     /// oldest the channel ever had in this epoch (5a `complete`).
     pub fn page(&self, channel: &Channel, limit: usize, before_seq: Option<u64>) -> (Vec<&Kept>, bool) {
-        let Some(e) = self.find(channel).and_then(|i| self.slab.get(i)) else { return (Vec::new(), true) };
+        // A channel not in the table never had a message, unless it was
+        // forgotten: then nothing is known of what it had.
+        let Some(e) = self.find(channel).and_then(|i| self.slab.get(i)) else {
+            return (Vec::new(), self.seq_floor == 0);
+        };
         let below = e.ring.iter().filter(|k| before_seq.is_none_or(|b| k.seq < b));
         let count = below.clone().count();
         let kept: Vec<&Kept> = below.skip(count.saturating_sub(limit)).collect();

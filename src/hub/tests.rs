@@ -219,3 +219,25 @@ fn a_closed_client_leaves_every_channel_and_moves_no_one_elses_position() {
     assert_eq!(f.hub.subscriptions().count(), 0);
     assert_eq!(f.hub.channels.len(), 2, "channels with a seq stay for their history");
 }
+
+#[test]
+fn forgotten_idle_channels_free_their_memory_but_never_reuse_a_seq() {
+    let limits = Limits { max_idle_channels: 4, ..Limits::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &HistoryConfig::default(), None, None), auth };
+    let servers: Vec<Uuid> = (0..10u128).map(|i| Uuid::from_u128(0xaa00 + i)).collect();
+    for &server in &servers {
+        f.log(server, "one");
+        f.log(server, "two");
+    }
+    f.hub.forget_idle_channels();
+    assert!(f.hub.channels_kept() <= 4, "{} kept", f.hub.channels_kept());
+    f.client(1, Role::Admin, &[]);
+    f.hub.history(1, &f.auth, &logs(servers[0]), 10, None);
+    f.subscribe(1, &[&logs(servers[0])], None);
+    f.log(servers[0], "three");
+    let got = f.read(1);
+    assert_eq!(got[0]["data"]["complete"], false, "a forgotten channel's history is not complete");
+    assert!(got[2]["seq"].as_u64().unwrap() > 2, "no seq issued twice: {}", got[2]);
+}
