@@ -8,94 +8,21 @@
 
 mod support;
 
-use std::io::Read;
 use std::sync::Arc;
 
 use aymc_proto::agent::PingRequest;
 use futures::executor::block_on;
 use futures::StreamExt;
-use grpcio::{
-    ChannelBuilder, Client, Environment, GrpcSlice, Marshaller, MessageReader, Method, MethodType, RpcStatusCode,
-};
+use grpcio::{ChannelBuilder, Client, Environment, MethodType, RpcStatusCode};
 
+use aymc_proto::raw::*;
 use support::*;
-
-/// Nesting depth of the start-group payloads (one byte per level each way).
-const GROUP_DEPTH: usize = 500_000;
-/// Nesting depth of the length-delimited payload (~400 KB).
-const LEN_DEPTH: usize = 100_000;
-/// A field number no message of `agent.proto` has: one-byte tags.
-const UNKNOWN_FIELD: u32 = 15;
-
-#[allow(clippy::ptr_arg)] // the marshaller's signature is fixed: `fn(&T, ..)`
-fn raw_ser(bytes: &Vec<u8>, buf: &mut GrpcSlice) -> grpcio::Result<()> {
-    *buf = GrpcSlice::from(bytes.clone());
-    Ok(())
-}
-
-fn raw_de(mut reader: MessageReader) -> grpcio::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    Ok(bytes)
-}
-
-const RAW: Marshaller<Vec<u8>> = Marshaller { ser: raw_ser, de: raw_de };
-
-fn method(ty: MethodType, name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
-    Method { ty, name, req_mar: RAW, resp_mar: RAW }
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn tag(field: u32, wire_type: u8) -> u8 {
-    let t = (field << 3) | u32::from(wire_type);
-    assert!(t < 0x80, "one-byte tags only");
-    t as u8
-}
 
 /// Field 1 as a string: `server_id` of `ServerRequest` / `StreamLogsRequest`.
 fn server_id_field() -> Vec<u8> {
     let mut out = vec![tag(1, 2)];
     varint(SERVER_ID.len() as u64, &mut out);
     out.extend_from_slice(SERVER_ID.as_bytes());
-    out
-}
-
-/// `depth` start-group tags of an unknown field, closed by as many end-group tags.
-fn nested_groups(depth: usize) -> Vec<u8> {
-    let mut out = vec![tag(UNKNOWN_FIELD, 3); depth];
-    out.resize(2 * depth, tag(UNKNOWN_FIELD, 4));
-    out
-}
-
-/// `depth` start-group tags, never closed.
-fn open_groups(depth: usize) -> Vec<u8> {
-    vec![tag(UNKNOWN_FIELD, 3); depth]
-}
-
-/// An unknown length-delimited field holding one, holding one, ... `depth` deep.
-fn nested_lengths(depth: usize) -> Vec<u8> {
-    // Content lengths from the innermost (empty) outwards.
-    let mut lens = Vec::with_capacity(depth);
-    let mut len = 0u64;
-    for _ in 0..depth {
-        lens.push(len);
-        let mut v = Vec::new();
-        varint(len, &mut v);
-        len += 1 + v.len() as u64;
-    }
-    let mut out = Vec::with_capacity(len as usize);
-    for l in lens.iter().rev() {
-        out.push(tag(UNKNOWN_FIELD, 2));
-        varint(*l, &mut out);
-    }
-    assert_eq!(out.len() as u64, len);
     out
 }
 

@@ -10,11 +10,11 @@ use serde_json::Value;
 use crate::fake_agent::FakeAgent;
 use crate::support::*;
 
-const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-000000000001";
+pub(crate) const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-000000000001";
 
 /// A hub that watches `agent` (health checks every second) and names
 /// SERVER_A "Survival", owned by OWNER.
-fn hub_for(address: &str) -> Hub {
+pub(crate) fn hub_for(address: &str) -> Hub {
     HubConfig::new()
         .extra(&format!(
             "[monitor]\nhealth_interval_s = 1\n\n[[agents]]\nid = \"{AGENT_ID}\"\naddress = \"{address}\"\n\n\

@@ -251,56 +251,34 @@ fn issuer_and_audience_are_ignored_when_not_configured() {
 #[test]
 fn not_an_upgrade_is_400() {
     let hub = Hub::start("");
-    let token = admin_token();
-    let path = ws_path(&token);
-    let get = format!("GET {path} HTTP/1.1");
-    let cases = [
-        head(&[&get, "Host: 127.0.0.1"]),
-        head(&[
-            &get,
-            "Host: 127.0.0.1",
-            "Connection: Upgrade",
-            &format!("Sec-WebSocket-Key: {WS_KEY}"),
-            "Sec-WebSocket-Version: 13",
-        ]),
-        head(&[
-            &get,
-            "Host: 127.0.0.1",
-            "Upgrade: websocket",
-            &format!("Sec-WebSocket-Key: {WS_KEY}"),
-            "Sec-WebSocket-Version: 13",
-        ]),
-        head(&[
-            &get,
-            "Host: 127.0.0.1",
-            "Upgrade: websocket",
-            "Connection: keep-alive",
-            &format!("Sec-WebSocket-Key: {WS_KEY}"),
-            "Sec-WebSocket-Version: 13",
-        ]),
-        head(&[
-            &get,
-            "Host: 127.0.0.1",
-            "Upgrade: h2c",
-            "Connection: Upgrade",
-            &format!("Sec-WebSocket-Key: {WS_KEY}"),
-            "Sec-WebSocket-Version: 13",
-        ]),
-        head(&[&get, "Host: 127.0.0.1", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"]),
+    let key = format!("Sec-WebSocket-Key: {WS_KEY}");
+    let cases: [&[&str]; 6] = [
+        &[],
+        &["Connection: Upgrade", &key, "Sec-WebSocket-Version: 13"],
+        &["Upgrade: websocket", &key, "Sec-WebSocket-Version: 13"],
+        &["Upgrade: websocket", "Connection: keep-alive", &key, "Sec-WebSocket-Version: 13"],
+        &["Upgrade: h2c", "Connection: Upgrade", &key, "Sec-WebSocket-Version: 13"],
+        &["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"],
     ];
+    let cases = cases.map(upgrade_head);
     for req in &cases {
         let resp = raw_http(hub.addr, req.as_bytes());
         assert_http_error(&resp, 400, "bad_request", None);
     }
 }
 
+/// A request head for `/api/v1/ws` with an admin token, `Host`, then `lines`.
+fn upgrade_head(lines: &[&str]) -> String {
+    let request_line = format!("GET {} HTTP/1.1", ws_path(&admin_token()));
+    let mut all = vec![request_line.as_str(), "Host: 127.0.0.1"];
+    all.extend_from_slice(lines);
+    head(&all)
+}
+
 #[test]
 fn wrong_websocket_version_is_400_with_version_header() {
     let hub = Hub::start("");
-    let token = admin_token();
-    let req = head(&[
-        &format!("GET {} HTTP/1.1", ws_path(&token)),
-        "Host: 127.0.0.1",
+    let req = upgrade_head(&[
         "Upgrade: websocket",
         "Connection: Upgrade",
         &format!("Sec-WebSocket-Key: {WS_KEY}"),
@@ -314,10 +292,7 @@ fn wrong_websocket_version_is_400_with_version_header() {
 #[test]
 fn firefox_connection_header_and_mixed_case_tokens_upgrade() {
     let hub = Hub::start("");
-    let token = admin_token();
-    let req = head(&[
-        &format!("GET {} HTTP/1.1", ws_path(&token)),
-        "Host: 127.0.0.1",
+    let req = upgrade_head(&[
         "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0",
         "Sec-WebSocket-Version: 13",
         "Origin: http://127.0.0.1",

@@ -7,27 +7,21 @@
 //! `protobuf` release the hub decodes with.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::channel::mpsc::{unbounded, UnboundedSender};
 use futures::{SinkExt, StreamExt};
 use grpcio::{
-    Environment, GrpcSlice, Marshaller, MessageReader, Method, MethodType, RpcContext, Server, ServerBuilder,
-    ServerCredentials, ServerStreamingSink, ServiceBuilder, UnarySink, WriteFlags,
+    Environment, MethodType, RpcContext, Server, ServerBuilder, ServerCredentials, ServerStreamingSink, ServiceBuilder,
+    UnarySink, WriteFlags,
 };
 use serde_json::Value;
 
-use crate::support::*;
+use aymc_proto::raw::*;
 
-const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-0000000000b1";
-/// Nesting depth of the start-group payloads (one byte per level each way).
-const GROUP_DEPTH: usize = 500_000;
-/// Nesting depth of the length-delimited payload (~400 KB).
-const LEN_DEPTH: usize = 100_000;
-/// A field number no message of `agent.proto` has: one-byte tags.
-const UNKNOWN_FIELD: u32 = 15;
+use crate::agent_link::{hub_for, AGENT_ID};
+use crate::support::*;
 
 const PING: &str = "/aymc.agent.v1.AgentService/Ping";
 const LIST_SERVERS: &str = "/aymc.agent.v1.AgentService/ListServers";
@@ -35,79 +29,6 @@ const STREAM_LOGS: &str = "/aymc.agent.v1.AgentService/StreamLogs";
 const GET_METRICS: &str = "/aymc.agent.v1.AgentService/GetMetrics";
 const GET_STATUS: &str = "/aymc.agent.v1.AgentService/GetStatus";
 const WATCH_STATUS: &str = "/aymc.agent.v1.AgentService/WatchStatus";
-
-#[allow(clippy::ptr_arg)] // the marshaller's signature is fixed: `fn(&T, ..)`
-fn raw_ser(bytes: &Vec<u8>, buf: &mut GrpcSlice) -> grpcio::Result<()> {
-    *buf = GrpcSlice::from(bytes.clone());
-    Ok(())
-}
-
-fn raw_de(mut reader: MessageReader) -> grpcio::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    Ok(bytes)
-}
-
-const RAW: Marshaller<Vec<u8>> = Marshaller { ser: raw_ser, de: raw_de };
-
-fn method(ty: MethodType, name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
-    Method { ty, name, req_mar: RAW, resp_mar: RAW }
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn tag(field: u32, wire_type: u8) -> u8 {
-    let t = (field << 3) | u32::from(wire_type);
-    assert!(t < 0x80, "one-byte tags only");
-    t as u8
-}
-
-fn put_varint(field: u32, v: u64, out: &mut Vec<u8>) {
-    out.push(tag(field, 0));
-    varint(v, out);
-}
-
-fn put_bytes(field: u32, bytes: &[u8], out: &mut Vec<u8>) {
-    out.push(tag(field, 2));
-    varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
-}
-
-/// `depth` start-group tags of an unknown field, closed by as many end-group tags.
-fn nested_groups(depth: usize) -> Vec<u8> {
-    let mut out = vec![tag(UNKNOWN_FIELD, 3); depth];
-    out.resize(2 * depth, tag(UNKNOWN_FIELD, 4));
-    out
-}
-
-/// `depth` start-group tags, never closed.
-fn open_groups(depth: usize) -> Vec<u8> {
-    vec![tag(UNKNOWN_FIELD, 3); depth]
-}
-
-/// An unknown length-delimited field holding one, holding one, ... `depth` deep.
-fn nested_lengths(depth: usize) -> Vec<u8> {
-    let mut lens = Vec::with_capacity(depth);
-    let mut len = 0u64;
-    for _ in 0..depth {
-        lens.push(len);
-        let mut v = Vec::new();
-        varint(len, &mut v);
-        len += 1 + v.len() as u64;
-    }
-    let mut out = Vec::with_capacity(len as usize);
-    for l in lens.iter().rev() {
-        out.push(tag(UNKNOWN_FIELD, 2));
-        varint(*l, &mut out);
-    }
-    out
-}
 
 fn now_ms() -> u64 {
     now() as u64 * 1000
@@ -175,37 +96,6 @@ fn unary(ctx: RpcContext, sink: UnarySink<Vec<u8>>, body: Vec<u8>) {
     ctx.spawn(async move {
         let _ = sink.success(body).await;
     });
-}
-
-/// Field 2 (`after_offset`) of a raw `StreamLogsRequest`; 0 when absent.
-fn after_offset(mut req: &[u8]) -> u64 {
-    fn varint(bytes: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = bytes.split_first()?;
-            *bytes = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    let mut after = 0;
-    while let Some(tag) = varint(&mut req) {
-        match (tag >> 3, tag & 7) {
-            (2, 0) => after = varint(&mut req).unwrap_or(0),
-            (_, 0) => {
-                varint(&mut req);
-            }
-            (_, 2) => {
-                let len = varint(&mut req).unwrap_or(0) as usize;
-                req = req.get(len..).unwrap_or_default();
-            }
-            _ => break,
-        }
-    }
-    after
 }
 
 fn forward(
@@ -280,7 +170,7 @@ impl HostileAgent {
                 st.hit(STREAM_LOGS);
                 let (tx, rx) = unbounded();
                 // As the contract says: only entries after `after_offset`.
-                let after = after_offset(&req);
+                let after = varint_field(&req, 2).unwrap_or(0);
                 for i in (0..st.lines.len()).filter(|i| 100 * (*i as u64 + 1) > after) {
                     let _ = tx.unbounded_send(st.log_entry(i));
                 }
@@ -352,15 +242,6 @@ impl Drop for HostileAgent {
 }
 
 const ALL: [&str; 6] = [PING, LIST_SERVERS, STREAM_LOGS, GET_METRICS, GET_STATUS, WATCH_STATUS];
-
-fn hub_for(address: &str) -> Hub {
-    HubConfig::new()
-        .extra(&format!(
-            "[monitor]\nhealth_interval_s = 1\n\n[[agents]]\nid = \"{AGENT_ID}\"\naddress = \"{address}\"\n\n\
-             [[servers]]\nid = \"{SERVER_A}\"\nname = \"Survival\"\nagent = \"{AGENT_ID}\"\nowner = \"{OWNER}\"\n"
-        ))
-        .start()
-}
 
 /// The hub process is alive and answers `/healthz`, stats and a WebSocket ping.
 fn assert_serving(hub: &mut Hub, after: &str) -> Value {
