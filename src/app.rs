@@ -12,9 +12,10 @@ use crate::caps::Caps;
 use crate::config::Config;
 use crate::connlog::ConnLog;
 use crate::hub::Hub;
-use crate::link::AgentState;
+use crate::link::{AgentState, Link};
 use crate::logs_api::Queries;
 use crate::proxy;
+use crate::store::{Recovered, Store};
 
 /// See the module docs.
 pub struct App {
@@ -41,6 +42,49 @@ pub struct App {
 }
 
 impl App {
+    /// Everything the handlers need: the hub (refilled from `recovered`),
+    /// every configured agent as not connected yet, and, with on-disk
+    /// history, the query thread answering through `link`.
+    ///
+    /// # Errors
+    /// The query thread cannot be spawned.
+    pub fn new(
+        cfg: Config,
+        auth: Authenticator,
+        store: Option<Store>,
+        recovered: Option<Recovered>,
+        link: Link,
+    ) -> std::io::Result<App> {
+        let queries = store.as_ref().map(|store| Queries::spawn(store, link)).transpose()?;
+        let hub = Hub::new(&cfg.limits, &cfg.history, store, recovered);
+        let agents = cfg
+            .agents
+            .iter()
+            .map(|a| AgentState {
+                id: a.id,
+                address: a.address.clone(),
+                connected: false,
+                since: None,
+                last_error: None,
+                streams: 0,
+                refused: 0,
+            })
+            .collect();
+        let now = Instant::now();
+        Ok(App {
+            hub,
+            auth,
+            caps: Caps::new(&cfg.limits),
+            cfg,
+            agents,
+            queries,
+            started: now,
+            connections: 0,
+            proxied: proxy::Counters::default(),
+            connlog: ConnLog::new(now),
+        })
+    }
+
     /// Records an agent's link state.
     pub fn agent_state(&mut self, state: AgentState) {
         match self.agents.iter_mut().find(|a| a.id == state.id) {

@@ -19,6 +19,7 @@
 //! | [`http`] | request heads (`httparse`), the route table, responses |
 //! | [`ws`] | WebSocket frames: decoding with small buffers, encoding once |
 //! | [`client`] | what a client is: out-queue, session (identity, subscriptions, rate limit, timers) |
+//! | [`pending`] | the connections still sending their request head (slowloris cap) |
 //! | [`outq`] | a client's outgoing queue: shared frames, `writev`, drops |
 //! | [`hub`] | clients and channels: subscriptions, publish (encode once), seq/epoch, history rings; no sockets |
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
@@ -49,6 +50,7 @@ pub mod hub;
 pub mod link;
 pub mod logs_api;
 pub mod outq;
+pub mod pending;
 pub mod protocol;
 pub mod proxy;
 pub mod reactor;

@@ -14,7 +14,6 @@
 //! itself stops it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -32,13 +31,10 @@ use slab::Slab;
 
 use crate::app::App;
 use crate::auth::Authenticator;
-use crate::caps::Caps;
 use crate::config::Config;
 use crate::conn::{Conn, Outcome, Phase, Reason};
-use crate::connlog::ConnLog;
-use crate::hub::Hub;
-use crate::link::{AgentState, Event, Link};
-use crate::logs_api::Queries;
+use crate::link::{Event, Link};
+use crate::pending::PendingHeads;
 use crate::proxy::Via;
 use crate::store::{Recovered, Store};
 use crate::{dispatch, endpoints, ws};
@@ -75,9 +71,6 @@ const LISTEN_BACKLOG: libc::c_int = 4096;
 /// autotunes up to `tcp_wmem`'s maximum (4 MiB), which hides a stalled
 /// client from the queue cap and the write timeout for tens of seconds.
 const SEND_BUFFER: libc::c_int = 256 * 1024;
-/// A connection still sending its request head may be evicted to make
-/// room (`limits.max_pending`) once it has been open this long.
-const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -91,10 +84,8 @@ pub struct Reactor {
     scratch: Box<[u8]>,
     accept_paused_until: Option<Instant>,
     shutdown_at: Option<Instant>,
-    /// Connections in accept order that may still be sending their request
-    /// head, as (key, serial); compacted when it grows past
-    /// `limits.max_pending`.
-    pending: VecDeque<(usize, u64, Instant)>,
+    /// Connections still sending their request head (`limits.max_pending`).
+    pending: PendingHeads,
     /// Connections with input left to read next turn.
     read_again: Vec<usize>,
     waker: Arc<Waker>,
@@ -157,40 +148,8 @@ impl Reactor {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let woken = Arc::new(AtomicBool::new(false));
         let (events_tx, events) = sync_channel(EVENT_QUEUE);
-        let queries = match &store {
-            Some(store) => {
-                Some(Queries::spawn(store, Link::new(events_tx.clone(), Arc::clone(&waker), Arc::clone(&woken)))?)
-            }
-            None => None,
-        };
-        let hub = Hub::new(&cfg.limits, &cfg.history, store, recovered);
-        let agents = cfg
-            .agents
-            .iter()
-            .map(|a| AgentState {
-                id: a.id,
-                address: a.address.clone(),
-                connected: false,
-                since: None,
-                last_error: None,
-                streams: 0,
-                refused: 0,
-            })
-            .collect();
-        let now = Instant::now();
-        let caps = Caps::new(&cfg.limits);
-        let app = App {
-            hub,
-            auth,
-            cfg,
-            agents,
-            queries,
-            started: now,
-            connections: 0,
-            caps,
-            proxied: Default::default(),
-            connlog: ConnLog::new(now),
-        };
+        let link = Link::new(events_tx.clone(), Arc::clone(&waker), Arc::clone(&woken));
+        let app = App::new(cfg, auth, store, recovered, link)?;
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -200,7 +159,7 @@ impl Reactor {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             accept_paused_until: None,
             shutdown_at: None,
-            pending: VecDeque::new(),
+            pending: PendingHeads::default(),
             read_again: Vec::new(),
             waker,
             events_tx,
@@ -387,7 +346,7 @@ impl Reactor {
             entry.insert(Conn::new(stream, peer, via, self.serials, counted, now));
             self.app.hub.connect(key);
             self.app.connections += 1;
-            self.pending.push_back((key, self.serials, now));
+            self.pending.accepted(key, self.serials, now);
         }
     }
 
@@ -395,17 +354,9 @@ impl Reactor {
     /// request head: the oldest of them is answered `408` and closed, so a
     /// client that sends its head promptly always gets in (slowloris).
     fn make_room(&mut self, now: Instant) {
-        let max = self.app.cfg.limits.max_pending;
-        if self.pending.len() <= max {
-            return;
-        }
         let conns = &self.conns;
-        self.pending.retain(|&(k, serial, _)| conns.get(k).is_some_and(|c| c.serial == serial && c.awaits_head()));
-        // Only one that has had time to send its head is evicted: a storm
-        // of connects accepted in one turn has not been read yet.
-        while self.pending.len() > max && self.pending.front().is_some_and(|p| now.duration_since(p.2) >= PENDING_GRACE)
-        {
-            let Some((key, _, _)) = self.pending.pop_front() else { return };
+        let still = |key, serial| conns.get(key).is_some_and(|c: &Conn| c.serial == serial && c.awaits_head());
+        for key in self.pending.over(self.app.cfg.limits.max_pending, now, still) {
             let Some(conn) = self.conns.get(key) else { continue };
             let outcome = endpoints::evict(&mut self.app, key, conn);
             self.act(key, outcome, now);
@@ -572,9 +523,7 @@ impl Reactor {
             if self.conns.is_empty() {
                 self.conns = Slab::new();
             }
-            if self.pending.len() < self.pending.capacity() / 4 {
-                self.pending.shrink_to_fit();
-            }
+            self.pending.shrink();
             self.read_again.shrink_to_fit();
             self.app.hub.shrink();
             // SAFETY: malloc_trim only gives free heap pages back to the OS.
