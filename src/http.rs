@@ -239,6 +239,8 @@ pub enum Route {
     Metrics,
     /// `GET /api/v1/servers/{id}/logs`
     ServerLogs(uuid::Uuid),
+    /// `GET /api/v1/servers`
+    Servers,
 }
 
 /// Routes a request: `Ok(route)`, or `Err(None)` for an unknown path
@@ -250,6 +252,7 @@ pub fn route(req: &Request) -> Result<Route, Option<&'static str>> {
         "/healthz" => (Route::Health, "GET"),
         "/api/v1/stats" => (Route::Stats, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
+        "/api/v1/servers" => (Route::Servers, "GET"),
         path => match server_logs_path(path) {
             Some(id) => (Route::ServerLogs(id), "GET"),
             None => return Err(None),
@@ -406,5 +409,8 @@ mod tests {
         let logs = "/api/v1/servers/550e8400-e29b-41d4-a716-446655440000/logs";
         assert!(matches!(route(&req("GET", logs)), Ok(Route::ServerLogs(_))));
         assert_eq!(route(&req("GET", "/api/v1/servers/nope/logs")), Err(None));
+        assert_eq!(route(&req("GET", "/api/v1/servers")), Ok(Route::Servers));
+        assert_eq!(route(&req("POST", "/api/v1/servers")), Err(Some("GET")));
+        assert_eq!(route(&req("GET", "/api/v1/servers/")), Err(None));
     }
 }

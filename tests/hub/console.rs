@@ -64,3 +64,76 @@ fn a_metrics_channel_that_never_evicted_is_complete_and_config_refuses_too_many_
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("history.metrics_points must be from 0 to 100000"), "{out:?}");
 }
+
+const AGENT: &str = "0c8f2a9e-0000-4000-8000-000000000001";
+
+/// A hub that knows SERVER_A ("Alpha", run by AGENT) and SERVER_C
+/// ("Creative", owned by OWNER) from its config; AGENT's address answers
+/// nothing.
+fn hub_with_servers() -> Hub {
+    HubConfig::new()
+        .extra(&format!(
+            "[[agents]]\nid = \"{AGENT}\"\naddress = \"127.0.0.1:1\"\n\n\
+             [[servers]]\nid = \"{SERVER_A}\"\nname = \"Alpha\"\nagent = \"{AGENT}\"\n\n{SERVERS_TOML}"
+        ))
+        .start()
+}
+
+fn servers_get(hub: &Hub, token: Option<&str>) -> HttpResponse {
+    http_get(hub.addr, "/api/v1/servers", token)
+}
+
+#[test]
+fn servers_lists_what_the_token_may_watch_sorted_by_name() {
+    let hub = hub_with_servers();
+    // SERVER_B is known only from its status; SERVER_A's config name wins
+    // over the one its status carries.
+    hub.publish(&status_body(SERVER_B, "starting", "running", None));
+    hub.publish(&status_body(SERVER_A, "unknown", "starting", None));
+    hub.publish(&status_body(SERVER_A, "starting", "stopped", None));
+
+    let resp = servers_get(&hub, Some(&admin_token()));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.header("content-type").is_some_and(|c| c.starts_with("application/json")), "{:?}", resp.headers);
+    assert_eq!(
+        resp.json(),
+        json!({"servers": [
+            {"id": SERVER_A, "name": "Alpha", "status": "stopped", "agent_id": AGENT},
+            {"id": SERVER_C, "name": "Creative", "status": "unknown", "agent_id": null},
+            {"id": SERVER_B, "name": "MyServer", "status": "running", "agent_id": null},
+        ]})
+    );
+
+    let user = servers_get(&hub, Some(&user_token(&new_id(), &[SERVER_B, "1b4e28ba-2fa1-11d2-883f-0016d3cca427"])));
+    assert_eq!(user.status, 200, "{}", user.text());
+    assert_eq!(user.json(), json!({"servers": [{"id": SERVER_B, "name": "MyServer", "status": "running", "agent_id": null}]}));
+    let owner = servers_get(&hub, Some(&user_token(OWNER, &[])));
+    assert_eq!(owner.json()["servers"], json!([{"id": SERVER_C, "name": "Creative", "status": "unknown", "agent_id": null}]));
+    assert_eq!(servers_get(&hub, Some(&user_token(&new_id(), &[]))).json(), json!({"servers": []}));
+}
+
+#[test]
+fn servers_takes_the_token_as_the_websocket_does_with_the_cookie_origin_rule() {
+    let hub = Hub::start("");
+    hub.publish(&status_body(SERVER_A, "starting", "running", None));
+    assert_http_error(&servers_get(&hub, None), 401, "unauthorized", Some("missing token"));
+    assert_http_error(&servers_get(&hub, Some("not.a.token")), 401, "unauthorized", None);
+    let token = user_token(&new_id(), &[SERVER_A]);
+    let one = json!({"servers": [{"id": SERVER_A, "name": "MyServer", "status": "running", "agent_id": null}]});
+    let resp = http_get(hub.addr, &format!("/api/v1/servers?token={token}"), None);
+    assert_eq!(resp.json(), one);
+
+    let cookie = |origin: Option<&str>| {
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        let req = format!(
+            "GET /api/v1/servers HTTP/1.1\r\nHost: 127.0.0.1\r\n{origin}Cookie: token={token}\r\nConnection: close\r\n\r\n"
+        );
+        raw_http(hub.addr, req.as_bytes())
+    };
+    assert_eq!(cookie(None).json(), one, "a same-site GET sends no Origin");
+    assert_eq!(cookie(Some("http://127.0.0.1")).json(), one, "the hub's own origin");
+    assert_http_error(&cookie(Some("https://evil.example")), 403, "forbidden", Some("origin not allowed"));
+    let post = raw_http(hub.addr, b"POST /api/v1/servers HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_http_error(&post, 405, "method_not_allowed", None);
+    assert_eq!(post.header("allow"), Some("GET"));
+}
