@@ -23,7 +23,7 @@ use crate::logs_api;
 use crate::protocol::{Channel, Publish, Status};
 use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
-use crate::{dispatch, stats};
+use crate::{console, dispatch, stats};
 
 /// Bytes arrived on a connection in the HTTP phase.
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
@@ -294,6 +294,9 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
             Ok(()) => http::json(200, &stats::json(app), close),
             Err((status, msg)) => return refuse(app, key, status, &msg, &[]),
         },
+        Route::Console(asset) => {
+            http::response(200, asset.content_type, &console::headers(&asset), asset.body, close)
+        }
         Route::Servers => match identify(app, req.token()) {
             Ok(who) => http::json(200, &servers(app, &who), close),
             Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),

@@ -137,3 +137,52 @@ fn servers_takes_the_token_as_the_websocket_does_with_the_cookie_origin_rule() {
     assert_http_error(&post, 405, "method_not_allowed", None);
     assert_eq!(post.header("allow"), Some("GET"));
 }
+
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; \
+                   script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+#[test]
+fn the_console_files_are_served_without_a_token_with_their_types_and_the_page_with_a_strict_policy() {
+    let hub = Hub::start("");
+    let cases = [
+        ("/", "text/html; charset=utf-8", "aymc-hub console"),
+        ("/console.js", "text/javascript; charset=utf-8", "use strict"),
+        ("/console.css", "text/css; charset=utf-8", "body"),
+        ("/aymc-client.js", "text/javascript; charset=utf-8", "AymcClient"),
+    ];
+    for (path, content_type, contains) in cases {
+        let resp = http_get(hub.addr, path, None);
+        assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+        assert_eq!(resp.header("content-type"), Some(content_type), "{path}");
+        assert_eq!(resp.header("cache-control"), Some("no-cache"), "{path}");
+        assert_eq!(resp.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(resp.header("referrer-policy"), Some("no-referrer"), "{path}");
+        assert_eq!(resp.header("content-length"), Some(resp.body.len().to_string().as_str()), "{path}");
+        assert!(resp.text().contains(contains), "{path}: {}", resp.text());
+        let csp = resp.header("content-security-policy");
+        assert_eq!(csp, (path == "/").then_some(CSP), "{path}");
+    }
+    let page = http_get(hub.addr, "/", None).text();
+    for src in ["/console.js", "/console.css", "/aymc-client.js"] {
+        assert!(page.contains(&format!("\"{src}\"")), "the page loads {src}: {page}");
+    }
+    assert!(!page.contains("<script>") && !page.contains("<style"), "nothing inline, the policy forbids it");
+}
+
+#[test]
+fn unknown_console_paths_are_404_and_head_is_405() {
+    let hub = Hub::start("");
+    for path in ["/console.xyz", "/index.html", "/console.js/", "/aymc-client.js.map"] {
+        assert_http_error(&http_get(hub.addr, path, None), 404, "not_found", Some("no such endpoint"));
+    }
+    let resp = raw_http(hub.addr, b"HEAD / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(resp.status, 405);
+    assert_eq!(resp.header("allow"), Some("GET"));
+
+    // Keep-alive: the files and an API answer on one connection.
+    let mut conn = HttpConn::connect(hub.addr);
+    for path in ["/", "/aymc-client.js", "/healthz"] {
+        let resp = conn.request(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+        assert_eq!(resp.status, 200, "{path}");
+    }
+}
