@@ -39,11 +39,8 @@ pub fn asset(path: &str) -> Option<Asset> {
 /// The headers of an asset's `200` besides `Content-Type` and
 /// `Content-Length`.
 pub fn headers(asset: &Asset) -> Vec<(&'static str, &'static str)> {
-    let mut headers = vec![
-        ("Cache-Control", "no-cache"),
-        ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "no-referrer"),
-    ];
+    let mut headers =
+        vec![("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer")];
     if asset.html {
         headers.push(("Content-Security-Policy", CSP));
     }

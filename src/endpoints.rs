@@ -294,9 +294,7 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
             Ok(()) => http::json(200, &stats::json(app), close),
             Err((status, msg)) => return refuse(app, key, status, &msg, &[]),
         },
-        Route::Console(asset) => {
-            http::response(200, asset.content_type, &console::headers(&asset), asset.body, close)
-        }
+        Route::Console(asset) => http::response(200, asset.content_type, &console::headers(&asset), asset.body, close),
         Route::Servers => match identify(app, req.token()) {
             Ok(who) => http::json(200, &servers(app, &who), close),
             Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),

@@ -106,9 +106,15 @@ fn servers_lists_what_the_token_may_watch_sorted_by_name() {
 
     let user = servers_get(&hub, Some(&user_token(&new_id(), &[SERVER_B, "1b4e28ba-2fa1-11d2-883f-0016d3cca427"])));
     assert_eq!(user.status, 200, "{}", user.text());
-    assert_eq!(user.json(), json!({"servers": [{"id": SERVER_B, "name": "MyServer", "status": "running", "agent_id": null}]}));
+    assert_eq!(
+        user.json(),
+        json!({"servers": [{"id": SERVER_B, "name": "MyServer", "status": "running", "agent_id": null}]})
+    );
     let owner = servers_get(&hub, Some(&user_token(OWNER, &[])));
-    assert_eq!(owner.json()["servers"], json!([{"id": SERVER_C, "name": "Creative", "status": "unknown", "agent_id": null}]));
+    assert_eq!(
+        owner.json()["servers"],
+        json!([{"id": SERVER_C, "name": "Creative", "status": "unknown", "agent_id": null}])
+    );
     assert_eq!(servers_get(&hub, Some(&user_token(&new_id(), &[]))).json(), json!({"servers": []}));
 }
 
