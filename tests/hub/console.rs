@@ -192,3 +192,27 @@ fn unknown_console_paths_are_404_and_head_is_405() {
         assert_eq!(resp.status, 200, "{path}");
     }
 }
+
+#[test]
+fn metrics_history_after_a_clean_restart_says_what_came_before_is_gone() {
+    let dir = temp_dir();
+    let db = dir.path().join("history.db");
+    let start = || HubConfig::new().extra(&format!("[history]\ndb_path = \"{}\"", db.display())).start();
+    let mut hub = start();
+    for p in 1..=3 {
+        hub.publish(&metrics_body(SERVER_A, p, None));
+    }
+    let epoch = hub.stats()["epoch"].as_str().unwrap().to_string();
+    hub.signal(libc::SIGTERM);
+    assert!(hub.wait_exit(std::time::Duration::from_secs(8)).is_some_and(|s| s.success()), "clean exit");
+
+    let hub = start();
+    assert_eq!(hub.stats()["epoch"], epoch.as_str(), "the same epoch");
+    hub.publish(&metrics_body(SERVER_A, 4, None));
+    let mut c = hub.connect_admin();
+    c.send_json(&json!({"type": "history", "channel": metrics(SERVER_A)}));
+    let page = c.recv_json();
+    assert_eq!(players(&page), [4], "metrics rings are not stored");
+    assert_eq!(page["data"]["messages"][0]["seq"], 4, "the seq goes on");
+    assert_eq!(page["data"]["complete"], false, "seqs 1 to 3 are gone");
+}
