@@ -197,6 +197,9 @@ impl Default for MonitorConfig {
 pub struct HistoryConfig {
     /// Messages kept in memory per `server:{id}:logs` channel.
     pub log_lines: usize,
+    /// Messages kept in memory per `server:{id}:metrics` channel (they
+    /// share `max_bytes` with the logs rings).
+    pub metrics_points: usize,
     /// Bytes of all rings together; the oldest of the largest is evicted.
     pub max_bytes: usize,
     /// On-disk history (SQLite) when set.
@@ -211,6 +214,7 @@ impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
             log_lines: 1000,
+            metrics_points: 120,
             max_bytes: 64 * 1024 * 1024,
             db_path: None,
             retention_days: 14,
@@ -470,7 +474,7 @@ impl Config {
 
     /// Every numeric key with its valid range (docs/CONFIG.md says the
     /// same), in the order of the file's tables.
-    fn ranges(&self) -> [Range; 27] {
+    fn ranges(&self) -> [Range; 28] {
         const DAY: &str = "seconds, a day at most";
         let (a, l, h) = (&self.auth, &self.limits, &self.history);
         [
@@ -498,6 +502,7 @@ impl Config {
             Range::new("limits.max_idle_channels", l.max_idle_channels, 1, MAX_COUNT, "channels"),
             Range::new("monitor.health_interval_s", self.monitor.health_interval_s, 1, MAX_DURATION_S, DAY),
             Range::new("history.log_lines", h.log_lines, 0, MAX_COUNT, "messages per channel"),
+            Range::new("history.metrics_points", h.metrics_points, 0, 100_000, "messages per channel"),
             Range::new("history.max_bytes", h.max_bytes, 0, MAX_MEMORY_BYTES, "bytes, 16 GiB at most"),
             Range::new(
                 "history.retention_days",

@@ -6,6 +6,7 @@
 //! [`Outcome`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -19,10 +20,10 @@ use crate::client::Session;
 use crate::conn::{Conn, HttpState, Outcome, PendingBody, Phase, Reason, WsState};
 use crate::http::{self, HttpError, Request, Route, TokenSource};
 use crate::logs_api;
-use crate::protocol::{Channel, Publish};
+use crate::protocol::{Channel, Publish, Status};
 use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
-use crate::{dispatch, stats};
+use crate::{console, dispatch, stats};
 
 /// Bytes arrived on a connection in the HTTP phase.
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
@@ -281,7 +282,7 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
     let answer = match route {
         Route::WebSocket => return Next::Stop(upgrade(app, key, conn, req, head_len, now)),
         Route::Publish => return start_publish(app, key, http, req, head_len),
-        Route::Stats | Route::ServerLogs(_) if !origin_allowed(app, &req, false) => {
+        Route::Stats | Route::ServerLogs(_) | Route::Servers if !origin_allowed(app, &req, false) => {
             return refuse(app, key, 403, "origin not allowed", &[])
         }
         Route::ServerLogs(server) => return stored_logs(app, key, conn, server, &req, head_len, now),
@@ -292,6 +293,11 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
         Route::Stats => match admit(app, req.token(), false) {
             Ok(()) => http::json(200, &stats::json(app), close),
             Err((status, msg)) => return refuse(app, key, status, &msg, &[]),
+        },
+        Route::Console(asset) => http::response(200, asset.content_type, &console::headers(&asset), asset.body, close),
+        Route::Servers => match identify(app, req.token()) {
+            Ok(who) => http::json(200, &servers(app, &who), close),
+            Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),
         },
     };
     respond(app, key, http, answer, close, head_len, now).into()
@@ -313,6 +319,39 @@ fn origin_allowed(app: &App, req: &Request, required: bool) -> bool {
         Some(origin) if req.token_from_cookie() => listed(origin),
         Some(origin) => open || listed(origin),
     }
+}
+
+/// `GET /api/v1/servers`: the servers `who` may watch among those the hub
+/// knows (the config's `[[servers]]` and every kept status channel's),
+/// sorted by name, then id. The name is the config's, else the latest
+/// `server_status` message's, else the id; the status the latest
+/// message's `new_status`, else `unknown`. Bounded by what the hub keeps.
+fn servers(app: &App, who: &Identity) -> serde_json::Value {
+    struct Known<'a> {
+        name: Option<&'a str>,
+        status: Status,
+        agent: Option<Uuid>,
+    }
+    let mut known: HashMap<Uuid, Known> = HashMap::new();
+    for s in &app.cfg.servers {
+        known.insert(s.id, Known { name: s.name.as_deref(), status: Status::Unknown, agent: s.agent });
+    }
+    for (id, name, status) in app.hub.servers() {
+        let entry = known.entry(id).or_insert(Known { name: None, status, agent: None });
+        entry.name = entry.name.or(Some(name));
+        entry.status = status;
+    }
+    let mut list: Vec<(String, Uuid, Known)> = known
+        .into_iter()
+        .filter(|(id, _)| app.auth.may_watch(who, *id))
+        .map(|(id, k)| (k.name.map_or_else(|| id.to_string(), str::to_string), id, k))
+        .collect();
+    list.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let servers: Vec<serde_json::Value> = list
+        .into_iter()
+        .map(|(name, id, k)| json!({ "id": id, "name": name, "status": k.status, "agent_id": k.agent }))
+        .collect();
+    json!({ "servers": servers })
 }
 
 /// Validates the token of a request.

@@ -239,6 +239,11 @@ pub enum Route {
     Metrics,
     /// `GET /api/v1/servers/{id}/logs`
     ServerLogs(uuid::Uuid),
+    /// `GET /api/v1/servers`
+    Servers,
+    /// `GET /`, `/console.js`, `/console.css`, `/aymc-client.js`: an
+    /// embedded console file.
+    Console(crate::console::Asset),
 }
 
 /// Routes a request: `Ok(route)`, or `Err(None)` for an unknown path
@@ -250,9 +255,11 @@ pub fn route(req: &Request) -> Result<Route, Option<&'static str>> {
         "/healthz" => (Route::Health, "GET"),
         "/api/v1/stats" => (Route::Stats, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
-        path => match server_logs_path(path) {
-            Some(id) => (Route::ServerLogs(id), "GET"),
-            None => return Err(None),
+        "/api/v1/servers" => (Route::Servers, "GET"),
+        path => match (server_logs_path(path), crate::console::asset(path)) {
+            (Some(id), _) => (Route::ServerLogs(id), "GET"),
+            (None, Some(asset)) => (Route::Console(asset), "GET"),
+            (None, None) => return Err(None),
         },
     };
     if req.method == allow {
@@ -406,5 +413,11 @@ mod tests {
         let logs = "/api/v1/servers/550e8400-e29b-41d4-a716-446655440000/logs";
         assert!(matches!(route(&req("GET", logs)), Ok(Route::ServerLogs(_))));
         assert_eq!(route(&req("GET", "/api/v1/servers/nope/logs")), Err(None));
+        assert_eq!(route(&req("GET", "/api/v1/servers")), Ok(Route::Servers));
+        assert_eq!(route(&req("POST", "/api/v1/servers")), Err(Some("GET")));
+        assert_eq!(route(&req("GET", "/api/v1/servers/")), Err(None));
+        assert!(matches!(route(&req("GET", "/")), Ok(Route::Console(a)) if a.html));
+        assert_eq!(route(&req("HEAD", "/")), Err(Some("GET")));
+        assert_eq!(route(&req("GET", "/console.xyz")), Err(None));
     }
 }

@@ -14,6 +14,7 @@
 //! | [`app`] | what handlers work with: the hub, the token checker, the config, agent states, the query thread |
 //! | [`endpoints`] | the HTTP side: pipelined requests, publish bodies, routing, endpoint handlers, upgrade checks |
 //! | [`dispatch`] | the WebSocket side: frames, control frames, rate limit, client messages → hub |
+//! | [`console`] | the web console's files, embedded from `console/`, and their headers |
 //! | [`connlog`] | connect/disconnect log lines, summed up during storms |
 //! | [`stats`] | `/api/v1/stats` and `/metrics` rendering |
 //! | [`http`] | request heads (`httparse`), the route table, responses |
@@ -43,6 +44,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod connlog;
+pub mod console;
 pub mod dispatch;
 pub mod endpoints;
 pub mod http;

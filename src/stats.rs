@@ -83,8 +83,8 @@ pub fn prometheus(app: &App) -> String {
                 "Channels kept (with subscribers, a seq or a latest value).",
                 hub.channels_kept() as u64,
             ),
-            ("aymc_history_entries", "gauge", "Log messages kept in memory.", entries as u64),
-            ("aymc_history_bytes", "gauge", "Bytes of log messages kept in memory.", bytes as u64),
+            ("aymc_history_entries", "gauge", "Log and metrics messages kept in memory.", entries as u64),
+            ("aymc_history_bytes", "gauge", "Bytes of log and metrics messages kept in memory.", bytes as u64),
             (
                 "aymc_forwarded_for_fallbacks_total",
                 "counter",

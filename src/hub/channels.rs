@@ -1,8 +1,10 @@
 //! The channel table: every channel with subscribers or a seq, its
-//! subscriber list, its seq counter, the history ring of a `logs` channel
-//! and the latest value of a `metrics`/`status` channel (PROTOCOL.md 5a).
-//! Rings are bounded by `history.log_lines` each and `history.max_bytes` in
-//! all; over the byte budget the oldest entries of the largest ring go.
+//! subscriber list, its seq counter, the history ring of a `logs` or
+//! `metrics` channel, the latest value of a `metrics`/`status` channel and
+//! the server's name and status a `status` channel last carried
+//! (PROTOCOL.md 5a). Rings are bounded by `history.log_lines` (logs) or
+//! `history.metrics_points` (metrics) each and `history.max_bytes` in all;
+//! over the byte budget the oldest entries of the largest ring go.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};
@@ -11,7 +13,7 @@ use std::rc::Rc;
 use slab::Slab;
 
 use crate::config::HistoryConfig;
-use crate::protocol::{Channel, Since};
+use crate::protocol::{Channel, ChannelKind, Since, Status};
 use crate::store::Recovered;
 use crate::ws;
 
@@ -29,7 +31,8 @@ pub(super) struct Entry {
     pub subscribers: Vec<usize>,
     /// Last seq issued in this epoch (0: none).
     pub seq: u64,
-    /// Logs channels: the last `history.log_lines` messages.
+    /// Logs channels: the last `history.log_lines` messages; metrics
+    /// channels: the last `history.metrics_points`.
     pub ring: VecDeque<Kept>,
     /// Bytes of `ring`.
     ring_bytes: usize,
@@ -37,6 +40,8 @@ pub(super) struct Entry {
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
     pub latest: Option<Rc<[u8]>>,
+    /// Status channels: the server's name and status in the latest message.
+    pub server: Option<(String, Status)>,
     /// When it was last used (the table's clock), for forgetting idle ones.
     used: u64,
 }
@@ -46,6 +51,7 @@ pub(super) struct Channels {
     slab: Slab<Entry>,
     index: HashMap<Channel, usize>,
     log_lines: usize,
+    metrics_points: usize,
     max_bytes: usize,
     bytes: usize,
     entries: usize,
@@ -66,6 +72,7 @@ impl Channels {
             slab: Slab::new(),
             index: HashMap::new(),
             log_lines: history.log_lines,
+            metrics_points: history.metrics_points,
             max_bytes: history.max_bytes,
             bytes: 0,
             entries: 0,
@@ -84,6 +91,9 @@ impl Channels {
                 let i = self.index_of(channel);
                 if let Some(entry) = self.slab.get_mut(i) {
                     entry.seq = seq;
+                    // Metrics rings are not stored: what came before the
+                    // restart is gone.
+                    entry.evicted |= channel.kind == ChannelKind::Metrics && seq > 0;
                 }
             }
         }
@@ -116,6 +126,7 @@ impl Channels {
             ring_bytes: 0,
             evicted: self.seq_floor > 0,
             latest: None,
+            server: None,
             used: self.clock,
         });
         self.index.insert(channel, i);
@@ -208,15 +219,21 @@ impl Channels {
         self.slab.len()
     }
 
-    /// Adds a message to a logs channel's ring, evicting what the caps
-    /// (`history.log_lines`, `history.max_bytes`) no longer allow.
+    /// Adds a message to a logs or metrics channel's ring, evicting what
+    /// the caps (`history.log_lines` or `history.metrics_points`,
+    /// `history.max_bytes`) no longer allow. Other channels keep no ring.
     pub fn keep(&mut self, i: usize, seq: u64, frame: Rc<[u8]>) {
         let Some(entry) = self.slab.get_mut(i) else { return };
+        let cap = match entry.channel.kind {
+            ChannelKind::Logs => self.log_lines,
+            ChannelKind::Metrics => self.metrics_points,
+            ChannelKind::Status | ChannelKind::Notifications => return,
+        };
         entry.ring_bytes += frame.len();
         self.bytes += frame.len();
         self.entries += 1;
         entry.ring.push_back(Kept { seq, frame });
-        if entry.ring.len() > self.log_lines {
+        if entry.ring.len() > cap {
             self.evict(i);
         }
         if self.bytes > self.max_bytes {
@@ -303,5 +320,13 @@ impl Channels {
     /// Kept history: (entries, bytes).
     pub fn size(&self) -> (usize, usize) {
         (self.entries, self.bytes)
+    }
+
+    /// Every kept status channel's server with the name and status of its
+    /// latest message.
+    pub fn servers(&self) -> impl Iterator<Item = (uuid::Uuid, &str, Status)> {
+        self.slab
+            .iter()
+            .filter_map(|(_, c)| c.server.as_ref().map(|(name, status)| (c.channel.id, name.as_str(), *status)))
     }
 }

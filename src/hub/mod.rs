@@ -348,8 +348,16 @@ impl Hub {
                     });
                 }
             }
-            ChannelKind::Metrics | ChannelKind::Status => {
+            ChannelKind::Metrics => {
+                entry.latest = Some(Rc::clone(&frame));
+                self.counters_changed = true;
+                self.channels.keep(i, seq, frame);
+            }
+            ChannelKind::Status => {
                 entry.latest = Some(frame);
+                if let Publish::Status(s) = msg {
+                    entry.server = Some((s.server_name, s.new_status));
+                }
                 self.counters_changed = true;
             }
             ChannelKind::Notifications => self.counters_changed = true,
@@ -533,14 +541,14 @@ impl Hub {
         self.reply(key, &answer);
     }
 
-    /// Handles `history` (5a): the newest `limit` kept messages below
-    /// `before_seq`, oldest first.
+    /// Handles `history` (5a) on a logs or metrics channel: the newest
+    /// `limit` kept messages below `before_seq`, oldest first.
     pub fn history(&mut self, key: usize, auth: &Authenticator, name: &str, limit: usize, before_seq: Option<u64>) {
         let Some(session) = self.session(key) else { return };
         let channel = match Channel::parse(name) {
             None => Err((ErrorCode::InvalidChannel, "Invalid channel names")),
-            Some(c) if c.kind != ChannelKind::Logs => {
-                Err((ErrorCode::InvalidMessage, "Only logs channels have history"))
+            Some(c) if !matches!(c.kind, ChannelKind::Logs | ChannelKind::Metrics) => {
+                Err((ErrorCode::InvalidMessage, "Only logs and metrics channels have history"))
             }
             Some(c) if !auth.may_subscribe(&session.identity, &c) => {
                 Err((ErrorCode::Forbidden, "Access denied to channels"))
@@ -667,6 +675,12 @@ impl Hub {
     /// Kept history: (entries, bytes).
     pub fn history_size(&self) -> (usize, usize) {
         self.channels.size()
+    }
+
+    /// The servers whose status channel is kept, with the name and status
+    /// of its latest `server_status` message.
+    pub fn servers(&self) -> impl Iterator<Item = (uuid::Uuid, &str, protocol::Status)> {
+        self.channels.servers()
     }
 }
 

@@ -241,3 +241,93 @@ fn forgotten_idle_channels_free_their_memory_but_never_reuse_a_seq() {
     assert_eq!(got[0]["data"]["complete"], false, "a forgotten channel's history is not complete");
     assert!(got[2]["seq"].as_u64().unwrap() > 2, "no seq issued twice: {}", got[2]);
 }
+
+fn with_history(history: HistoryConfig) -> Fixture {
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    Fixture { hub: Hub::new(&Limits::default(), &history, None, None), auth }
+}
+
+fn metrics_of(f: &mut Fixture, server: Uuid, players: i32) -> usize {
+    let body = json!({"type": "metrics", "channel": format!("server:{server}:metrics"),
+        "data": {"server_id": server, "cpu_percent": 1.5, "memory_used": 1, "memory_total": 2,
+            "memory_percent": 50.0, "players_online": players, "max_players": 20, "uptime_seconds": 3}});
+    f.hub.publish(&f.auth, Publish::from_api(body.to_string().as_bytes()).unwrap())
+}
+
+fn page_players(m: &Value) -> Vec<i64> {
+    m["data"]["messages"].as_array().unwrap().iter().map(|e| e["data"]["players_online"].as_i64().unwrap()).collect()
+}
+
+#[test]
+fn metrics_rings_keep_metrics_points_and_page_like_logs() {
+    let mut f = with_history(HistoryConfig { metrics_points: 3, ..HistoryConfig::default() });
+    let channel = format!("server:{SERVER}:metrics");
+    f.client(1, Role::User, &[SERVER]);
+    for p in 1..=2 {
+        metrics_of(&mut f, SERVER, p);
+    }
+    f.hub.history(1, &f.auth, &channel, 10, None);
+    let got = f.read(1);
+    assert_eq!((page_players(&got[0]), &got[0]["data"]["complete"]), (vec![1, 2], &json!(true)));
+    assert_eq!(got[0]["channel"], channel);
+
+    for p in 3..=5 {
+        metrics_of(&mut f, SERVER, p);
+    }
+    f.hub.history(1, &f.auth, &channel, 2, None);
+    f.hub.history(1, &f.auth, &channel, 10, Some(4));
+    f.hub.history(1, &f.auth, &format!("server:{OTHER}:metrics"), 10, None);
+    f.hub.history(1, &f.auth, &format!("server:{SERVER}:status"), 10, None);
+    let got = f.read(1);
+    assert_eq!((page_players(&got[0]), &got[0]["data"]["complete"]), (vec![4, 5], &json!(false)));
+    assert_eq!((page_players(&got[1]), &got[1]["data"]["complete"]), (vec![3], &json!(false)), "1 and 2 evicted");
+    assert_eq!(codes(&got[2..]), ["FORBIDDEN", "INVALID_MESSAGE"]);
+    assert_eq!(got[3]["data"]["message"], "Only logs and metrics channels have history");
+
+    f.subscribe(1, &[&channel], None);
+    let got = f.read(1);
+    assert_eq!(codes(&got), ["SUBSCRIBED", "metrics"], "the latest value still comes at once");
+    assert_eq!(got[1]["data"]["players_online"], 5);
+    assert_eq!(f.hub.history_size().0, 3);
+}
+
+#[test]
+fn metrics_rings_share_the_byte_budget_and_zero_points_keeps_only_the_latest() {
+    let mut f = with_history(HistoryConfig { metrics_points: 1000, max_bytes: 4096, ..HistoryConfig::default() });
+    for p in 0..200 {
+        metrics_of(&mut f, SERVER, p);
+        f.log(OTHER, "a line");
+    }
+    let (entries, bytes) = f.hub.history_size();
+    assert!(bytes <= 4096 && entries > 0, "{entries} entries, {bytes} bytes");
+    f.client(1, Role::Admin, &[]);
+    f.hub.history(1, &f.auth, &format!("server:{SERVER}:metrics"), 1000, None);
+    let got = f.read(1);
+    let kept = page_players(&got[0]);
+    assert_eq!(kept.last(), Some(&199), "the newest stay");
+    assert!(kept.len() < 200 && got[0]["data"]["complete"] == false);
+
+    let mut f = with_history(HistoryConfig { metrics_points: 0, ..HistoryConfig::default() });
+    metrics_of(&mut f, SERVER, 7);
+    assert_eq!(f.hub.history_size(), (0, 0));
+    f.client(1, Role::Admin, &[]);
+    f.hub.history(1, &f.auth, &format!("server:{SERVER}:metrics"), 10, None);
+    f.subscribe(1, &[&format!("server:{SERVER}:metrics")], None);
+    let got = f.read(1);
+    assert_eq!((page_players(&got[0]), &got[0]["data"]["complete"]), (vec![], &json!(false)));
+    assert_eq!(codes(&got[1..]), ["SUBSCRIBED", "metrics"]);
+}
+
+#[test]
+fn the_latest_status_message_names_the_server() {
+    let mut f = Fixture::new(256, 10);
+    for (name, new) in [("Lobby", "starting"), ("Lobby 2", "running")] {
+        let body = json!({"type": "server_status", "channel": format!("server:{SERVER}:status"),
+            "data": {"server_id": SERVER, "server_name": name, "old_status": "unknown", "new_status": new}});
+        f.hub.publish(&f.auth, Publish::from_api(body.to_string().as_bytes()).unwrap());
+    }
+    metrics_of(&mut f, OTHER, 1);
+    let servers: Vec<_> = f.hub.servers().map(|(id, name, status)| (id, name.to_string(), status)).collect();
+    assert_eq!(servers, [(SERVER, "Lobby 2".to_string(), crate::protocol::Status::Running)]);
+}

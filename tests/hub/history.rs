@@ -173,7 +173,7 @@ fn history_refusals_name_the_channel() {
     let hub = Hub::start("");
     let mut c = hub.connect(&user_token(&new_id(), &[SERVER_A]));
     for (channel, code) in
-        [("nope".to_string(), "INVALID_CHANNEL"), (metrics(SERVER_A), "INVALID_MESSAGE"), (logs(SERVER_B), "FORBIDDEN")]
+        [("nope".to_string(), "INVALID_CHANNEL"), (status(SERVER_A), "INVALID_MESSAGE"), (logs(SERVER_B), "FORBIDDEN")]
     {
         c.send_json(&json!({"type": "history", "channel": channel}));
         let msg = c.recv_json();

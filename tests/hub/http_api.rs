@@ -111,7 +111,7 @@ fn metrics_endpoint_exposes_the_counters() {
 #[test]
 fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let hub = Hub::start("");
-    for path in ["/", "/nope", "/api/v1", "/api/v1/ws/extra", "/healthz/x"] {
+    for path in ["/index.html", "/nope", "/api/v1", "/api/v1/ws/extra", "/healthz/x"] {
         assert_http_error(&get(&hub, path), 404, "not_found", None);
     }
     let cases = [

@@ -23,6 +23,7 @@
 //! - `disk`: on-disk history: restarts, SIGKILL, full disk, broken file, stored logs endpoint
 //! - `end_to_end`: aymc-agent + aymc-hub + a client, lines appended to a log file
 //! - `walkthrough`: the seed's manual tests 1-8 as PROTOCOL.md adapts them
+//! - `console`: what the web console needs: metrics `history`, `GET /api/v1/servers`, the embedded files
 //! - `extremes`: slow stored-log queries, out-of-range config values, token times at the integers' ends
 
 mod fake_agent;
@@ -34,6 +35,7 @@ mod agent_trust;
 mod broadcast;
 mod config_cli;
 mod connect;
+mod console;
 mod disk;
 mod end_to_end;
 mod expiry;

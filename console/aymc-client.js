@@ -1,0 +1,7 @@
+// Placeholder of the aymc-hub JavaScript client (PROTOCOL.md).
+"use strict";
+window.AymcClient = class AymcClient {
+  constructor(url) {
+    this.url = url;
+  }
+};
