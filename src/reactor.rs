@@ -357,7 +357,10 @@ impl Reactor {
         let conns = &self.conns;
         let still = |key, serial| conns.get(key).is_some_and(|c: &Conn| c.serial == serial && c.awaits_head());
         for key in self.pending.over(self.app.cfg.limits.max_pending, now, still) {
-            let Some(conn) = self.conns.get(key) else { continue };
+            // What it sent may wait unread only because the hub is busy:
+            // read it first, and evict it only if its head is still short.
+            self.on_readable(key, now);
+            let Some(conn) = self.conns.get(key).filter(|c| c.awaits_head()) else { continue };
             let outcome = endpoints::evict(&mut self.app, key, conn);
             self.act(key, outcome, now);
         }
