@@ -39,6 +39,7 @@ use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::{AgentState, Event, Link};
 use crate::logs_api::Queries;
+use crate::notify::Notifier;
 use crate::proxy::Via;
 use crate::store::{Recovered, Store};
 use crate::{dispatch, endpoints, ws};
@@ -109,6 +110,10 @@ pub struct Reactor {
     /// When the heap was last trimmed, and `serials` then.
     last_trim: Instant,
     trimmed_at_serial: u64,
+    /// systemd's notify socket, when the hub runs as a notify service.
+    notifier: Option<Notifier>,
+    /// When the next `WATCHDOG=1` is due.
+    next_watchdog: Option<Instant>,
 }
 
 /// Caps the socket's kernel send buffer at [`SEND_BUFFER`].
@@ -210,6 +215,8 @@ impl Reactor {
             serials: 0,
             last_trim: Instant::now(),
             trimmed_at_serial: 0,
+            notifier: None,
+            next_watchdog: None,
         })
     }
 
@@ -229,6 +236,22 @@ impl Reactor {
         }
     }
 
+    /// Tells systemd (through `notifier`) when the loop is ready, when it
+    /// stops, and that it is alive (watchdog).
+    pub fn set_notifier(&mut self, notifier: Option<Notifier>) {
+        self.notifier = notifier;
+    }
+
+    /// Sends `WATCHDOG=1` when due; only the loop calls it, so a stuck
+    /// loop stops the pings.
+    fn watchdog(&mut self, now: Instant) {
+        let (Some(notifier), Some(due)) = (&self.notifier, self.next_watchdog) else { return };
+        if now >= due {
+            notifier.send("WATCHDOG=1");
+            self.next_watchdog = notifier.watchdog().map(|every| now + every);
+        }
+    }
+
     /// Runs until SIGTERM/SIGINT and the shutdown grace period end.
     ///
     /// # Errors
@@ -237,12 +260,17 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         let mut flush = Vec::new();
+        if let Some(notifier) = &self.notifier {
+            notifier.send("READY=1");
+            self.next_watchdog = notifier.watchdog().map(|every| Instant::now() + every);
+        }
         loop {
             let now = Instant::now();
             let wake = match self.app.hub.fanout_since() {
                 Some(since) => next_tick.min(since + FANOUT_DELAY),
                 None => next_tick,
             };
+            let wake = self.next_watchdog.map_or(wake, |w| wake.min(w));
             let timeout = if self.read_again.is_empty() && !self.events_pending {
                 wake.saturating_duration_since(now)
             } else {
@@ -285,6 +313,7 @@ impl Reactor {
             if self.app.hub.fanout_since().is_some_and(|t| !busy || now.duration_since(t) >= FANOUT_DELAY) {
                 self.flush_listed(&mut flush, now, true);
             }
+            self.watchdog(now);
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
@@ -613,6 +642,9 @@ impl Reactor {
             return;
         }
         info!("shutting down: closing {} clients", self.app.hub.sessions());
+        if let Some(notifier) = &self.notifier {
+            notifier.send("STOPPING=1");
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
