@@ -174,7 +174,7 @@ impl Default for AuthConfig {
 }
 
 /// `[limits]`: PROTOCOL.md sections 6 and 7. Each doc says what hitting it does.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The hub sends a WebSocket Ping this often, seconds.
@@ -421,7 +421,7 @@ environment: AYMC_CONFIG, AYMC_LISTEN, AYMC_JWT_SECRET, AYMC_LOG (log filter, as
 /// Usage of `aymc-hub serve --help`.
 pub const USAGE_SERVE: &str = "\
 usage: aymc-hub [serve] [--config FILE] [--listen ADDR]
-Runs the hub until SIGTERM or SIGINT.
+Runs the hub until SIGTERM or SIGINT; SIGHUP reloads what can change without a restart.
   --config FILE   the TOML file (else AYMC_CONFIG; else defaults)
   --listen ADDR   the address to listen on, IP:port (else AYMC_LISTEN, else the file's listen)
 environment: AYMC_CONFIG, AYMC_LISTEN, AYMC_JWT_SECRET, AYMC_LOG, CREDENTIALS_DIRECTORY,

@@ -50,7 +50,7 @@ fn run() -> Result<ExitCode, ConfigError> {
             println!("{}", auth.mint(sub, role.as_deref(), &servers, ttl_s).map_err(ConfigError)?);
             Ok(ExitCode::SUCCESS)
         }
-        _ => Ok(serve(config, auth)),
+        _ => Ok(serve(&cli, config, auth)),
     }
 }
 
@@ -59,7 +59,7 @@ fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
     Authenticator::new(&config.auth, owners).map_err(ConfigError)
 }
 
-fn serve(config: Config, auth: Authenticator) -> ExitCode {
+fn serve(cli: &Cli, config: Config, auth: Authenticator) -> ExitCode {
     logging::init(&config.log);
     if let Some(warning) = config.auth.secret_file_warning() {
         log::warn!("{warning}");
@@ -95,6 +95,8 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
+    let reload = cli.clone();
+    reactor.set_reload(Box::new(move || reload.load(|k| std::env::var(k).ok())));
     reactor.set_notifier(Notifier::from_env(|k| std::env::var(k).ok()));
     if let Err(e) = agent_link::spawn(&agents, reactor.link(), offsets) {
         log::error!("cannot start the agent thread: {e}");

@@ -23,17 +23,17 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::app::App;
 use crate::auth::Authenticator;
 use crate::caps::Caps;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::conn::{Conn, Outcome, Phase, Reason};
 use crate::connlog::ConnLog;
 use crate::hub::Hub;
@@ -42,7 +42,7 @@ use crate::logs_api::Queries;
 use crate::notify::Notifier;
 use crate::proxy::Via;
 use crate::store::{Recovered, Store};
-use crate::{dispatch, endpoints, ws};
+use crate::{dispatch, endpoints, reload, ws};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -82,6 +82,9 @@ const PENDING_GRACE: Duration = Duration::from_secs(1);
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// Reads and validates the configuration again (SIGHUP).
+pub type ReloadFn = Box<dyn FnMut() -> Result<Config, ConfigError>>;
+
 /// The loop and everything it owns. See the module docs.
 pub struct Reactor {
     poll: Poll,
@@ -114,6 +117,8 @@ pub struct Reactor {
     notifier: Option<Notifier>,
     /// When the next `WATCHDOG=1` is due.
     next_watchdog: Option<Instant>,
+    /// Loads the configuration again on SIGHUP.
+    reload: Option<ReloadFn>,
 }
 
 /// Caps the socket's kernel send buffer at [`SEND_BUFFER`].
@@ -157,7 +162,7 @@ impl Reactor {
             libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG);
         }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let woken = Arc::new(AtomicBool::new(false));
@@ -217,6 +222,7 @@ impl Reactor {
             trimmed_at_serial: 0,
             notifier: None,
             next_watchdog: None,
+            reload: None,
         })
     }
 
@@ -240,6 +246,25 @@ impl Reactor {
     /// stops, and that it is alive (watchdog).
     pub fn set_notifier(&mut self, notifier: Option<Notifier>) {
         self.notifier = notifier;
+    }
+
+    /// Sets how SIGHUP loads the configuration again; without it, SIGHUP
+    /// only logs that there is nothing to reload.
+    pub fn set_reload(&mut self, reload: ReloadFn) {
+        self.reload = Some(reload);
+    }
+
+    /// SIGHUP: load and validate the configuration again; on success take
+    /// what can change safely ([`reload::apply`]), else keep running as is.
+    fn reload(&mut self) {
+        let Some(load) = self.reload.as_mut() else {
+            warn!("SIGHUP: no reload hook; nothing reloaded");
+            return;
+        };
+        match load() {
+            Ok(new) => info!("{}", reload::apply(&mut self.app, new).line()),
+            Err(e) => error!("config reload failed, keeping the running config: {e}"),
+        }
     }
 
     /// Sends `WATCHDOG=1` when due; only the loop calls it, so a stuck
@@ -288,8 +313,13 @@ impl Reactor {
                     LISTENER => self.accept(now),
                     WAKER => self.drain_events(now),
                     SIGNALS => {
-                        if self.signals.pending().next().is_some() {
-                            self.begin_shutdown(now);
+                        let signals: Vec<i32> = self.signals.pending().collect();
+                        for signal in signals {
+                            if signal == SIGHUP {
+                                self.reload();
+                            } else {
+                                self.begin_shutdown(now);
+                            }
                         }
                     }
                     Token(key) => {

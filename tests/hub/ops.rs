@@ -230,3 +230,60 @@ fn every_subcommand_has_help() {
         assert!(out.stderr.is_empty(), "{args:?}: {out:?}");
     }
 }
+
+/// Sends SIGHUP and waits for the reload's line (the `n`-th with `marker`).
+fn sighup(hub: &Hub, marker: &str, n: usize) -> String {
+    hub.signal(libc::SIGHUP);
+    let mut line = None;
+    let ok = wait_until(WAIT, || {
+        let logs: Vec<String> = hub.logs().into_iter().filter(|l| l.contains(marker)).collect();
+        line = logs.get(n - 1).cloned();
+        line.is_some()
+    });
+    assert!(ok, "no {marker:?} line #{n}: {:?}", hub.logs());
+    line.unwrap()
+}
+
+#[test]
+fn sighup_reloads_limits_and_owners_and_keeps_the_hub_on_a_broken_file() {
+    let config = HubConfig::new().limits("max_subscriptions = 2").extra(SERVERS_TOML);
+    let hub = config.clone().start();
+    let line = sighup(&hub, "config reloaded", 1);
+    assert!(line.ends_with("config reloaded: applied nothing; needs a restart: nothing"), "{line}");
+
+    let mut old = hub.connect_admin();
+    let (l, m, s) = (logs(SERVER_A), metrics(SERVER_A), status(SERVER_A));
+    old.subscribe_ok(&[&l, &m]);
+    let new_owner = new_id();
+    let mut changed = HubConfig::new().limits("max_subscriptions = 3").extra(&SERVERS_TOML.replace(OWNER, &new_owner));
+    changed.listen = Some("127.0.0.1:1".into());
+    std::fs::write(&hub.config_path, changed.toml()).unwrap();
+    let line = sighup(&hub, "config reloaded", 2);
+    assert!(line.contains("applied limits.max_subscriptions, servers.owner;"), "{line}");
+    assert!(line.contains("needs a restart: listen, servers ("), "{line}");
+    // The open connection goes on, under the new cap.
+    old.subscribe_ok(&[&s]);
+    // The new owner may watch SERVER_C; the old one no more.
+    let mut owner = hub.connect(&user_token(&new_owner, &[]));
+    owner.subscribe_ok(&[&logs(SERVER_C)]);
+    let mut former = hub.connect(&user_token(OWNER, &[]));
+    former.subscribe(&[&logs(SERVER_C)]);
+    assert_json(&former.recv_json(), &error_msg("FORBIDDEN", serde_json::json!([logs(SERVER_C)])));
+    assert_json(&former.recv_json(), &subscribed(&[]));
+
+    // A broken file: one error line, the running config stays.
+    std::fs::write(&hub.config_path, changed.clone().limits("max_subscriptions = 0").toml()).unwrap();
+    sighup(&hub, "config reload failed", 1);
+    let mut fresh = hub.connect_admin();
+    fresh.subscribe(&[&l, &m, &s, &logs(SERVER_B)]);
+    assert_json(&fresh.recv_json(), &error_msg("TOO_MANY_SUBSCRIPTIONS", serde_json::json!([logs(SERVER_B)])));
+    assert_json(&fresh.recv_json(), &subscribed(&[&l, &m, &s]));
+    std::fs::write(&hub.config_path, "[limits\n").unwrap();
+    let line = sighup(&hub, "config reload failed", 2);
+    assert!(line.contains("line 1"), "{line}");
+    let errors = hub.logs().iter().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 2, "one error line per failed reload: {:?}", hub.logs());
+    for client in [&mut old, &mut owner, &mut former, &mut fresh] {
+        client.ping_pong();
+    }
+}
