@@ -103,16 +103,12 @@ impl AuthConfig {
     /// else the file's `jwt_secret` or `jwt_secret_file` (not both);
     /// else, when no key is configured at all,
     /// `$CREDENTIALS_DIRECTORY/jwt_secret` if it exists. A relative
-    /// `jwt_secret_file` is taken relative to `base` (the config file's
-    /// directory).
+    /// `jwt_secret_file` is taken relative to the working directory, as
+    /// the file's other paths are.
     ///
     /// # Errors
     /// Both file keys set; a secret file that cannot be read or is empty.
-    pub fn resolve_secret(
-        &mut self,
-        base: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
+    pub fn resolve_secret(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(secret) = env("AYMC_JWT_SECRET") {
             self.jwt_secret = Some(secret);
             self.jwt_secret_file = None;
@@ -122,10 +118,6 @@ impl AuthConfig {
             if self.jwt_secret.is_some() {
                 return err("auth.jwt_secret and auth.jwt_secret_file are both set; use one");
             }
-            let file = match base {
-                Some(base) if file.is_relative() => base.join(file),
-                _ => file,
-            };
             self.jwt_secret = Some(read_secret(&file)?);
             self.jwt_secret_file = Some(file);
             return Ok(());
@@ -535,8 +527,7 @@ impl Cli {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        let base = path.as_deref().and_then(Path::parent);
-        config.auth.resolve_secret(base, &env)?;
+        config.auth.resolve_secret(&env)?;
         let listen = self.listen.clone().or_else(|| env("AYMC_LISTEN"));
         if let Some(listen) = listen {
             config.listen = listen

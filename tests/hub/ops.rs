@@ -34,9 +34,8 @@ fn private_file(dir: &tempfile::TempDir, name: &str, contents: &str, mode: u32) 
 #[test]
 fn jwt_secret_file_is_read_with_one_newline_stripped() {
     let dir = temp_dir();
-    private_file(&dir, "jwt.secret", &format!("{FILE_SECRET}\n"), 0o600);
-    // Relative to the config file's directory.
-    let config = write_file(&dir, "hub.toml", "[auth]\njwt_secret_file = \"jwt.secret\"\n");
+    let secret = private_file(&dir, "jwt.secret", &format!("{FILE_SECRET}\n"), 0o600);
+    let config = write_file(&dir, "hub.toml", &format!("[auth]\njwt_secret_file = \"{}\"\n", secret.display()));
     let config = config.to_str().unwrap();
     let out = run_cli(&["token", "--sub", OWNER, "--config", config], &[]);
     assert_signed_with(&out, FILE_SECRET);
@@ -47,8 +46,8 @@ fn jwt_secret_file_is_read_with_one_newline_stripped() {
     let out = run_cli(&["token", "--sub", OWNER, "--config", config], &[("AYMC_JWT_SECRET", "env-secret")]);
     assert_signed_with(&out, "env-secret");
     // Only one trailing newline goes.
-    private_file(&dir, "two.secret", "abc\n\n", 0o600);
-    let two = write_file(&dir, "two.toml", "[auth]\njwt_secret_file = \"two.secret\"\n");
+    let two = private_file(&dir, "two.secret", "abc\n\n", 0o600);
+    let two = write_file(&dir, "two.toml", &format!("[auth]\njwt_secret_file = \"{}\"\n", two.display()));
     assert_signed_with(&run_cli(&["token", "--sub", OWNER, "--config", two.to_str().unwrap()], &[]), "abc\n");
 }
 
@@ -69,21 +68,23 @@ fn the_hub_serves_with_a_secret_file() {
 #[test]
 fn secret_file_errors_and_warnings() {
     let dir = temp_dir();
-    private_file(&dir, "empty.secret", "\n", 0o600);
-    private_file(&dir, "open.secret", "open-secret", 0o644);
+    let empty = private_file(&dir, "empty.secret", "\n", 0o600);
+    let open = private_file(&dir, "open.secret", "open-secret", 0o644);
+    let missing = dir.path().join("missing.secret");
+    let file_key = |p: &std::path::Path| format!("jwt_secret_file = \"{}\"\n", p.display());
     let cases = [
-        ("empty.toml", "[auth]\njwt_secret_file = \"empty.secret\"\n", "empty"),
-        ("missing.toml", "[auth]\njwt_secret_file = \"missing.secret\"\n", "missing.secret"),
-        ("both.toml", "[auth]\njwt_secret = \"x\"\njwt_secret_file = \"open.secret\"\n", "both"),
+        ("empty.toml", format!("[auth]\n{}", file_key(&empty)), "empty"),
+        ("missing.toml", format!("[auth]\n{}", file_key(&missing)), "missing.secret"),
+        ("both.toml", format!("[auth]\njwt_secret = \"x\"\n{}", file_key(&open)), "both"),
     ];
     for (name, toml, expect) in cases {
-        let path = write_file(&dir, name, toml);
+        let path = write_file(&dir, name, &toml);
         let out = run_cli(&["check-config", "--config", path.to_str().unwrap()], &[]);
         assert_eq!(out.code, Some(2), "{name}: {out:?}");
         let lines = out.stderr_lines();
         assert!(lines.len() == 1 && lines[0].contains(expect), "{name}: {out:?}");
     }
-    let open = write_file(&dir, "open.toml", "[auth]\njwt_secret_file = \"open.secret\"\n");
+    let open = write_file(&dir, "open.toml", &format!("[auth]\n{}", file_key(&open)));
     let out = run_cli(&["check-config", "--config", open.to_str().unwrap()], &[]);
     assert_eq!(out.code, Some(0), "a warning keeps exit 0: {out:?}");
     let lines = out.stderr_lines();
