@@ -133,6 +133,17 @@ impl Authenticator {
         })
     }
 
+    /// Which user owns which server.
+    pub fn owners(&self) -> &HashMap<Uuid, Uuid> {
+        &self.owners
+    }
+
+    /// Replaces the owners (a reloaded `[[servers]]`); access is checked
+    /// against them from the next check on.
+    pub fn set_owners(&mut self, owners: HashMap<Uuid, Uuid>) {
+        self.owners = owners;
+    }
+
     /// Validates a token (signature, algorithm, `exp`, `nbf`, `iss`, `aud`,
     /// user id) as section 1 says.
     ///

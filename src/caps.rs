@@ -45,6 +45,13 @@ impl Caps {
         }
     }
 
+    /// Takes reloaded caps: connections already counted stay; new ones are
+    /// admitted against the new caps.
+    pub fn set_limits(&mut self, limits: &Limits) {
+        self.max_total = limits.max_connections;
+        self.max_per_ip = limits.max_connections_per_ip;
+    }
+
     /// Counts a new connection toward the total and, when `ip` is given
     /// (the peer is the client), toward that IP. `None` when either cap is
     /// reached: nothing is counted and the connection gets `503`.

@@ -69,6 +69,10 @@ impl Range {
 pub struct AuthConfig {
     /// HS256 secret.
     pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret (its content, one trailing newline
+    /// stripped). After [`Cli::load`], the file the secret came from
+    /// (this one, or `$CREDENTIALS_DIRECTORY/jwt_secret`), if any.
+    pub jwt_secret_file: Option<PathBuf>,
     /// Path to a PEM public key (RS256 / ES256 / EdDSA by key type).
     pub jwt_public_key: Option<String>,
     /// Required `iss` when set.
@@ -83,10 +87,74 @@ pub struct AuthConfig {
     pub expiry_notice_s: u64,
 }
 
+/// Reads a secret file: its content with one trailing newline stripped.
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("auth.jwt_secret_file: {}: {e}", path.display())))?;
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    if secret.is_empty() {
+        return err(format!("auth.jwt_secret_file: {} is empty", path.display()));
+    }
+    Ok(secret.to_string())
+}
+
+impl AuthConfig {
+    /// Settles where the HS256 secret comes from: `AYMC_JWT_SECRET` wins;
+    /// else the file's `jwt_secret` or `jwt_secret_file` (not both);
+    /// else, when no key is configured at all,
+    /// `$CREDENTIALS_DIRECTORY/jwt_secret` if it exists. A relative
+    /// `jwt_secret_file` is taken relative to the working directory, as
+    /// the file's other paths are.
+    ///
+    /// # Errors
+    /// Both file keys set; a secret file that cannot be read or is empty.
+    pub fn resolve_secret(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(secret) = env("AYMC_JWT_SECRET") {
+            self.jwt_secret = Some(secret);
+            self.jwt_secret_file = None;
+            return Ok(());
+        }
+        if let Some(file) = self.jwt_secret_file.take() {
+            if self.jwt_secret.is_some() {
+                return err("auth.jwt_secret and auth.jwt_secret_file are both set; use one");
+            }
+            self.jwt_secret = Some(read_secret(&file)?);
+            self.jwt_secret_file = Some(file);
+            return Ok(());
+        }
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() {
+            if let Some(dir) = env("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) {
+                let file = Path::new(&dir).join("jwt_secret");
+                if file.exists() {
+                    self.jwt_secret = Some(read_secret(&file)?);
+                    self.jwt_secret_file = Some(file);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A warning when the secret came from a file that group or others may
+    /// read (`mode & 0o077`).
+    pub fn secret_file_warning(&self) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self.jwt_secret_file.as_ref()?;
+        let mode = std::fs::metadata(file).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "warning: the JWT secret file {} is readable by group or others (mode {:o}); chmod 600 it",
+                file.display(),
+                mode & 0o777
+            )
+        })
+    }
+}
+
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_secret: None,
+            jwt_secret_file: None,
             jwt_public_key: None,
             issuer: None,
             audience: None,
@@ -98,7 +166,7 @@ impl Default for AuthConfig {
 }
 
 /// `[limits]`: PROTOCOL.md sections 6 and 7. Each doc says what hitting it does.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// The hub sends a WebSocket Ping this often, seconds.
@@ -223,6 +291,28 @@ impl Default for HistoryConfig {
     }
 }
 
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human lines (env_logger's format); `<N>message` lines when stderr
+    /// is the systemd journal.
+    #[default]
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// Log filter (as `AYMC_LOG`, which wins over it); unset: `info`.
+    pub level: Option<String>,
+}
+
 /// `[[agents]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,6 +357,8 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// `[history]`
     pub history: HistoryConfig,
+    /// `[log]`
+    pub log: LogConfig,
     /// `[[agents]]`
     pub agents: Vec<AgentConfig>,
     /// `[[servers]]`
@@ -283,6 +375,7 @@ impl Default for Config {
             limits: Limits::default(),
             monitor: MonitorConfig::default(),
             history: HistoryConfig::default(),
+            log: LogConfig::default(),
             agents: Vec::new(),
             servers: Vec::new(),
         }
@@ -307,8 +400,8 @@ pub enum Command {
     },
     /// Validate the configuration and exit.
     CheckConfig,
-    /// Print usage.
-    Help,
+    /// Print the usage of a subcommand (`None`: of all of them).
+    Help(Option<&'static str>),
     /// Print the version.
     Version,
 }
@@ -318,7 +411,35 @@ pub const USAGE: &str = "\
 usage: aymc-hub [serve] [--config FILE] [--listen ADDR]
        aymc-hub token --sub UUID [--role admin|service|user] [--servers UUID,..] [--ttl SECONDS] [--config FILE]
        aymc-hub check-config [--config FILE]
+       aymc-hub SUBCOMMAND --help | --version
 environment: AYMC_CONFIG, AYMC_LISTEN, AYMC_JWT_SECRET, AYMC_LOG (log filter, as RUST_LOG)";
+
+/// Usage of `aymc-hub serve --help`.
+pub const USAGE_SERVE: &str = "\
+usage: aymc-hub [serve] [--config FILE] [--listen ADDR]
+Runs the hub until SIGTERM or SIGINT; SIGHUP reloads what can change without a restart.
+  --config FILE   the TOML file (else AYMC_CONFIG; else defaults)
+  --listen ADDR   the address to listen on, IP:port (else AYMC_LISTEN, else the file's listen)
+environment: AYMC_CONFIG, AYMC_LISTEN, AYMC_JWT_SECRET, AYMC_LOG, CREDENTIALS_DIRECTORY,
+             NOTIFY_SOCKET, WATCHDOG_USEC, JOURNAL_STREAM (set by systemd)";
+
+/// Usage of `aymc-hub token --help`.
+pub const USAGE_TOKEN: &str = "\
+usage: aymc-hub token --sub UUID [--role admin|service|user] [--servers UUID,..] [--ttl SECONDS] [--config FILE]
+Prints a JWT signed with the configured HS256 secret (for tests and tools).
+  --sub UUID        the user (required)
+  --role ROLE       admin, service or user (default: none, a user)
+  --servers UUIDS   comma-separated servers the user may watch
+  --ttl SECONDS     lifetime (default 3600)
+  --config FILE     the TOML file (else AYMC_CONFIG)";
+
+/// Usage of `aymc-hub check-config --help`.
+pub const USAGE_CHECK_CONFIG: &str = "\
+usage: aymc-hub check-config [--config FILE] [--listen ADDR]
+Validates the configuration: prints `config ok: listening on ADDR` and exits 0,
+or prints one error line and exits 2. Warnings (a JWT secret file readable
+by group or others) go to stderr and do not change the exit code.
+  --config FILE   the TOML file (else AYMC_CONFIG)";
 
 /// The parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -383,7 +504,10 @@ impl Cli {
             }
         }
         let command = match sub.as_deref() {
-            _ if flags_help => Command::Help,
+            Some("serve") if flags_help => Command::Help(Some(USAGE_SERVE)),
+            Some("token") if flags_help => Command::Help(Some(USAGE_TOKEN)),
+            Some("check-config") if flags_help => Command::Help(Some(USAGE_CHECK_CONFIG)),
+            _ if flags_help => Command::Help(None),
             Some("token") => Command::Token {
                 sub: user.ok_or_else(|| ConfigError("token: --sub UUID is required".into()))?,
                 role,
@@ -407,9 +531,7 @@ impl Cli {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
-        if let Some(secret) = env("AYMC_JWT_SECRET") {
-            config.auth.jwt_secret = Some(secret);
-        }
+        config.auth.resolve_secret(&env)?;
         let listen = self.listen.clone().or_else(|| env("AYMC_LISTEN"));
         if let Some(listen) = listen {
             config.listen = listen
@@ -438,7 +560,7 @@ impl Config {
         let a = &self.auth;
         match (&a.jwt_secret, &a.jwt_public_key) {
             (Some(_), Some(_)) => return err("auth.jwt_secret and auth.jwt_public_key are both set; use one"),
-            (None, None) => return err("no JWT key: set auth.jwt_secret (or AYMC_JWT_SECRET) or auth.jwt_public_key"),
+            (None, None) => return err("no JWT key: set auth.jwt_secret, auth.jwt_secret_file (or AYMC_JWT_SECRET, or a jwt_secret systemd credential) or auth.jwt_public_key"),
             (Some(s), None) if s.is_empty() => return err("auth.jwt_secret must not be empty"),
             _ => {}
         }

@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -17,6 +18,29 @@ use crate::caps::Counted;
 use crate::http::Request;
 use crate::proxy::{ProxyError, Remote, Source, Via};
 use crate::ws::Decoder;
+
+/// Kernel send buffer per connection (Linux doubles it). Without a cap it
+/// autotunes up to `tcp_wmem`'s maximum (4 MiB), which hides a stalled
+/// client from the queue cap and the write timeout for tens of seconds.
+const SEND_BUFFER: libc::c_int = 256 * 1024;
+
+/// Sets a new connection's socket options: no Nagle delay (frames are
+/// written whole and coalesced by the hub), and the send buffer capped at
+/// [`SEND_BUFFER`].
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let size = SEND_BUFFER;
+    // SAFETY: setsockopt with a pointer to a c_int of the given length.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 /// Why a connection ends; logged at disconnect.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,7 +27,10 @@
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |
 //! | [`proxy`] | behind a reverse proxy: `trusted_proxies` CIDRs, `X-Forwarded-For`, PROXY protocol headers |
+//! | [`logging`] | the log line formats: human, systemd journal (`<N>`), JSON |
+//! | [`notify`] | systemd's notify protocol: `READY=1`, `STOPPING=1`, `WATCHDOG=1` datagrams |
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
+//! | [`reload`] | SIGHUP: what a reloaded config changes in the running hub, and the one line saying so |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
 //! | [`agent_link`] | the hub's side of the gRPC agent link: one thread, streams and health monitor → events for the reactor |
 //!
@@ -50,12 +53,15 @@ pub mod endpoints;
 pub mod http;
 pub mod hub;
 pub mod link;
+pub mod logging;
 pub mod logs_api;
+pub mod notify;
 pub mod outq;
 pub mod pending;
 pub mod protocol;
 pub mod proxy;
 pub mod reactor;
+pub mod reload;
 pub mod stats;
 pub mod store;
 pub mod ws;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use aymc_hub::agent_link;
 use aymc_hub::auth::Authenticator;
 use aymc_hub::config::{Cli, Command, Config, ConfigError, USAGE};
+use aymc_hub::logging;
+use aymc_hub::notify::Notifier;
 use aymc_hub::reactor::Reactor;
 use aymc_hub::store::{self, StoreError};
 
@@ -22,8 +24,8 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, ConfigError> {
     let cli = Cli::parse(std::env::args().skip(1))?;
     match &cli.command {
-        Command::Help => {
-            println!("{USAGE}");
+        Command::Help(usage) => {
+            println!("{}", usage.unwrap_or(USAGE));
             return Ok(ExitCode::SUCCESS);
         }
         Command::Version => {
@@ -34,6 +36,11 @@ fn run() -> Result<ExitCode, ConfigError> {
     }
     let config = cli.load(|k| std::env::var(k).ok())?;
     let auth = authenticator(&config)?;
+    if let Some(warning) = config.auth.secret_file_warning() {
+        if cli.command == Command::CheckConfig {
+            eprintln!("aymc-hub: {warning}");
+        }
+    }
     match cli.command {
         Command::CheckConfig => {
             println!("config ok: listening on {}", config.listen);
@@ -43,7 +50,7 @@ fn run() -> Result<ExitCode, ConfigError> {
             println!("{}", auth.mint(sub, role.as_deref(), &servers, ttl_s).map_err(ConfigError)?);
             Ok(ExitCode::SUCCESS)
         }
-        _ => Ok(serve(config, auth)),
+        _ => Ok(serve(&cli, config, auth)),
     }
 }
 
@@ -52,8 +59,11 @@ fn authenticator(config: &Config) -> Result<Authenticator, ConfigError> {
     Authenticator::new(&config.auth, owners).map_err(ConfigError)
 }
 
-fn serve(config: Config, auth: Authenticator) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("AYMC_LOG", "info")).init();
+fn serve(cli: &Cli, config: Config, auth: Authenticator) -> ExitCode {
+    logging::init(&config.log);
+    if let Some(warning) = config.auth.secret_file_warning() {
+        log::warn!("{warning}");
+    }
     // The soft limit of open files up to the hard one, so that
     // max_connections can be reached.
     let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
@@ -85,6 +95,9 @@ fn serve(config: Config, auth: Authenticator) -> ExitCode {
         Ok(addr) => log::info!("listening on {addr}"),
         Err(e) => log::warn!("listening, address unknown: {e}"),
     }
+    let reload = cli.clone();
+    reactor.set_reload(Box::new(move || reload.load(|k| std::env::var(k).ok())));
+    reactor.set_notifier(Notifier::from_env(|k| std::env::var(k).ok()));
     if let Err(e) = agent_link::spawn(&agents, reactor.link(), offsets) {
         log::error!("cannot start the agent thread: {e}");
         return ExitCode::FAILURE;

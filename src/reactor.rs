@@ -23,19 +23,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::app::App;
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::conn::{Conn, Outcome, Phase, Reason};
+use crate::conn::{self, Conn, Outcome, Phase, Reason};
 use crate::link::{Event, Link};
+use crate::notify::{Notifier, Systemd};
 use crate::pending::PendingHeads;
 use crate::proxy::Via;
+use crate::reload::{self, ReloadFn};
 use crate::store::{Recovered, Store};
 use crate::{dispatch, endpoints, ws};
 
@@ -67,10 +69,6 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 const FANOUT_DELAY: Duration = Duration::from_millis(2);
 /// The listen backlog asked for.
 const LISTEN_BACKLOG: libc::c_int = 4096;
-/// Kernel send buffer per connection (Linux doubles it). Without a cap it
-/// autotunes up to `tcp_wmem`'s maximum (4 MiB), which hides a stalled
-/// client from the queue cap and the write timeout for tens of seconds.
-const SEND_BUFFER: libc::c_int = 256 * 1024;
 /// After `accept` fails for lack of descriptors, try again after this.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -100,21 +98,10 @@ pub struct Reactor {
     /// When the heap was last trimmed, and `serials` then.
     last_trim: Instant,
     trimmed_at_serial: u64,
-}
-
-/// Caps the socket's kernel send buffer at [`SEND_BUFFER`].
-fn cap_send_buffer(stream: &TcpStream) {
-    let size = SEND_BUFFER;
-    // SAFETY: setsockopt with a pointer to a c_int of the given length.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    /// What systemd is told (ready, stopping, watchdog).
+    systemd: Systemd,
+    /// Loads the configuration again on SIGHUP.
+    reload: Option<ReloadFn>,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -143,7 +130,7 @@ impl Reactor {
             libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG);
         }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let woken = Arc::new(AtomicBool::new(false));
@@ -169,6 +156,8 @@ impl Reactor {
             serials: 0,
             last_trim: Instant::now(),
             trimmed_at_serial: 0,
+            systemd: Systemd::default(),
+            reload: None,
         })
     }
 
@@ -188,6 +177,17 @@ impl Reactor {
         }
     }
 
+    /// Tells systemd (through `notifier`) when the loop is ready, when it
+    /// stops, and that it is alive (watchdog).
+    pub fn set_notifier(&mut self, notifier: Option<Notifier>) {
+        self.systemd = Systemd::new(notifier);
+    }
+
+    /// Sets how SIGHUP loads the configuration again.
+    pub fn set_reload(&mut self, reload: ReloadFn) {
+        self.reload = Some(reload);
+    }
+
     /// Runs until SIGTERM/SIGINT and the shutdown grace period end.
     ///
     /// # Errors
@@ -196,12 +196,14 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         let mut flush = Vec::new();
+        self.systemd.ready(Instant::now());
         loop {
             let now = Instant::now();
             let wake = match self.app.hub.fanout_since() {
                 Some(since) => next_tick.min(since + FANOUT_DELAY),
                 None => next_tick,
             };
+            let wake = self.systemd.deadline().map_or(wake, |w| wake.min(w));
             let timeout = if self.read_again.is_empty() && !self.events_pending {
                 wake.saturating_duration_since(now)
             } else {
@@ -219,8 +221,13 @@ impl Reactor {
                     LISTENER => self.accept(now),
                     WAKER => self.drain_events(now),
                     SIGNALS => {
-                        if self.signals.pending().next().is_some() {
-                            self.begin_shutdown(now);
+                        let signals: Vec<i32> = self.signals.pending().collect();
+                        for signal in signals {
+                            if signal == SIGHUP {
+                                reload::on_sighup(self.reload.as_mut(), &mut self.app);
+                            } else {
+                                self.begin_shutdown(now);
+                            }
                         }
                     }
                     Token(key) => {
@@ -244,6 +251,7 @@ impl Reactor {
             if self.app.hub.fanout_since().is_some_and(|t| !busy || now.duration_since(t) >= FANOUT_DELAY) {
                 self.flush_listed(&mut flush, now, true);
             }
+            self.systemd.alive(now);
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.tick(now);
@@ -327,8 +335,7 @@ impl Reactor {
                     return;
                 }
             };
-            let _ = stream.set_nodelay(true);
-            cap_send_buffer(&stream);
+            conn::tune(&stream);
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
@@ -565,6 +572,7 @@ impl Reactor {
             return;
         }
         info!("shutting down: closing {} clients", self.app.hub.sessions());
+        self.systemd.stopping();
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

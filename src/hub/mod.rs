@@ -112,6 +112,16 @@ impl Hub {
         }
     }
 
+    /// Takes reloaded caps (SIGHUP): `client_queue`, `max_subscriptions`
+    /// and `max_reply_bytes` apply to what comes next; queues and
+    /// subscriptions already over a lowered cap are left as they are.
+    /// `max_idle_channels` is not reloaded.
+    pub fn set_limits(&mut self, limits: &Limits) {
+        self.queue_cap = limits.client_queue;
+        self.max_subscriptions = limits.max_subscriptions;
+        self.max_reply_bytes = limits.max_reply_bytes;
+    }
+
     /// The current epoch.
     pub fn epoch(&self) -> &str {
         &self.epoch

@@ -302,7 +302,19 @@ impl HubConfig {
 /// removed, so only what a test sets applies.
 pub fn hub_command() -> Command {
     let mut cmd = Command::new(bin());
-    for key in ["AYMC_CONFIG", "AYMC_LISTEN", "AYMC_JWT_SECRET", "AYMC_LOG", "RUST_LOG"] {
+    for key in [
+        "AYMC_CONFIG",
+        "AYMC_LISTEN",
+        "AYMC_JWT_SECRET",
+        "AYMC_LOG",
+        "AYMC_LOG_STYLE",
+        "RUST_LOG",
+        "CREDENTIALS_DIRECTORY",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "JOURNAL_STREAM",
+    ] {
         cmd.env_remove(key);
     }
     cmd
