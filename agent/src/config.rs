@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub use aymc_cli::ConfigError;
 use aymc_cli::{flag_value, read_toml, split_flag};
 
+use crate::tenant::TenantPath;
+
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
@@ -53,6 +55,22 @@ impl ServerSettings {
     /// `dir/crash-reports`
     pub fn crash_reports(&self) -> PathBuf {
         self.dir.join("crash-reports")
+    }
+
+    /// `logs/latest.log`, read without following links below `dir`.
+    pub fn log_path(&self) -> TenantPath {
+        TenantPath::new(&self.dir, "logs/latest.log")
+    }
+
+    /// `crash-reports/`, listed without following links below `dir`.
+    pub fn crash_reports_path(&self) -> TenantPath {
+        TenantPath::new(&self.dir, "crash-reports")
+    }
+
+    /// The pid file, read without following links below `dir` (or its
+    /// last component, when it is elsewhere).
+    pub fn pid_path(&self) -> Option<TenantPath> {
+        self.pid_file.as_deref().map(|p| TenantPath::within(&self.dir, p))
     }
 }
 

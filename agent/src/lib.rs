@@ -23,6 +23,7 @@
 //! | [`slp`] | the Server List Ping client |
 //! | [`server`] | one server's shared state and its worker thread |
 //! | [`service`] | the grpcio `AgentService` implementation |
+//! | [`tenant`] | reading in directories tenants write: no links followed, regular files only |
 //! | [`watch`] | inotify on `logs/`: wakes a worker when its log changes |
 
 #![deny(missing_docs)]
@@ -37,6 +38,7 @@ pub mod slp;
 pub mod state;
 pub mod status;
 pub mod tail;
+pub mod tenant;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -86,7 +88,7 @@ impl Agent {
         let (ready_tx, ready_rx) = mpsc::channel();
         for sc in &config.servers {
             let server = Arc::new(Server::new(sc.clone(), config.history_lines));
-            let (tailer, floor) = Tailer::open(&sc.id, &sc.latest_log(), Arc::clone(&store))?;
+            let (tailer, floor) = Tailer::open(&sc.id, &sc.log_path(), Arc::clone(&store))?;
             server.logs.raise_floor(floor);
             let worker = Worker::new(Arc::clone(&server), tailer);
             let (stop_tx, stop_rx) = mpsc::channel();

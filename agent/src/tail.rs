@@ -11,10 +11,10 @@
 //! hands out entries (the caller publishes them), so an offset a hub holds is
 //! always covered by the state file. It never touches the ring or the status.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use chrono::{DateTime, Local};
 
 use crate::parse::{Entry, Folder};
 use crate::state::{LogState, StateError, StateStore};
+use crate::tenant::{TenantError, TenantPath, WarnOnce};
 
 /// Bytes read per step; a step that fills it says more may be waiting.
 const CHUNK: usize = 256 * 1024;
@@ -62,7 +63,9 @@ pub enum TailError {
 /// One server's log follower.
 pub struct Tailer {
     server_id: String,
-    path: PathBuf,
+    path: TenantPath,
+    /// latest.log is something the agent must not read (logged once).
+    refused: WarnOnce,
     store: Arc<StateStore>,
     file: Option<File>,
     state: LogState,
@@ -76,7 +79,8 @@ pub struct Tailer {
 }
 
 impl Tailer {
-    /// Opens `path` for server `server_id`, deciding the generation from the
+    /// Opens `path` for server `server_id` (a link, FIFO, socket or device
+    /// there counts as no file: see [`crate::tenant`]), deciding the generation from the
     /// saved state: the same file (same inode, not shorter than the saved
     /// position, same first line) keeps its generation and is read again from
     /// the start to refill the ring with the same offsets; anything else is a
@@ -85,20 +89,16 @@ impl Tailer {
     ///
     /// # Errors
     /// The state file cannot be written (when the generation changed).
-    pub fn open(server_id: &str, path: &Path, store: Arc<StateStore>) -> Result<(Tailer, u64), StateError> {
+    pub fn open(server_id: &str, path: &TenantPath, store: Arc<StateStore>) -> Result<(Tailer, u64), StateError> {
         let saved = store.log_state(server_id);
-        let file = match File::open(path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("server {server_id}: cannot open {}: {e}", path.display());
-                }
-                None
-            }
-        };
+        let opened = path.open();
+        let mut refused = WarnOnce::default();
+        refused.note(server_id, &opened);
+        let file = opened.ok();
         let mut tailer = Tailer {
             server_id: server_id.to_string(),
-            path: path.to_path_buf(),
+            path: path.clone(),
+            refused,
             store,
             file: None,
             state: saved.clone().unwrap_or(LogState { generation: 1, ..LogState::default() }),
@@ -148,29 +148,22 @@ impl Tailer {
         let now = Local::now();
         let result = self.advance(&now, out);
         self.save()?;
-        result.map_err(|e| TailError::Io(self.path.clone(), e))
+        result.map_err(|e| TailError::Io(self.path.path(), e))
     }
 
     fn advance(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<bool> {
         if self.read_chunk(now, out)? == CHUNK {
             return Ok(true);
         }
-        let meta = match fs::metadata(&self.path) {
-            Ok(m) => m,
-            // Renamed away and not replaced yet: keep the old file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if self.file.is_none() || meta.ino() != self.state.inode {
+        // Renamed away and not replaced yet (or replaced by something that
+        // must not be read): keep the old file.
+        let Some(ino) = self.tenant(self.path.inode())? else { return Ok(false) };
+        if self.file.is_none() || ino != self.state.inode {
             // Rotation: finish the old file (lines written just before the
             // rename are still in it), then start the new one.
             while self.read_chunk(now, out)? == CHUNK {}
             self.finish_file(now, out);
-            let file = match File::open(&self.path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
-            };
+            let Some(file) = self.tenant(self.path.open())? else { return Ok(false) };
             let ino = file.metadata()?.ino();
             log::info!("server {}: following a new latest.log (inode {ino})", self.server_id);
             self.new_generation(ino);
@@ -182,11 +175,26 @@ impl Tailer {
             if file.metadata()?.len() < self.state.position + self.carry.len() as u64 {
                 log::info!("server {}: latest.log was truncated", self.server_id);
                 out.extend(self.folder.flush().map(TailEvent::Entry));
-                self.new_generation(meta.ino());
+                self.new_generation(ino);
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// A look at latest.log: what is there, `None` when it is missing or
+    /// refused (logged once), or an IO error.
+    fn tenant<T>(&mut self, result: Result<T, TenantError>) -> io::Result<Option<T>> {
+        if let Err(TenantError::Io(_, e)) = result {
+            // The worker logs it once.
+            return Err(e);
+        }
+        self.refused.note(&self.server_id, &result);
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(TenantError::Missing(_) | TenantError::Refused(..)) => Ok(None),
+            Err(TenantError::Io(_, e)) => Err(e),
+        }
     }
 
     /// Completes the entry waiting for continuation lines when its last line
@@ -334,9 +342,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    use std::fs;
+    use std::path::PathBuf;
+
     struct Fixture {
         dir: tempfile::TempDir,
         log: PathBuf,
+        path: TenantPath,
         store: Arc<StateStore>,
     }
 
@@ -345,7 +357,8 @@ mod tests {
             let dir = tempfile::Builder::new().prefix(&format!("aymc-agent-tail-{name}-")).tempdir().unwrap();
             fs::create_dir_all(dir.path().join("logs")).unwrap();
             let store = Arc::new(StateStore::open(&dir.path().join("state.toml")).unwrap());
-            Fixture { log: dir.path().join("logs/latest.log"), dir, store }
+            let path = TenantPath::new(dir.path(), "logs/latest.log");
+            Fixture { log: dir.path().join("logs/latest.log"), path, dir, store }
         }
 
         fn append(&self, text: &str) {
@@ -388,7 +401,7 @@ mod tests {
     fn offsets_are_generation_and_position_and_partial_lines_wait() {
         let f = Fixture::new("offsets");
         f.append(A);
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 0);
         assert_eq!(offsets(&drain(&mut t)), vec![1 << 40]);
         f.append("[10:00:01] [Server thread/INFO]: no newline yet");
@@ -402,7 +415,7 @@ mod tests {
     fn rotation_reads_the_old_file_to_its_end_then_bumps_the_generation() {
         let f = Fixture::new("rotation");
         f.append(A);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         f.append(B);
         fs::rename(&f.log, f.dir.path().join("logs/2026-11-28-1.log")).unwrap();
@@ -419,7 +432,7 @@ mod tests {
         let f = Fixture::new("truncate");
         f.append(A);
         f.append(B);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         fs::write(&f.log, "").unwrap();
         f.append(B);
@@ -431,12 +444,12 @@ mod tests {
         let mut f = Fixture::new("restart");
         f.append(A);
         f.append(B);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         let first = offsets(&drain(&mut t));
         drop(t);
         f.append(A);
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 0);
         let again = offsets(&drain(&mut t));
         assert_eq!(&again[..2], &first[..]);
@@ -446,14 +459,14 @@ mod tests {
         fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
         f.append(A);
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, again[2]);
         assert_eq!(offsets(&drain(&mut t)), vec![2 << 40]);
         drop(t);
         // Gone while down: the floor covers the whole generation.
         fs::remove_file(&f.log).unwrap();
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 2 << 40);
         f.append(B);
         assert_eq!(offsets(&drain(&mut t)), vec![3 << 40]);
@@ -463,12 +476,12 @@ mod tests {
     fn a_rewritten_file_with_the_same_inode_is_a_new_generation() {
         let mut f = Fixture::new("rewritten");
         f.append(A);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         drop(t);
         fs::write(&f.log, format!("{B}{B}")).unwrap();
         f.reopen_store();
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(offsets(&drain(&mut t))[0], 2 << 40);
     }
 
@@ -477,7 +490,7 @@ mod tests {
         let f = Fixture::new("long");
         f.append(&"x".repeat(MAX_LINE + 10));
         f.append("\n");
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + MAX_LINE as u64]);
     }
 }

@@ -109,6 +109,23 @@ pub fn numbered(from: usize, n: usize, start_pos: u64) -> (String, Vec<u64>) {
     (text, positions)
 }
 
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+/// Removes whatever is at `path` (file, link, FIFO, socket or directory tree), if anything.
+pub fn remove(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).unwrap(),
+        Ok(_) => fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
 pub fn offset(generation: u64, position: u64) -> u64 {
     (generation << 40) + position
 }
@@ -156,6 +173,33 @@ impl Agent {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The agent's peak resident set so far (`VmHWM` in /proc/<pid>/status), bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Stderr lines that contain every one of `words`.
+    pub fn log_lines(&self, words: &[&str]) -> Vec<String> {
+        self.stderr.lock().unwrap().iter().filter(|l| words.iter().all(|w| l.contains(w))).cloned().collect()
+    }
+
+    /// Asserts the agent answers `Ping` within a second.
+    pub fn assert_answers(&self, client: &AgentServiceClient) {
+        let started = Instant::now();
+        let pong = client.ping_opt(&aymc_proto::agent::PingRequest::new(), opt()).unwrap();
+        assert!(!pong.get_agent_id().is_empty());
+        assert!(started.elapsed() < Duration::from_secs(1), "Ping took {:?}", started.elapsed());
+    }
+
+    /// SIGTERM, then a clean exit within `limit`.
+    pub fn stop_within(self, limit: Duration) {
+        let started = Instant::now();
+        self.stop();
+        assert!(started.elapsed() < limit, "SIGTERM took {:?}", started.elapsed());
     }
 
     pub fn client(&self) -> AgentServiceClient {
