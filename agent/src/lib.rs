@@ -87,7 +87,7 @@ impl Agent {
         let mut agent = Agent { id, servers: Vec::new(), workers: Vec::new() };
         let (ready_tx, ready_rx) = mpsc::channel();
         for sc in &config.servers {
-            let server = Arc::new(Server::new(sc.clone(), config.history_lines));
+            let server = Arc::new(Server::new(sc.clone(), config.history_lines, config.history_bytes));
             let (tailer, floor) = Tailer::open(&sc.id, &sc.log_path(), Arc::clone(&store))?;
             server.logs.raise_floor(floor);
             let worker = Worker::new(Arc::clone(&server), tailer);

@@ -1,6 +1,8 @@
 //! What the agent keeps for subscribers: a bounded ring of items with strictly
 //! increasing keys (log entries by offset, status changes by sequence number),
-//! the floor (the newest key no longer held), and the live subscribers.
+//! the floor (the newest key no longer held), and the live subscribers. The
+//! ring is bounded twice: by items and by bytes ([`Keyed::weight`]); either
+//! cap evicts the oldest items first and raises the floor past them.
 //!
 //! A subscriber is a [`Cursor`]: a `Stream` that reads the ring from a key
 //! on, a batch at a time, and parks its waker when it has read everything.
@@ -24,7 +26,16 @@ use futures::Stream;
 pub trait Keyed {
     /// Strictly increasing within a ring; never 0.
     fn key(&self) -> u64;
+
+    /// The memory the item holds while kept, counted against the ring's
+    /// byte budget (its heap data, itself, and the ring's slot and `Arc`).
+    fn weight(&self) -> usize {
+        std::mem::size_of_val(self) + SLOT_OVERHEAD
+    }
 }
+
+/// Bytes a kept item costs beside its own: its `Arc` header and ring slot.
+pub const SLOT_OVERHEAD: usize = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Arc<()>>();
 
 /// Items read by a cursor in one lock.
 const CURSOR_BATCH: usize = 1024;
@@ -48,6 +59,11 @@ struct Inner<T> {
     items: VecDeque<Arc<T>>,
     /// Items kept; pushing more drops the oldest and raises the floor.
     cap: usize,
+    /// The sum of the kept items' weights.
+    bytes: usize,
+    /// The most `bytes` may be; pushing more drops the oldest (but the
+    /// newest item is kept even when it alone is heavier).
+    cap_bytes: usize,
     floor: u64,
     last: u64,
     readers: Vec<CursorState>,
@@ -78,12 +94,15 @@ pub struct Delivered<T> {
 }
 
 impl<T: Keyed> Ring<T> {
-    /// An empty ring keeping `cap` items (at least one), whose floor is `floor`.
-    pub fn new(cap: usize, floor: u64) -> Ring<T> {
+    /// An empty ring keeping `cap` items (at least one) weighing at most
+    /// `cap_bytes` together, whose floor is `floor`.
+    pub fn new(cap: usize, cap_bytes: usize, floor: u64) -> Ring<T> {
         Ring {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 cap: cap.max(1),
+                bytes: 0,
+                cap_bytes,
                 floor,
                 last: floor,
                 readers: Vec::new(),
@@ -110,17 +129,21 @@ impl<T: Keyed> Ring<T> {
                 log::error!("ring: key {key} is not above the last key {}; dropped", inner.last);
                 continue;
             }
-            if inner.items.len() >= inner.cap {
+            // Make room, oldest first; the floor rises past what is dropped.
+            let weight = item.weight();
+            while !inner.items.is_empty()
+                && (inner.items.len() >= inner.cap || inner.bytes.saturating_add(weight) > inner.cap_bytes)
+            {
                 inner = self.wait_for_readers(inner);
-            }
-            inner.last = key;
-            inner.items.push_back(Arc::new(item));
-            pushed = true;
-            if inner.items.len() > inner.cap {
                 if let Some(old) = inner.items.pop_front() {
+                    inner.bytes -= old.weight();
                     inner.floor = old.key();
                 }
             }
+            inner.last = key;
+            inner.bytes += weight;
+            inner.items.push_back(Arc::new(item));
+            pushed = true;
         }
         if pushed {
             let wakers = inner.wakers();
@@ -168,7 +191,9 @@ impl<T: Keyed> Ring<T> {
             inner.floor = floor;
             inner.last = inner.last.max(floor);
             while inner.items.front().is_some_and(|i| i.key() <= floor) {
-                inner.items.pop_front();
+                if let Some(old) = inner.items.pop_front() {
+                    inner.bytes -= old.weight();
+                }
             }
         }
     }
@@ -186,6 +211,11 @@ impl<T: Keyed> Ring<T> {
     /// The newest item kept.
     pub fn latest(&self) -> Option<Arc<T>> {
         self.lock().items.back().cloned()
+    }
+
+    /// The sum of the kept items' weights.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     /// Number of items kept.
@@ -323,7 +353,7 @@ mod tests {
 
     #[test]
     fn keeps_cap_items_and_the_floor_is_the_last_dropped() {
-        let ring = Arc::new(Ring::new(3, 0));
+        let ring = Arc::new(Ring::new(3, usize::MAX, 0));
         ring.push((1..=5).map(K));
         assert_eq!((ring.len(), ring.floor(), ring.last_key()), (3, 2, 5));
         assert_eq!(ready(&mut ring.subscribe(0)), vec![(3, false), (4, false), (5, false)]);
@@ -339,7 +369,7 @@ mod tests {
 
     #[test]
     fn a_parked_cursor_is_woken_and_a_stalled_one_is_told_it_lost_items() {
-        let ring = Arc::new(Ring::new(2, 0));
+        let ring = Arc::new(Ring::new(2, usize::MAX, 0));
         let mut cursor = ring.subscribe(0);
         assert!(ready(&mut cursor).is_empty());
         assert_eq!(parked(&ring), 1);
@@ -368,9 +398,40 @@ mod tests {
         assert_eq!(ring.inner.lock().unwrap().readers.len(), 0, "a dropped cursor leaves");
     }
 
+    /// An item of a given weight.
+    #[derive(Debug)]
+    struct W(u64, usize);
+    impl Keyed for W {
+        fn key(&self) -> u64 {
+            self.0
+        }
+        fn weight(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[test]
+    fn the_byte_budget_drops_the_oldest_and_raises_the_floor_like_the_item_cap() {
+        let ring = Arc::new(Ring::new(100, 1000, 0));
+        ring.push([W(1, 300), W(2, 300), W(3, 300)]);
+        assert_eq!((ring.len(), ring.bytes(), ring.floor()), (3, 900, 0));
+        ring.push([W(4, 300)]);
+        assert_eq!((ring.len(), ring.bytes(), ring.floor()), (3, 900, 1));
+        // One heavy item drops as many as it needs.
+        ring.push([W(5, 700)]);
+        assert_eq!((ring.len(), ring.bytes(), ring.floor()), (2, 1000, 3));
+        assert_eq!(ready(&mut ring.subscribe(2)), vec![(4, true), (5, false)]);
+        assert_eq!(ready(&mut ring.subscribe(3)), vec![(4, false), (5, false)]);
+        // An item heavier than the budget is still kept, alone.
+        ring.push([W(6, 5000)]);
+        assert_eq!((ring.len(), ring.bytes(), ring.floor()), (1, 5000, 5));
+        ring.raise_floor(6);
+        assert_eq!((ring.len(), ring.bytes()), (0, 0));
+    }
+
     #[test]
     fn keys_must_increase_and_the_floor_only_rises() {
-        let ring = Arc::new(Ring::new(10, 7));
+        let ring = Arc::new(Ring::new(10, usize::MAX, 7));
         assert_eq!(ring.last_key(), 7);
         ring.push([K(7), K(8), K(8), K(9)]);
         assert_eq!(ready(&mut ring.subscribe(0)), vec![(8, false), (9, false)]);
@@ -381,7 +442,7 @@ mod tests {
 
     #[test]
     fn subscribe_latest_starts_with_the_newest() {
-        let ring = Arc::new(Ring::new(10, 0));
+        let ring = Arc::new(Ring::new(10, usize::MAX, 0));
         let mut empty = ring.subscribe_latest();
         assert!(ready(&mut empty).is_empty());
         ring.push([K(1), K(2)]);

@@ -17,7 +17,7 @@ use aymc_proto::agent::ServerMetrics;
 use crate::config::ServerSettings;
 use crate::metrics::{self, CpuTracker};
 use crate::parse::{self, Entry};
-use crate::ring::{Keyed, Ring};
+use crate::ring::{self, Keyed, Ring};
 use crate::status::{CrashReports, Observation, RunStatus, RunStatusChange, StatusMachine};
 use crate::tail::{TailEvent, Tailer, FOLD_WAIT};
 use crate::tenant::{TenantPath, WarnOnce};
@@ -35,13 +35,21 @@ impl Keyed for Entry {
     fn key(&self) -> u64 {
         self.offset
     }
+
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + ring::SLOT_OVERHEAD
+            + self.source.capacity()
+            + self.message.capacity()
+            + self.exception.capacity()
+    }
 }
 
 /// What the service reads about one server.
 pub struct Server {
     /// Its configuration.
     pub config: ServerSettings,
-    /// Kept log entries (`history_lines`) and their subscribers.
+    /// Kept log entries (`history_lines`, `history_bytes`) and their subscribers.
     pub logs: Arc<Ring<Entry>>,
     /// Status changes; the newest is the current status.
     pub status: Arc<Ring<RunStatusChange>>,
@@ -53,11 +61,11 @@ pub struct Server {
 
 impl Server {
     /// A server with nothing seen yet.
-    pub fn new(config: ServerSettings, history_lines: usize) -> Server {
+    pub fn new(config: ServerSettings, history_lines: usize, history_bytes: usize) -> Server {
         Server {
             config,
-            logs: Arc::new(Ring::new(history_lines, 0)),
-            status: Arc::new(Ring::new(STATUS_KEPT, 0)),
+            logs: Arc::new(Ring::new(history_lines, history_bytes, 0)),
+            status: Arc::new(Ring::new(STATUS_KEPT, usize::MAX, 0)),
             tps: Mutex::new(None),
             cpu: CpuTracker::default(),
         }

@@ -26,9 +26,11 @@ use crate::tenant::{TenantError, TenantPath, WarnOnce};
 
 /// Bytes read per step; a step that fills it says more may be waiting.
 const CHUNK: usize = 256 * 1024;
-/// A line longer than this is cut here (the rest is the next line), so one
-/// runaway line cannot grow memory without bound.
-pub const MAX_LINE: usize = 1024 * 1024;
+/// A line longer than this keeps only its first `MAX_LINE` bytes, followed
+/// by a note of how many were cut ([`cut_note`]); the rest is read and dropped
+/// as it comes, so a line that never ends (a tenant's 1 GiB without a
+/// newline) holds at most this much memory.
+pub const MAX_LINE: usize = 64 * 1024;
 /// An entry is complete this long after its last line (DESIGN.md).
 pub const FOLD_WAIT: Duration = Duration::from_millis(100);
 /// Bytes of the first line that identify a file.
@@ -71,8 +73,11 @@ pub struct Tailer {
     state: LogState,
     /// What the state file holds for this server.
     saved: LogState,
-    /// Bytes read after `state.position` that do not end a line yet.
+    /// Bytes read after `state.position` that do not end a line yet (while
+    /// `cut` > 0: the first [`MAX_LINE`] bytes of an overlong line).
     carry: Vec<u8>,
+    /// Bytes of the current overlong line read past `carry` and dropped.
+    cut: u64,
     buf: Vec<u8>,
     folder: Folder,
     last_line_at: Instant,
@@ -104,6 +109,7 @@ impl Tailer {
             state: saved.clone().unwrap_or(LogState { generation: 1, ..LogState::default() }),
             saved: saved.clone().unwrap_or_default(),
             carry: Vec::new(),
+            cut: 0,
             buf: vec![0; CHUNK],
             folder: Folder::default(),
             last_line_at: Instant::now(),
@@ -172,7 +178,7 @@ impl Tailer {
             return Ok(true);
         }
         if let Some(file) = &self.file {
-            if file.metadata()?.len() < self.state.position + self.carry.len() as u64 {
+            if file.metadata()?.len() < self.read_at() {
                 log::info!("server {}: latest.log was truncated", self.server_id);
                 out.extend(self.folder.flush().map(TailEvent::Entry));
                 self.new_generation(ino);
@@ -227,8 +233,8 @@ impl Tailer {
 
     /// Reads up to one chunk from the open file and takes its complete lines.
     fn read_chunk(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<usize> {
+        let at = self.read_at();
         let Some(file) = &self.file else { return Ok(0) };
-        let at = self.state.position + self.carry.len() as u64;
         let n = loop {
             match file.read_at(&mut self.buf, at) {
                 Ok(n) => break n,
@@ -236,44 +242,102 @@ impl Tailer {
                 Err(e) => return Err(e),
             }
         };
-        if n > 0 {
-            self.carry.extend_from_slice(&self.buf[..n]);
-            self.take_lines(now, out, false);
+        if n == 0 {
+            return Ok(0);
         }
+        let mut from = 0;
+        if self.cut > 0 {
+            // Inside an overlong line: drop bytes up to its newline.
+            match memchr::memchr(b'\n', &self.buf[..n]) {
+                None => {
+                    self.cut += n as u64;
+                    return Ok(n);
+                }
+                Some(nl) => {
+                    self.cut += nl as u64;
+                    self.end_overlong_line(now, out, 1);
+                    from = nl + 1;
+                }
+            }
+        }
+        self.carry.extend_from_slice(&self.buf[from..n]);
+        self.take_lines(now, out, false);
         Ok(n)
     }
 
+    /// Where the next read starts: after the consumed lines, what waits in
+    /// `carry`, and what was dropped of an overlong line.
+    fn read_at(&self) -> u64 {
+        self.state.position + self.carry.len() as u64 + self.cut
+    }
+
     /// Turns the complete lines in `carry` into entries; with `eof`, also
-    /// the partial last line.
+    /// the partial last line. A partial line longer than [`MAX_LINE`] keeps
+    /// its start in `carry` and the rest is dropped as it is read.
     fn take_lines(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>, eof: bool) {
+        if self.cut > 0 {
+            if eof {
+                self.end_overlong_line(now, out, 0);
+            }
+            return;
+        }
         let carry = std::mem::take(&mut self.carry);
         let mut start = 0;
         while start < carry.len() {
             let rest = &carry[start..];
-            let (len, next) = match rest.iter().position(|&b| b == b'\n') {
-                Some(nl) if nl <= MAX_LINE => (nl, nl + 1),
-                None if rest.len() <= MAX_LINE && !eof => break,
-                None if rest.len() <= MAX_LINE => (rest.len(), rest.len()),
-                _ => (MAX_LINE, MAX_LINE),
+            let (len, next) = match memchr::memchr(b'\n', rest) {
+                Some(nl) => (nl, nl + 1),
+                None if eof => (rest.len(), rest.len()),
+                None if rest.len() > MAX_LINE => {
+                    self.cut = (rest.len() - MAX_LINE) as u64;
+                    self.carry.extend_from_slice(&rest[..MAX_LINE]);
+                    break;
+                }
+                None => break,
             };
             let line = rest[..len].strip_suffix(b"\r").unwrap_or(&rest[..len]);
-            let position = self.state.position + start as u64;
-            if position == 0 {
-                self.state.head = fingerprint(line);
-            }
-            let offset = offset(self.state.generation, position);
-            out.extend(self.folder.push(offset, &String::from_utf8_lossy(line), now).map(TailEvent::Entry));
-            if let Some(begun) = self.folder.pending_offset() {
-                self.state.last_offset = self.state.last_offset.max(begun);
-            }
+            let cut = line.len().saturating_sub(MAX_LINE) as u64;
+            self.push_line(self.state.position + start as u64, &line[..line.len().min(MAX_LINE)], cut, now, out);
             start += next;
         }
-        if start > 0 {
-            self.last_line_at = Instant::now();
-        }
         self.state.position += start as u64;
-        self.carry = carry;
-        self.carry.drain(..start);
+        if self.cut == 0 {
+            self.carry = carry;
+            self.carry.drain(..start);
+        }
+    }
+
+    /// The overlong line in `carry` ended (`newline` is 1, or 0 at the end
+    /// of a finished file): its start becomes an entry with a [`cut_note`].
+    fn end_overlong_line(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>, newline: u64) {
+        let start = std::mem::take(&mut self.carry);
+        let cut = std::mem::take(&mut self.cut);
+        self.push_line(self.state.position, &start, cut, now, out);
+        self.state.position += start.len() as u64 + cut + newline;
+    }
+
+    /// Hands one line (its first bytes, and how many more were cut) to the folder.
+    fn push_line(&mut self, position: u64, line: &[u8], cut: u64, now: &DateTime<Local>, out: &mut Vec<TailEvent>) {
+        if position == 0 {
+            self.state.head = fingerprint(line);
+        }
+        let text = if cut == 0 {
+            String::from_utf8_lossy(line)
+        } else {
+            // Cut on a character boundary, so the note is not glued to half a character.
+            let whole = match std::str::from_utf8(line) {
+                Err(e) if e.error_len().is_none() => &line[..e.valid_up_to()],
+                _ => line,
+            };
+            let cut = cut + (line.len() - whole.len()) as u64;
+            format!("{}{}", String::from_utf8_lossy(whole), cut_note(cut)).into()
+        };
+        let offset = offset(self.state.generation, position);
+        out.extend(self.folder.push(offset, &text, now).map(TailEvent::Entry));
+        if let Some(begun) = self.folder.pending_offset() {
+            self.state.last_offset = self.state.last_offset.max(begun);
+        }
+        self.last_line_at = Instant::now();
     }
 
     /// The open file is finished: its partial last line is a line, and the
@@ -295,6 +359,7 @@ impl Tailer {
         s.position = 0;
         s.head.clear();
         self.carry.clear();
+        self.cut = 0;
         self.folder.reset();
     }
 
@@ -314,6 +379,11 @@ impl Tailer {
         }
         Ok(())
     }
+}
+
+/// What ends a line cut at [`MAX_LINE`]: how many bytes were dropped.
+pub fn cut_note(cut: u64) -> String {
+    format!(" [… {cut} bytes cut]")
 }
 
 /// FNV-1a of a first line's first bytes, hex.
@@ -485,12 +555,54 @@ mod tests {
         assert_eq!(offsets(&drain(&mut t))[0], 2 << 40);
     }
 
+    fn messages(events: &[TailEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TailEvent::Entry(e) => Some(e.message.clone()),
+                TailEvent::NewFile => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn an_overlong_line_is_cut() {
+    fn an_overlong_line_keeps_its_start_and_a_note() {
         let f = Fixture::new("long");
-        f.append(&"x".repeat(MAX_LINE + 10));
-        f.append("\n");
+        // Whole in one read, with a two-byte character across the cut.
+        f.append(&format!("{}é{}\n{A}", "x".repeat(MAX_LINE - 1), "y".repeat(9)));
         let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
-        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + MAX_LINE as u64]);
+        let events = drain(&mut t);
+        let first_len = MAX_LINE as u64 + 11;
+        assert_eq!(offsets(&events), vec![1 << 40, (1 << 40) + first_len]);
+        assert_eq!(messages(&events)[0], format!("{}{}", "x".repeat(MAX_LINE - 1), cut_note(11)));
+        assert_eq!(t.state().position, first_len + A.len() as u64);
+    }
+
+    #[test]
+    fn a_line_that_never_ends_holds_max_line_bytes() {
+        let f = Fixture::new("endless");
+        f.append(A);
+        // 8 MiB of zeros without a newline (sparse), in many reads.
+        let start = A.len() as u64;
+        fs::OpenOptions::new().write(true).open(&f.log).unwrap().set_len(start + (8 << 20)).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40]);
+        assert_eq!((t.carry.len(), t.cut, t.state().position), (MAX_LINE, (8 << 20) - MAX_LINE as u64, start));
+        f.append(&format!("\n{B}"));
+        let events = drain(&mut t);
+        assert_eq!(offsets(&events), vec![(1 << 40) + start, (1 << 40) + start + (8 << 20) + 1]);
+        assert!(messages(&events)[0].ends_with(&cut_note((8 << 20) - MAX_LINE as u64)));
+        assert_eq!(t.carry.len(), 0);
+        // Read again from the start (a restart): the same offsets.
+        drop(t);
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + start, (1 << 40) + start + (8 << 20) + 1]);
+        // An overlong last line of a rotated file ends with the file.
+        f.append(&"z".repeat(MAX_LINE * 3));
+        fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
+        f.append(A);
+        let events = drain(&mut t);
+        assert_eq!(messages(&events)[0], format!("{}{}", "z".repeat(MAX_LINE), cut_note(2 * MAX_LINE as u64)));
+        assert_eq!(offsets(&events)[1], 2 << 40);
     }
 }

@@ -2,6 +2,7 @@
 //! through a grpcio `AgentServiceClient` on 127.0.0.1.
 
 mod hostile;
+mod limits;
 mod support;
 
 use std::fs;
