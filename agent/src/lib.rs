@@ -23,6 +23,7 @@
 //! | [`slp`] | the Server List Ping client |
 //! | [`server`] | one server's shared state and its worker thread |
 //! | [`service`] | the grpcio `AgentService` implementation |
+//! | [`streams`] | who may hold how many streams: per-peer and per-server caps |
 //! | [`tenant`] | reading in directories tenants write: no links followed, regular files only |
 //! | [`watch`] | inotify on `logs/`: wakes a worker when its log changes |
 
@@ -37,6 +38,7 @@ pub mod service;
 pub mod slp;
 pub mod state;
 pub mod status;
+pub mod streams;
 pub mod tail;
 pub mod tenant;
 pub mod watch;

@@ -5,14 +5,20 @@
 //! cap evicts the oldest items first and raises the floor past them.
 //!
 //! A subscriber is a [`Cursor`]: a `Stream` that reads the ring from a key
-//! on, a batch at a time, and parks its waker when it has read everything.
-//! The ring is the only buffer. When the ring is full and a subscriber has
-//! not read the oldest item yet, [`Ring::push`] waits for it (the log file
-//! holds the rest, so a burst is not lost to a live subscriber); a subscriber
-//! that makes no progress for [`STALL`] is marked slow and no longer waited
-//! for until it catches up. A subscriber that falls behind the floor skips
-//! ahead and its next item says `lost`, which becomes `LogEntry.truncated`
-//! (DESIGN.md's floor rule).
+//! on, a batch at a time (at most [`CURSOR_BATCH`] items and about
+//! [`CURSOR_BATCH_BYTES`]), and parks its waker when it has read everything.
+//! The ring is the only buffer: a subscriber that does not read holds its
+//! position and one batch, nothing more.
+//!
+//! When the ring is full, [`Ring::push`] paces itself to the *leading*
+//! subscriber (the one furthest ahead): it waits until that one has read the
+//! oldest item (the log file holds the rest, so a burst is not lost to a hub
+//! that reads), and never for a slower one, so a subscriber that reads
+//! slowly or not at all cannot hold back the others or the worker. One push
+//! waits at most [`STALL`]; then every subscriber still behind is marked slow
+//! and not waited for until it has caught up. A subscriber that falls behind
+//! the floor skips ahead and its next item says `lost`, which becomes
+//! `LogEntry.truncated` (DESIGN.md's floor rule).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -38,10 +44,14 @@ pub trait Keyed {
 pub const SLOT_OVERHEAD: usize = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Arc<()>>();
 
 /// Items read by a cursor in one lock.
-const CURSOR_BATCH: usize = 1024;
-/// A subscriber that reads nothing for this long while [`Ring::push`] waits
-/// for it is marked slow: pushes stop waiting for it (it will see `lost`)
-/// until it has caught up with the newest item.
+pub const CURSOR_BATCH: usize = 1024;
+/// A cursor's batch stops growing past this many bytes ([`Keyed::weight`]):
+/// what a subscriber that does not read can hold of items already dropped
+/// from the ring.
+pub const CURSOR_BATCH_BYTES: usize = 128 * 1024;
+/// The longest one [`Ring::push`] waits for the leading subscriber; then the
+/// subscribers still behind are marked slow: pushes stop waiting for them
+/// (they will see `lost`) until they have caught up with the newest item.
 pub const STALL: Duration = Duration::from_secs(1);
 
 /// A cursor as the ring sees it.
@@ -123,6 +133,7 @@ impl<T: Keyed> Ring<T> {
     pub fn push(&self, items: impl IntoIterator<Item = T>) {
         let mut inner = self.lock();
         let mut pushed = false;
+        let mut deadline = None;
         for item in items {
             let key = item.key();
             if key <= inner.last {
@@ -134,7 +145,7 @@ impl<T: Keyed> Ring<T> {
             while !inner.items.is_empty()
                 && (inner.items.len() >= inner.cap || inner.bytes.saturating_add(weight) > inner.cap_bytes)
             {
-                inner = self.wait_for_readers(inner);
+                inner = self.wait_for_leader(inner, &mut deadline);
                 if let Some(old) = inner.items.pop_front() {
                     inner.bytes -= old.weight();
                     inner.floor = old.key();
@@ -152,23 +163,30 @@ impl<T: Keyed> Ring<T> {
         }
     }
 
-    /// Waits until no reader that is not slow still needs the oldest item,
-    /// marking readers slow when they make no progress for [`STALL`].
-    fn wait_for_readers<'a>(&'a self, mut inner: MutexGuard<'a, Inner<T>>) -> MutexGuard<'a, Inner<T>> {
-        let mut progress = (Instant::now(), u64::MAX);
+    /// Waits until the leading reader (the one furthest ahead among those
+    /// not marked slow) has read the oldest item, until `deadline` at most
+    /// ([`STALL`] after this push first waited); then marks the readers still
+    /// behind slow. Readers behind the leader are never waited for.
+    fn wait_for_leader<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner<T>>,
+        deadline: &mut Option<Instant>,
+    ) -> MutexGuard<'a, Inner<T>> {
         loop {
             let Some(front) = inner.items.front().map(|i| i.key()) else { return inner };
-            let behind = inner.readers.iter().filter(|r| !r.slow && r.after < front).map(|r| r.after).min();
-            let Some(behind) = behind else { return inner };
-            if behind != progress.1 {
-                progress = (Instant::now(), behind);
+            match inner.readers.iter().filter(|r| !r.slow).map(|r| r.after).max() {
+                Some(lead) if lead < front => {}
+                _ => return inner,
             }
-            let waited = progress.0.elapsed();
-            if waited >= STALL {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + STALL);
+            let now = Instant::now();
+            if now >= deadline {
+                let mut marked = 0;
                 for r in inner.readers.iter_mut().filter(|r| !r.slow && r.after < front) {
-                    log::warn!("a subscriber read nothing for {STALL:?}; it will miss entries");
                     r.slow = true;
+                    marked += 1;
                 }
+                log::warn!("{marked} subscriber(s) kept the ring waiting for {STALL:?}; they will miss entries");
                 return inner;
             }
             // Readers parked before these items arrived must be told of them;
@@ -180,7 +198,7 @@ impl<T: Keyed> Ring<T> {
                 inner = self.lock();
                 continue;
             }
-            inner = self.advanced.wait_timeout(inner, STALL - waited).unwrap_or_else(PoisonError::into_inner).0;
+            inner = self.advanced.wait_timeout(inner, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -284,7 +302,14 @@ impl<T: Keyed> Cursor<T> {
             reader.after = inner.floor;
         }
         let start = inner.items.partition_point(|i| i.key() <= reader.after);
-        self.batch.extend(inner.items.range(start..).take(CURSOR_BATCH).cloned());
+        let mut bytes = 0;
+        for item in inner.items.range(start..).take(CURSOR_BATCH) {
+            if bytes >= CURSOR_BATCH_BYTES {
+                break;
+            }
+            bytes += item.weight();
+            self.batch.push_back(Arc::clone(item));
+        }
         match self.batch.back() {
             Some(last) => {
                 reader.after = last.key();
@@ -427,6 +452,54 @@ mod tests {
         assert_eq!((ring.len(), ring.bytes(), ring.floor()), (1, 5000, 5));
         ring.raise_floor(6);
         assert_eq!((ring.len(), ring.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_push_paces_itself_to_the_leading_reader_only() {
+        let ring = Arc::new(Ring::new(10, usize::MAX, 0));
+        let mut idle = ring.subscribe(0);
+        let mut slow = ring.subscribe(0);
+        let mut lead = ring.subscribe(0);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow_done = Arc::clone(&done);
+        let trickler = std::thread::spawn(move || {
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut got = 0;
+            while !slow_done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Poll::Ready(Some(_)) = slow.poll_next_unpin(&mut cx) {
+                    got += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            got
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            while got.len() < 1000 {
+                got.extend(ready(&mut lead));
+                std::thread::yield_now();
+            }
+            got
+        });
+        let started = Instant::now();
+        ring.push((1..=1000).map(K));
+        assert!(started.elapsed() < STALL, "{:?}", started.elapsed());
+        assert_eq!(reader.join().unwrap(), (1..=1000).map(|k| (k, false)).collect::<Vec<_>>());
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(trickler.join().unwrap() < 1000);
+        // The reader that read nothing resumes from the ring, told of the loss.
+        assert_eq!(ready(&mut idle)[0], (991, true));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_bytes() {
+        let ring = Arc::new(Ring::new(100, usize::MAX, 0));
+        ring.push((1..=10).map(|k| W(k, CURSOR_BATCH_BYTES / 2)));
+        let mut cursor = ring.subscribe(0);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(cursor.poll_next_unpin(&mut cx), Poll::Ready(Some(_))));
+        assert_eq!(cursor.batch.len(), 1, "two items make a full batch");
+        assert_eq!(ready(&mut cursor).len(), 9);
     }
 
     #[test]

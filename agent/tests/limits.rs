@@ -4,7 +4,13 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::time::Duration;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use crate::support::*;
 
@@ -73,4 +79,90 @@ fn huge_and_endless_lines_keep_the_agent_small_and_resuming_works() {
     assert_eq!((again[0].get_offset(), again[0].get_truncated()), (after, false));
     let peak = agent.peak_rss();
     assert!(peak < RSS_LIMIT, "peak RSS after restart {} MiB", peak >> 20);
+}
+
+#[test]
+fn streams_that_never_read_neither_lock_out_nor_slow_down_the_hub() {
+    const BATCHES: usize = 30;
+    const PER_BATCH: usize = 100;
+    let mc = Mc::new("stream-caps");
+    mc.append(&line("12:00:00", "INFO", "first"));
+    let agent = Agent::start(mc.write_config("history_lines = 200", ""));
+    // A stranger on the hub's own address: 70 of each stream, never read.
+    let stranger = own_client(agent.port);
+    let mut held_logs = Vec::new();
+    let mut held_status = Vec::new();
+    // Each has its first answer, so all arrived before the hub's (a stream
+    // from the same address that came later would replace the hub's).
+    for _ in 0..70 {
+        held_logs.push(arrived(stranger.stream_logs(&logs_req(0)).unwrap()));
+        held_status.push(arrived(stranger.watch_status(&server_req()).unwrap()));
+    }
+    // Another host trickles: four streams each reading an entry every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = own_client(Relay::start(Ipv4Addr::new(127, 0, 0, 2), agent.port).port);
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut stream = trickle.stream_logs(&logs_req(0)).unwrap();
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if futures::executor::block_on(stream.next()).is_none_or(|r| r.is_err()) {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            })
+        })
+        .collect();
+    // A third keeps opening streams it never reads while the lines flow.
+    let opener_client = own_client(Relay::start(Ipv4Addr::new(127, 0, 0, 3), agent.port).port);
+    let opener_stop = Arc::clone(&stop);
+    let opener = thread::spawn(move || {
+        let mut held = Vec::new();
+        while !opener_stop.load(Ordering::SeqCst) && held.len() < 300 {
+            held.push(opener_client.stream_logs(&logs_req(0)).unwrap());
+            thread::sleep(Duration::from_millis(5));
+        }
+        held.len()
+    });
+    // The hub gets through at once, for logs and status.
+    let hub = own_client(agent.port);
+    let tap = stream_logs(&hub, 0);
+    assert_eq!(tap.take(1)[0].get_message(), "first");
+    let watch = watch_status(&hub);
+    assert_eq!(watch.take(1)[0].get_status(), "starting");
+    // Lines flow in bursts; the ring holds 200, so pacing matters.
+    let pad = "p".repeat(1000);
+    let mut positions = Vec::new();
+    for b in 0..BATCHES {
+        let start = mc.len();
+        let mut text = String::new();
+        for i in 0..PER_BATCH {
+            positions.push(start + text.len() as u64);
+            text.push_str(&line("12:00:01", "INFO", &format!("line {} {pad}", b * PER_BATCH + i)));
+        }
+        mc.append(&text);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let written = Instant::now();
+    let got = tap.take(BATCHES * PER_BATCH);
+    let lag = written.elapsed();
+    for (i, e) in got.iter().enumerate() {
+        assert_eq!(e.get_offset(), offset(1, positions[i]), "entry {i}");
+        assert!(!e.get_truncated(), "entry {i} truncated");
+    }
+    assert!(lag < Duration::from_secs(2), "the hub had the last line {lag:?} after it was written");
+    stop.store(true, Ordering::SeqCst);
+    assert!(opener.join().unwrap() > 50);
+    for t in tricklers {
+        t.join().unwrap();
+    }
+    let peak = agent.peak_rss();
+    assert!(peak < RSS_LIMIT, "peak RSS {} MiB", peak >> 20);
+    let replaced = agent.log_lines(&["cancelled to admit"]);
+    assert!(replaced.len() >= 2 * (70 - 4), "{} streams gave way", replaced.len());
+    agent.assert_answers(&hub);
+    drop((held_logs, held_status));
+    agent.stop_within(Duration::from_secs(3));
 }
