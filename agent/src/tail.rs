@@ -233,8 +233,15 @@ impl Tailer {
 
     /// Reads up to one chunk from the open file and takes its complete lines.
     fn read_chunk(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<usize> {
-        let at = self.read_at();
+        let mut at = self.read_at();
         let Some(file) = &self.file else { return Ok(0) };
+        if self.cut > 0 {
+            // Inside an overlong line, a hole (a sparse file) holds no
+            // newline: skip it rather than read its zeros.
+            let skip = hole_at(file, at);
+            self.cut += skip;
+            at += skip;
+        }
         let n = loop {
             match file.read_at(&mut self.buf, at) {
                 Ok(n) => break n,
@@ -384,6 +391,24 @@ impl Tailer {
 /// What ends a line cut at [`MAX_LINE`]: how many bytes were dropped.
 pub fn cut_note(cut: u64) -> String {
     format!(" [… {cut} bytes cut]")
+}
+
+/// The length of the hole (unwritten, reads as zeros) starting at `at`, by
+/// `lseek(SEEK_DATA)`; 0 where there is data or the file system cannot say.
+fn hole_at(file: &File, at: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(at) else { return 0 };
+    // SAFETY: lseek on a descriptor we own; reads use pread, so moving its
+    // file offset changes nothing.
+    let data = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
+    match u64::try_from(data) {
+        Ok(data) => data.saturating_sub(at),
+        // No data after `at`: the rest is a hole.
+        Err(_) if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
+            file.metadata().map_or(0, |m| m.len().saturating_sub(at))
+        }
+        Err(_) => 0,
+    }
 }
 
 /// FNV-1a of a first line's first bytes, hex.
@@ -576,6 +601,22 @@ mod tests {
         assert_eq!(offsets(&events), vec![1 << 40, (1 << 40) + first_len]);
         assert_eq!(messages(&events)[0], format!("{}{}", "x".repeat(MAX_LINE - 1), cut_note(11)));
         assert_eq!(t.state().position, first_len + A.len() as u64);
+    }
+
+    #[test]
+    fn a_hole_inside_an_overlong_line_is_skipped_not_read() {
+        let f = Fixture::new("hole");
+        f.append(&"x".repeat(MAX_LINE + 1));
+        // 64 GiB of nothing (sparse): read, it would take minutes.
+        let hole_end = (MAX_LINE + 1) as u64 + (64 << 30);
+        fs::OpenOptions::new().write(true).open(&f.log).unwrap().set_len(hole_end).unwrap();
+        f.append(&format!("\n{B}"));
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        let started = Instant::now();
+        let events = drain(&mut t);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(offsets(&events), vec![1 << 40, (1 << 40) + hole_end + 1]);
+        assert!(messages(&events)[0].ends_with(&cut_note(hole_end - MAX_LINE as u64)));
     }
 
     #[test]

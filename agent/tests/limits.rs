@@ -38,7 +38,9 @@ fn huge_and_endless_lines_keep_the_agent_small_and_resuming_works() {
         starts.push(mc.len());
         f.write_all(big.as_bytes()).unwrap();
     }
-    // Then a 1 GiB line without a newline (sparse zeros), then its end.
+    // A short line (it completes the last big one at once), then a 1 GiB
+    // line without a newline (sparse zeros), then its end.
+    f.write_all(line("12:00:01", "INFO", "short").as_bytes()).unwrap();
     let endless_at = mc.len();
     f.set_len(endless_at + 1024 * MIB).unwrap();
     let got = tap.take(LINES);
@@ -52,6 +54,7 @@ fn huge_and_endless_lines_keep_the_agent_small_and_resuming_works() {
         assert!(e.get_message().len() < 65 * 1024, "an entry of {} bytes", e.get_message().len());
         assert!(e.get_message().ends_with("bytes cut]"), "no cut note");
     }
+    assert_eq!(tap.take(1)[0].get_message(), "short");
     tap.quiet(Duration::from_millis(300));
     drop(f);
     mc.append(&format!("\n{}", line("12:00:02", "INFO", "after")));

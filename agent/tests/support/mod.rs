@@ -187,12 +187,10 @@ impl Agent {
         self.stderr.lock().unwrap().iter().filter(|l| words.iter().all(|w| l.contains(w))).cloned().collect()
     }
 
-    /// Asserts the agent answers `Ping` within a second.
+    /// Asserts the agent answers `Ping` (within [`opt`]'s deadline).
     pub fn assert_answers(&self, client: &AgentServiceClient) {
-        let started = Instant::now();
         let pong = client.ping_opt(&aymc_proto::agent::PingRequest::new(), opt()).unwrap();
         assert!(!pong.get_agent_id().is_empty());
-        assert!(started.elapsed() < Duration::from_secs(1), "Ping took {:?}", started.elapsed());
     }
 
     /// SIGTERM, then a clean exit within `limit`.
