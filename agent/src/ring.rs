@@ -10,14 +10,18 @@
 //! The ring is the only buffer: a subscriber that does not read holds its
 //! position and one batch, nothing more.
 //!
-//! When the ring is full, [`Ring::push`] paces itself to the *leading*
-//! subscriber (the one furthest ahead): it waits until that one has read the
-//! oldest item (the log file holds the rest, so a burst is not lost to a hub
-//! that reads), and never for a slower one, so a subscriber that reads
-//! slowly or not at all cannot hold back the others or the worker. One push
-//! waits at most [`STALL`]; then every subscriber still behind is marked slow
-//! and not waited for until it has caught up. A subscriber that falls behind
-//! the floor skips ahead and its next item says `lost`, which becomes
+//! When the ring is full, [`Ring::push`] waits until the subscribers it
+//! *waits for* have read the oldest item (the log file holds the rest, so a
+//! burst is not lost to a hub that reads). A subscriber is waited for once
+//! it has shown it keeps up, by reading everything there was; a new one is
+//! not. One push waits at most [`STALL`]; then every subscriber waited for
+//! that has not read everything is no longer waited for (until it catches up
+//! again), and for [`REARM_COOLDOWN`] the ring waits for no one and starts
+//! waiting for no one. So streams that stop reading or read slowly, however
+//! many and however often opened, hold the worker back by at most [`STALL`]
+//! per [`REARM_COOLDOWN`]; a hub that reads keeps being waited for (during
+//! the wait it reads what there is). A subscriber that falls behind the
+//! floor skips ahead and its next item says `lost`, which becomes
 //! `LogEntry.truncated` (DESIGN.md's floor rule).
 
 use std::collections::VecDeque;
@@ -49,10 +53,13 @@ pub const CURSOR_BATCH: usize = 1024;
 /// what a subscriber that does not read can hold of items already dropped
 /// from the ring.
 pub const CURSOR_BATCH_BYTES: usize = 128 * 1024;
-/// The longest one [`Ring::push`] waits for the leading subscriber; then the
-/// subscribers still behind are marked slow: pushes stop waiting for them
-/// (they will see `lost`) until they have caught up with the newest item.
+/// The longest one [`Ring::push`] waits; then the subscribers that have not
+/// read everything are no longer waited for (they will see `lost` when the
+/// floor passes them) until they have caught up with the newest item.
 pub const STALL: Duration = Duration::from_secs(1);
+/// After a push waited [`STALL`], the ring waits for no subscriber, and
+/// starts waiting for none, for this long.
+pub const REARM_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// A cursor as the ring sees it.
 struct CursorState {
@@ -61,7 +68,8 @@ struct CursorState {
     after: u64,
     /// Set while it waits for new items.
     waker: Option<Waker>,
-    /// Pushes do not wait for it.
+    /// Pushes do not wait for it: new, or behind when a push waited
+    /// [`STALL`]; cleared when it has read everything (outside a cooldown).
     slow: bool,
 }
 
@@ -78,6 +86,8 @@ struct Inner<T> {
     last: u64,
     readers: Vec<CursorState>,
     next_id: u64,
+    /// Until then no reader is waited for, and none starts being waited for.
+    calm_until: Instant,
 }
 
 impl<T> Inner<T> {
@@ -117,6 +127,7 @@ impl<T: Keyed> Ring<T> {
                 last: floor,
                 readers: Vec::new(),
                 next_id: 1,
+                calm_until: Instant::now(),
             }),
             advanced: Condvar::new(),
         }
@@ -145,7 +156,7 @@ impl<T: Keyed> Ring<T> {
             while !inner.items.is_empty()
                 && (inner.items.len() >= inner.cap || inner.bytes.saturating_add(weight) > inner.cap_bytes)
             {
-                inner = self.wait_for_leader(inner, &mut deadline);
+                inner = self.wait_for_readers(inner, &mut deadline);
                 if let Some(old) = inner.items.pop_front() {
                     inner.bytes -= old.weight();
                     inner.floor = old.key();
@@ -163,30 +174,33 @@ impl<T: Keyed> Ring<T> {
         }
     }
 
-    /// Waits until the leading reader (the one furthest ahead among those
-    /// not marked slow) has read the oldest item, until `deadline` at most
-    /// ([`STALL`] after this push first waited); then marks the readers still
-    /// behind slow. Readers behind the leader are never waited for.
-    fn wait_for_leader<'a>(
+    /// Waits until every reader waited for has read the oldest item, until
+    /// `deadline` at most ([`STALL`] after this push first waited); then
+    /// stops waiting for every reader that has not read everything and calms
+    /// the ring for [`REARM_COOLDOWN`] (see the module docs).
+    fn wait_for_readers<'a>(
         &'a self,
         mut inner: MutexGuard<'a, Inner<T>>,
         deadline: &mut Option<Instant>,
     ) -> MutexGuard<'a, Inner<T>> {
         loop {
             let Some(front) = inner.items.front().map(|i| i.key()) else { return inner };
-            match inner.readers.iter().filter(|r| !r.slow).map(|r| r.after).max() {
-                Some(lead) if lead < front => {}
-                _ => return inner,
-            }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + STALL);
             let now = Instant::now();
+            if now < inner.calm_until || !inner.readers.iter().any(|r| !r.slow && r.after < front) {
+                return inner;
+            }
+            let deadline = *deadline.get_or_insert(now + STALL);
             if now >= deadline {
-                let mut marked = 0;
-                for r in inner.readers.iter_mut().filter(|r| !r.slow && r.after < front) {
+                let last = inner.last;
+                let mut behind = 0;
+                for r in inner.readers.iter_mut().filter(|r| !r.slow && r.after < last) {
                     r.slow = true;
-                    marked += 1;
+                    behind += 1;
                 }
-                log::warn!("{marked} subscriber(s) kept the ring waiting for {STALL:?}; they will miss entries");
+                inner.calm_until = now + REARM_COOLDOWN;
+                log::warn!(
+                    "{behind} subscriber(s) kept the log waiting for {STALL:?}; waiting for none for {REARM_COOLDOWN:?}"
+                );
                 return inner;
             }
             // Readers parked before these items arrived must be told of them;
@@ -276,7 +290,7 @@ impl<T: Keyed> Ring<T> {
     fn cursor(self: &Arc<Self>, inner: &mut Inner<T>, after: u64, lost: bool) -> Cursor<T> {
         let id = inner.next_id;
         inner.next_id += 1;
-        inner.readers.push(CursorState { id, after, waker: None, slow: false });
+        inner.readers.push(CursorState { id, after, waker: None, slow: true });
         Cursor { ring: Arc::clone(self), id, lost, batch: VecDeque::new() }
     }
 }
@@ -296,6 +310,7 @@ impl<T: Keyed> Cursor<T> {
     fn refill(&mut self, waker: &Waker) {
         let mut guard = self.ring.lock();
         let inner = &mut *guard;
+        let calm_until = inner.calm_until;
         let Some(reader) = inner.readers.iter_mut().find(|r| r.id == self.id) else { return };
         if reader.after < inner.floor {
             self.lost = true;
@@ -317,7 +332,9 @@ impl<T: Keyed> Cursor<T> {
                 self.ring.advanced.notify_all();
             }
             None => {
-                reader.slow = false;
+                if Instant::now() >= calm_until {
+                    reader.slow = false;
+                }
                 match &mut reader.waker {
                     Some(parked) => parked.clone_from(waker),
                     None => reader.waker = Some(waker.clone()),
@@ -406,7 +423,12 @@ mod tests {
         ring.push([K(11), K(12), K(13)]);
         assert!(started.elapsed() >= STALL);
         assert_eq!(ready(&mut cursor), vec![(12, true), (13, false)]);
-        // Caught up: waited for again, and a reader that keeps up loses nothing.
+        // Caught up, but in the cooldown: not waited for yet.
+        assert!(ring.inner.lock().unwrap().readers[0].slow);
+        ring.inner.lock().unwrap().calm_until = Instant::now();
+        assert!(ready(&mut cursor).is_empty());
+        assert!(!ring.inner.lock().unwrap().readers[0].slow);
+        // Caught up after it: waited for again, and a reader that keeps up loses nothing.
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             while got.len() < 500 {
@@ -455,11 +477,13 @@ mod tests {
     }
 
     #[test]
-    fn the_push_paces_itself_to_the_leading_reader_only() {
-        let ring = Arc::new(Ring::new(10, usize::MAX, 0));
-        let mut idle = ring.subscribe(0);
-        let mut slow = ring.subscribe(0);
-        let mut lead = ring.subscribe(0);
+    fn readers_that_stop_reading_hold_the_pushes_back_once_and_new_ones_not_at_all() {
+        let ring = Arc::new(Ring::new(100, usize::MAX, 0));
+        let (mut idle, mut slow, mut keeps_up) = (ring.subscribe(0), ring.subscribe(0), ring.subscribe(0));
+        // Each has read everything there was (nothing): all waited for.
+        for cursor in [&mut idle, &mut slow, &mut keeps_up] {
+            assert!(ready(cursor).is_empty());
+        }
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let slow_done = Arc::clone(&done);
         let trickler = std::thread::spawn(move || {
@@ -473,22 +497,69 @@ mod tests {
             }
             got
         });
+        let keeps_up_id = keeps_up.id;
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
-            while got.len() < 1000 {
-                got.extend(ready(&mut lead));
+            while got.last().is_none_or(|&(k, _)| k < 2000) {
+                got.extend(ready(&mut keeps_up));
                 std::thread::yield_now();
             }
-            got
+            (got, keeps_up)
         });
+        // Lines come ten at a time, as a tailer pushes them.
         let started = Instant::now();
-        ring.push((1..=1000).map(K));
-        assert!(started.elapsed() < STALL, "{:?}", started.elapsed());
-        assert_eq!(reader.join().unwrap(), (1..=1000).map(|k| (k, false)).collect::<Vec<_>>());
+        for k in (1..=2000).step_by(10) {
+            ring.push((k..k + 10).map(K));
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // Held back once, by STALL, not paced by the trickler (10 s).
+        let took = started.elapsed();
+        assert!(took >= STALL && took < 2 * STALL, "{took:?}");
+        // The reader that kept up read everything during the wait: it is
+        // still waited for (after the cooldown).
+        let (got, _keeps_up) = reader.join().unwrap();
+        assert!(got.iter().take_while(|&&(k, _)| k <= 100).all(|&(_, lost)| !lost));
+        let inner = ring.inner.lock().unwrap();
+        assert!(!inner.readers.iter().find(|r| r.id == keeps_up_id).unwrap().slow);
+        drop(inner);
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        assert!(trickler.join().unwrap() < 1000);
+        assert!(trickler.join().unwrap() < 2000);
         // The reader that read nothing resumes from the ring, told of the loss.
-        assert_eq!(ready(&mut idle)[0], (991, true));
+        assert_eq!(ready(&mut idle)[0], (1901, true));
+        // New readers are not waited for: one that reads nothing, and one
+        // that has read everything but in the cooldown.
+        let _fresh = ring.subscribe(0);
+        let mut at_head = ring.subscribe(ring.last_key());
+        assert!(ready(&mut at_head).is_empty());
+        let started = Instant::now();
+        ring.push((2001..=2200).map(K));
+        assert!(started.elapsed() < STALL / 2, "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_reader_that_keeps_up_loses_nothing_to_a_faster_one() {
+        let ring = Arc::new(Ring::new(10, usize::MAX, 0));
+        let read = |mut cursor: Cursor<K>, nap: Duration| {
+            assert!(ready(&mut cursor).is_empty());
+            std::thread::spawn(move || {
+                let mut cx = Context::from_waker(Waker::noop());
+                let mut got = Vec::new();
+                while got.len() < 300 && !got.last().is_some_and(|&(_, lost)| lost) {
+                    match cursor.poll_next_unpin(&mut cx) {
+                        Poll::Ready(Some(d)) => got.push((d.item.key(), d.lost)),
+                        _ => std::thread::yield_now(),
+                    }
+                    std::thread::sleep(nap);
+                }
+                got
+            })
+        };
+        let fast = read(ring.subscribe(0), Duration::ZERO);
+        let steady = read(ring.subscribe(0), Duration::from_micros(500));
+        ring.push((1..=300).map(K));
+        let want: Vec<_> = (1..=300).map(|k| (k, false)).collect();
+        assert_eq!(fast.join().unwrap(), want);
+        assert_eq!(steady.join().unwrap(), want, "paced to the faster reader only");
     }
 
     #[test]

@@ -233,6 +233,19 @@ pub fn own_client(port: u16) -> AgentServiceClient {
     AgentServiceClient::new(channel)
 }
 
+/// A client that takes as little as it can without reading: HTTP/2 windows
+/// of 16 KiB and no window growth, so the agent's send blocks early.
+pub fn stingy_client(port: u16) -> AgentServiceClient {
+    static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
+    let env = ENV.get_or_init(|| Arc::new(EnvBuilder::new().cq_count(1).name_prefix("test-stingy").build()));
+    let channel = ChannelBuilder::new(Arc::clone(env))
+        .use_local_subchannel_pool(true)
+        .http2_bdp_probe(false)
+        .stream_initial_window_size(16 * 1024)
+        .connect(&format!("127.0.0.1:{port}"));
+    AgentServiceClient::new(channel)
+}
+
 /// A TCP relay on 127.0.0.1 to the agent whose connections come from
 /// `source`, another loopback address: to the agent, another host. Blocking
 /// copies, so a client that does not read holds the agent back as it would
