@@ -17,6 +17,8 @@ use uuid::Uuid;
 pub use aymc_cli::ConfigError;
 use aymc_cli::{flag_value, read_toml, split_flag};
 
+use crate::tenant::TenantPath;
+
 fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
@@ -25,6 +27,12 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 pub const DEFAULT_HISTORY_LINES: usize = 10_000;
 /// The most `history_lines` accepted (memory: a few hundred bytes per entry).
 pub const MAX_HISTORY_LINES: usize = 10_000_000;
+/// Bytes of entries kept per server when `history_bytes` is not set.
+pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
+/// The least `history_bytes` accepted (a few of the largest entries).
+pub const MIN_HISTORY_BYTES: usize = 1024 * 1024;
+/// The most `history_bytes` accepted.
+pub const MAX_HISTORY_BYTES: usize = 64 * 1024 * 1024 * 1024;
 /// `listen` when nothing sets it.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -54,6 +62,22 @@ impl ServerSettings {
     pub fn crash_reports(&self) -> PathBuf {
         self.dir.join("crash-reports")
     }
+
+    /// `logs/latest.log`, read without following links below `dir`.
+    pub fn log_path(&self) -> TenantPath {
+        TenantPath::new(&self.dir, "logs/latest.log")
+    }
+
+    /// `crash-reports/`, listed without following links below `dir`.
+    pub fn crash_reports_path(&self) -> TenantPath {
+        TenantPath::new(&self.dir, "crash-reports")
+    }
+
+    /// The pid file, read without following links below `dir` (or its
+    /// last component, when it is elsewhere).
+    pub fn pid_path(&self) -> Option<TenantPath> {
+        self.pid_file.as_deref().map(|p| TenantPath::within(&self.dir, p))
+    }
 }
 
 /// The whole validated configuration.
@@ -65,6 +89,9 @@ pub struct AgentSettings {
     pub id: Option<String>,
     /// Log entries kept per server for resuming hubs.
     pub history_lines: usize,
+    /// Bytes of log entries kept per server (text plus bookkeeping); the
+    /// oldest go first when either this or `history_lines` is reached.
+    pub history_bytes: usize,
     /// Where generations, read positions and the generated id are kept.
     pub state_file: PathBuf,
     /// The servers.
@@ -105,6 +132,7 @@ struct FileConfig {
     listen: Option<String>,
     id: Option<String>,
     history_lines: Option<usize>,
+    history_bytes: Option<usize>,
     state_file: Option<PathBuf>,
     #[serde(default)]
     servers: Vec<FileServer>,
@@ -185,6 +213,7 @@ impl AgentCli {
             listen,
             id: file.id,
             history_lines: file.history_lines.unwrap_or(DEFAULT_HISTORY_LINES),
+            history_bytes: file.history_bytes.unwrap_or(DEFAULT_HISTORY_BYTES),
             state_file,
             servers,
         };
@@ -204,6 +233,9 @@ impl AgentSettings {
         }
         if !(1..=MAX_HISTORY_LINES).contains(&self.history_lines) {
             return err(format!("history_lines must be between 1 and {MAX_HISTORY_LINES}"));
+        }
+        if !(MIN_HISTORY_BYTES..=MAX_HISTORY_BYTES).contains(&self.history_bytes) {
+            return err(format!("history_bytes must be between {MIN_HISTORY_BYTES} and {MAX_HISTORY_BYTES}"));
         }
         let mut seen = HashSet::new();
         for server in &mut self.servers {
@@ -252,7 +284,9 @@ mod tests {
         let d = dir();
         let c = load(&d, ONE, &[], &[]).unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
-        assert_eq!((c.id, c.history_lines), (None, DEFAULT_HISTORY_LINES));
+        assert_eq!((c.id, c.history_lines, c.history_bytes), (None, DEFAULT_HISTORY_LINES, DEFAULT_HISTORY_BYTES));
+        let c = load(&d, &format!("history_bytes = 2097152\n{ONE}"), &[], &[]).unwrap();
+        assert_eq!(c.history_bytes, 2 << 20);
         assert_eq!(c.state_file, d.path().join("state.toml"));
         let s = &c.servers[0];
         assert_eq!(s.id, "550e8400-e29b-41d4-a716-446655440000");
@@ -282,6 +316,9 @@ mod tests {
         for (text, want) in [
             ("histroy_lines = 3\n", "line 1"),
             ("history_lines = 0\n", "history_lines"),
+            ("history_bytes = 1000\n", "history_bytes must be between"),
+            ("history_bytes = 68719476737\n", "history_bytes must be between"),
+            ("history_bytes = -1\n", "line 1"),
             ("listen = \"localhost\"\n", "listen"),
             ("id = \" \"\n", "id must not be empty"),
             ("[[servers]]\nid = \"x\"\ndir = \"srv\"\n", "not a UUID"),

@@ -23,6 +23,8 @@
 //! | [`slp`] | the Server List Ping client |
 //! | [`server`] | one server's shared state and its worker thread |
 //! | [`service`] | the grpcio `AgentService` implementation |
+//! | [`streams`] | who may hold how many streams: per-peer and per-server caps |
+//! | [`tenant`] | reading in directories tenants write: no links followed, regular files only |
 //! | [`watch`] | inotify on `logs/`: wakes a worker when its log changes |
 
 #![deny(missing_docs)]
@@ -36,7 +38,9 @@ pub mod service;
 pub mod slp;
 pub mod state;
 pub mod status;
+pub mod streams;
 pub mod tail;
+pub mod tenant;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -85,8 +89,8 @@ impl Agent {
         let mut agent = Agent { id, servers: Vec::new(), workers: Vec::new() };
         let (ready_tx, ready_rx) = mpsc::channel();
         for sc in &config.servers {
-            let server = Arc::new(Server::new(sc.clone(), config.history_lines));
-            let (tailer, floor) = Tailer::open(&sc.id, &sc.latest_log(), Arc::clone(&store))?;
+            let server = Arc::new(Server::new(sc.clone(), config.history_lines, config.history_bytes));
+            let (tailer, floor) = Tailer::open(&sc.id, &sc.log_path(), Arc::clone(&store))?;
             server.logs.raise_floor(floor);
             let worker = Worker::new(Arc::clone(&server), tailer);
             let (stop_tx, stop_rx) = mpsc::channel();

@@ -6,7 +6,6 @@
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use aymc_proto::agent::ServerMetrics;
 
 use crate::config::ServerSettings;
 use crate::slp;
+use crate::tenant::{TenantError, TenantPath};
 
 /// How long the Server List Ping may take.
 pub const SLP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -63,14 +63,27 @@ pub fn parse_mem_total(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The pid in a pid file (the first line, a positive number).
-pub fn read_pid(pid_file: &Path) -> Option<i32> {
-    fs::read_to_string(pid_file).ok()?.lines().next()?.trim().parse().ok().filter(|p| *p > 0)
+/// Bytes of a pid file read: a pid and its newline fit many times over.
+pub const PID_FILE_BYTES: usize = 32;
+
+/// The pid in a pid file: its first line, a positive number, within the
+/// first [`PID_FILE_BYTES`] bytes (a pid file is a tenant's file: it may be
+/// endless). `Ok(None)` when the file holds no pid.
+///
+/// # Errors
+/// The file is missing, refused (a link, FIFO, socket or device) or unreadable.
+pub fn read_pid(pid_file: &TenantPath) -> Result<Option<i32>, TenantError> {
+    let head = pid_file.read_head(PID_FILE_BYTES)?;
+    let line = match head.iter().position(|&b| b == b'\n') {
+        Some(nl) => &head[..nl],
+        None if head.len() < PID_FILE_BYTES => &head[..],
+        None => return Ok(None),
+    };
+    Ok(std::str::from_utf8(line).ok().and_then(|l| l.trim().parse().ok()).filter(|p| *p > 0))
 }
 
-/// The running (not zombie, not dead) process named by `pid_file`.
-pub fn process(pid_file: &Path) -> Option<(ProcId, ProcStat)> {
-    let pid = read_pid(pid_file)?;
+/// The running (not zombie, not dead) process with this pid.
+pub fn process(pid: i32) -> Option<(ProcId, ProcStat)> {
     let stat = parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
     if matches!(stat.state, 'Z' | 'X' | 'x') {
         return None;
@@ -137,7 +150,8 @@ pub fn collect(config: &ServerSettings, cpu: &CpuTracker, tps: Option<(f64, i64)
     m.set_timestamp(now_ms);
     let memory_total = fs::read_to_string("/proc/meminfo").ok().and_then(|t| parse_mem_total(&t)).unwrap_or(0);
     m.set_memory_total(memory_total);
-    if let Some((id, stat)) = config.pid_file.as_deref().and_then(process) {
+    let pid = config.pid_path().and_then(|p| read_pid(&p).ok().flatten());
+    if let Some((id, stat)) = pid.and_then(process) {
         let age_s = system_uptime().map_or(0.0, |up| (up - stat.start_ticks as f64 / clock_ticks() as f64).max(0.0));
         m.set_cpu_percent(cpu.sample(id, stat.cpu_ticks, age_s));
         let used = stat.rss_pages * page_size();
@@ -190,14 +204,21 @@ mod tests {
     fn own_process_is_alive_and_a_stale_pid_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("server.pid");
+        let path = TenantPath::new(dir.path(), "server.pid");
+        let read = || read_pid(&path).unwrap();
         fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
-        let (id, stat) = process(&pid_file).unwrap();
+        let (id, stat) = process(read().unwrap()).unwrap();
         assert_eq!(id.pid as u32, std::process::id());
         assert!(stat.rss_pages > 0);
         fs::write(&pid_file, "999999999\n").unwrap();
-        assert!(process(&pid_file).is_none());
+        assert!(process(read().unwrap()).is_none());
         fs::write(&pid_file, "nope").unwrap();
-        assert!(process(&pid_file).is_none());
+        assert_eq!(read(), None);
+        fs::write(&pid_file, " 42").unwrap();
+        assert_eq!(read(), Some(42));
+        // A number cut at the read limit is no pid.
+        fs::write(&pid_file, "1".repeat(PID_FILE_BYTES + 1)).unwrap();
+        assert_eq!(read(), None);
     }
 
     #[test]

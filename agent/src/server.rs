@@ -17,9 +17,10 @@ use aymc_proto::agent::ServerMetrics;
 use crate::config::ServerSettings;
 use crate::metrics::{self, CpuTracker};
 use crate::parse::{self, Entry};
-use crate::ring::{Keyed, Ring};
+use crate::ring::{self, Keyed, Ring};
 use crate::status::{CrashReports, Observation, RunStatus, RunStatusChange, StatusMachine};
 use crate::tail::{TailEvent, Tailer, FOLD_WAIT};
+use crate::tenant::{TenantPath, WarnOnce};
 use crate::watch::LogWatch;
 
 /// How often the worker looks at the log (also without a change notice),
@@ -34,13 +35,21 @@ impl Keyed for Entry {
     fn key(&self) -> u64 {
         self.offset
     }
+
+    fn weight(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + ring::SLOT_OVERHEAD
+            + self.source.capacity()
+            + self.message.capacity()
+            + self.exception.capacity()
+    }
 }
 
 /// What the service reads about one server.
 pub struct Server {
     /// Its configuration.
     pub config: ServerSettings,
-    /// Kept log entries (`history_lines`) and their subscribers.
+    /// Kept log entries (`history_lines`, `history_bytes`) and their subscribers.
     pub logs: Arc<Ring<Entry>>,
     /// Status changes; the newest is the current status.
     pub status: Arc<Ring<RunStatusChange>>,
@@ -52,11 +61,11 @@ pub struct Server {
 
 impl Server {
     /// A server with nothing seen yet.
-    pub fn new(config: ServerSettings, history_lines: usize) -> Server {
+    pub fn new(config: ServerSettings, history_lines: usize, history_bytes: usize) -> Server {
         Server {
             config,
-            logs: Arc::new(Ring::new(history_lines, 0)),
-            status: Arc::new(Ring::new(STATUS_KEPT, 0)),
+            logs: Arc::new(Ring::new(history_lines, history_bytes, 0)),
+            status: Arc::new(Ring::new(STATUS_KEPT, usize::MAX, 0)),
             tps: Mutex::new(None),
             cpu: CpuTracker::default(),
         }
@@ -92,6 +101,10 @@ pub struct Worker {
     settled: bool,
     /// The last error logged, so a lasting problem is logged once.
     last_error: Option<String>,
+    log_path: TenantPath,
+    pid_path: Option<TenantPath>,
+    /// The pid file is something the agent must not read (logged once).
+    pid_refused: WarnOnce,
 }
 
 fn now_ms() -> i64 {
@@ -102,8 +115,11 @@ impl Worker {
     /// A worker for `server`, whose tailer is open.
     pub fn new(server: Arc<Server>, tailer: Tailer) -> Worker {
         let machine = StatusMachine::new(server.config.pid_file.is_some());
-        let crashes = CrashReports::new(server.config.crash_reports());
+        let crashes = CrashReports::new(&server.config.id, server.config.crash_reports_path());
         Worker {
+            log_path: server.config.log_path(),
+            pid_path: server.config.pid_path(),
+            pid_refused: WarnOnce::default(),
             server,
             tailer,
             machine,
@@ -205,16 +221,21 @@ impl Worker {
     }
 
     fn observe(&mut self, first: bool) {
-        let config = &self.server.config;
         let crash_report = if first || self.last_crash_scan.elapsed() >= CRASH_SCAN {
             self.last_crash_scan = Instant::now();
             self.crashes.poll()
         } else {
             None
         };
+        let pid = self.pid_path.as_ref().map(metrics::read_pid);
+        if let Some(result) = &pid {
+            self.pid_refused.note(&self.server.config.id, result);
+        }
+        let pid = pid.and_then(|r| r.ok().flatten());
         let obs = Observation {
-            process: config.pid_file.as_deref().and_then(metrics::process).map(|(id, _)| id),
-            log_exists: config.latest_log().exists(),
+            process: pid.and_then(metrics::process).map(|(id, _)| id),
+            // A link or FIFO there is no log (the tailer says so once).
+            log_exists: self.log_path.inode().is_ok(),
             crash_report,
             now_ms: now_ms(),
         };

@@ -5,6 +5,11 @@
 //! only when the caller cancels it or the agent stops). `GetMetrics` may wait
 //! up to a second on the Server List Ping, so it runs on a short-lived thread,
 //! never on a completion queue; at most [`MAX_METRICS_CALLS`] at once.
+//!
+//! Streams are admitted by [`StreamTable`] (per-peer and per-server caps
+//! where an older stream gives way, never the new one refused), and a stream
+//! never blocks the worker that fills the ring: a stream that does not read
+//! falls behind and resumes from the ring with `truncated` (see [`crate::ring`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +20,7 @@ use aymc_proto::agent::{
     ServerRequest, ServerStatus, StreamLogsRequest,
 };
 use aymc_proto::agent_grpc::{create_agent_service, AgentService};
+use futures::future::{self, Either};
 use futures::{FutureExt, SinkExt, StreamExt};
 use grpcio::{
     EnvBuilder, RpcContext, RpcStatus, RpcStatusCode, ServerBuilder, ServerCredentials, ServerStreamingSink, UnarySink,
@@ -25,12 +31,10 @@ use crate::parse::Entry;
 use crate::ring::Delivered;
 use crate::server::Server;
 use crate::status::RunStatusChange;
+use crate::streams::{peer_address, Admission, StreamKind, StreamTable};
 
 /// `GetMetrics` calls served at once; more are answered `RESOURCE_EXHAUSTED`.
 pub const MAX_METRICS_CALLS: usize = 16;
-/// Open `StreamLogs` (and, separately, `WatchStatus`) calls per server; more
-/// are answered `RESOURCE_EXHAUSTED` (a hub holds one of each).
-pub const MAX_STREAMS_PER_SERVER: usize = 64;
 
 /// The service; cheap to clone (grpcio clones it per completion queue).
 #[derive(Clone)]
@@ -38,6 +42,7 @@ pub struct AgentRpc {
     id: Arc<str>,
     servers: Arc<[Arc<Server>]>,
     metrics_calls: Arc<AtomicUsize>,
+    streams: Arc<StreamTable>,
 }
 
 fn now_ms() -> i64 {
@@ -47,12 +52,27 @@ fn now_ms() -> i64 {
 impl AgentRpc {
     /// A service for the agent `id` and its servers.
     pub fn new(id: &str, servers: Vec<Arc<Server>>) -> AgentRpc {
-        AgentRpc { id: id.into(), servers: servers.into(), metrics_calls: Arc::new(AtomicUsize::new(0)) }
+        AgentRpc {
+            id: id.into(),
+            servers: servers.into(),
+            metrics_calls: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(StreamTable::default()),
+        }
     }
 
     fn find(&self, id: &str) -> Option<Arc<Server>> {
         let id = id.trim().to_ascii_lowercase();
         self.servers.iter().find(|s| s.config.id == id).cloned()
+    }
+
+    /// Admits a stream (see [`StreamTable`]); logs the one that gave way.
+    fn admit(&self, ctx: &RpcContext, server: &Server, kind: StreamKind) -> Admission {
+        let peer = ctx.peer();
+        let (admission, gave_way) = self.streams.admit(&server.config.id, kind, peer_address(&peer));
+        if let Some(old) = gave_way {
+            log::warn!("{peer}: {kind:?} stream of {old} for server {} cancelled to admit this one", server.config.id);
+        }
+        admission
     }
 
     /// Binds `listen` (port 0: any free port), starts serving, returns the
@@ -89,10 +109,6 @@ fn refuse<T>(ctx: &RpcContext, sink: ServerStreamingSink<T>, status: RpcStatus) 
     ctx.spawn(sink.fail(status).map(|_| ()));
 }
 
-fn too_many_streams() -> RpcStatus {
-    RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, "too many streams for this server".into())
-}
-
 fn log_entry(d: Delivered<Entry>) -> LogEntry {
     let e = &d.item;
     let mut m = LogEntry::new();
@@ -115,8 +131,11 @@ fn server_status(server_id: &str, c: &RunStatusChange) -> ServerStatus {
     m
 }
 
-/// Sends a never-ending stream until the caller cancels or the server stops.
-fn stream<T, S>(ctx: &RpcContext, mut sink: ServerStreamingSink<T>, items: S, what: String)
+/// Sends a never-ending stream until the caller cancels, the server stops,
+/// or the stream must give way to a newer one (then the call is cancelled:
+/// dropping grpcio's sink unfinished cancels it, even when the caller does
+/// not read and no status could be written).
+fn stream<T, S>(ctx: &RpcContext, mut sink: ServerStreamingSink<T>, items: S, mut admission: Admission, what: String)
 where
     T: Send + 'static,
     S: futures::Stream<Item = T> + Send + Unpin + 'static,
@@ -124,12 +143,20 @@ where
     sink.enhance_batch(true);
     let mut items = items.map(|item| Ok((item, WriteFlags::default())));
     ctx.spawn(async move {
-        match sink.send_all(&mut items).await {
-            Ok(()) => {
+        let sent = match future::select(sink.send_all(&mut items), &mut admission.give_way).await {
+            Either::Left((sent, _)) => Some(sent),
+            Either::Right(_) => None,
+        };
+        match sent {
+            Some(Ok(())) => {
                 let _ = sink.close().await;
             }
-            Err(e) => log::debug!("{what} ended: {e}"),
+            Some(Err(e)) => log::debug!("{what} ended: {e}"),
+            None => log::debug!("{what} gave way to a newer stream"),
         }
+        drop(items);
+        drop(sink);
+        drop(admission);
     });
 }
 
@@ -158,13 +185,11 @@ impl AgentService for AgentRpc {
         let Some(server) = self.find(req.get_server_id()) else {
             return refuse(&ctx, sink, not_found(req.get_server_id()));
         };
-        if server.logs.subscribers() >= MAX_STREAMS_PER_SERVER {
-            return refuse(&ctx, sink, too_many_streams());
-        }
+        let admission = self.admit(&ctx, &server, StreamKind::Logs);
         let after = req.get_after_offset();
         log::info!("{}: StreamLogs {} after {after}", ctx.peer(), server.config.id);
         let entries = server.logs.subscribe(after).map(log_entry);
-        stream(&ctx, sink, entries, format!("StreamLogs {} for {}", server.config.id, ctx.peer()));
+        stream(&ctx, sink, entries, admission, format!("StreamLogs {} for {}", server.config.id, ctx.peer()));
     }
 
     fn get_metrics(&mut self, ctx: RpcContext, req: ServerRequest, sink: UnarySink<ServerMetrics>) {
@@ -205,11 +230,10 @@ impl AgentService for AgentRpc {
         let Some(server) = self.find(req.get_server_id()) else {
             return refuse(&ctx, sink, not_found(req.get_server_id()));
         };
-        if server.status.subscribers() >= MAX_STREAMS_PER_SERVER {
-            return refuse(&ctx, sink, too_many_streams());
-        }
+        let admission = self.admit(&ctx, &server, StreamKind::Status);
+        log::info!("{}: WatchStatus {}", ctx.peer(), server.config.id);
         let id = server.config.id.clone();
         let changes = server.status.subscribe_latest().map(move |d| server_status(&id, &d.item));
-        stream(&ctx, sink, changes, format!("WatchStatus {} for {}", server.config.id, ctx.peer()));
+        stream(&ctx, sink, changes, admission, format!("WatchStatus {} for {}", server.config.id, ctx.peer()));
     }
 }

@@ -11,11 +11,11 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use crate::metrics::ProcId;
 use crate::parse::Marker;
 use crate::ring::Keyed;
+use crate::tenant::{TenantPath, WarnOnce};
 
 /// A server status (PROTOCOL.md section 5; `unreachable` and `unknown` are the hub's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,27 +213,32 @@ impl StatusMachine {
 }
 
 /// New files in a server's `crash-reports/`: the names present when the
-/// agent starts are old; any other name that appears is new, once.
+/// agent starts are old; any other name that appears is new, once. Only
+/// regular files count, and nothing is followed: a link (the directory
+/// itself or an entry), a FIFO or a socket there is no crash report.
 #[derive(Debug)]
 pub struct CrashReports {
-    dir: PathBuf,
+    server_id: String,
+    dir: TenantPath,
     known: HashSet<OsString>,
+    refused: WarnOnce,
 }
 
 impl CrashReports {
     /// Remembers what `dir` holds now (nothing when it does not exist).
-    pub fn new(dir: PathBuf) -> CrashReports {
-        let mut reports = CrashReports { dir, known: HashSet::new() };
+    pub fn new(server_id: &str, dir: TenantPath) -> CrashReports {
+        let mut reports =
+            CrashReports { server_id: server_id.to_string(), dir, known: HashSet::new(), refused: WarnOnce::default() };
         reports.poll();
         reports
     }
 
     /// The newest name (by sort order) among files that appeared since the last call.
     pub fn poll(&mut self) -> Option<String> {
-        let entries = std::fs::read_dir(&self.dir).ok()?;
+        let listed = self.dir.regular_files();
+        self.refused.note(&self.server_id, &listed);
         let mut newest: Option<OsString> = None;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
+        for name in listed.ok()? {
             if self.known.insert(name.clone()) && newest.as_ref().is_none_or(|n| name > *n) {
                 newest = Some(name);
             }
@@ -360,13 +365,14 @@ mod tests {
     fn crash_reports_are_new_once() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("crash-reports");
-        let mut reports = CrashReports::new(dir.clone());
+        let path = TenantPath::new(root.path(), "crash-reports");
+        let mut reports = CrashReports::new("s", path.clone());
         assert_eq!(reports.poll(), None);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("crash-old.txt"), "x").unwrap();
         assert_eq!(reports.poll().as_deref(), Some("crash-old.txt"));
         assert_eq!(reports.poll(), None);
-        let again = CrashReports::new(dir.clone());
+        let again = CrashReports::new("s", path);
         assert!(again.known.contains(&OsString::from("crash-old.txt")));
     }
 }

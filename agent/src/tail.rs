@@ -11,10 +11,10 @@
 //! hands out entries (the caller publishes them), so an offset a hub holds is
 //! always covered by the state file. It never touches the ring or the status.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,15 @@ use chrono::{DateTime, Local};
 
 use crate::parse::{Entry, Folder};
 use crate::state::{LogState, StateError, StateStore};
+use crate::tenant::{TenantError, TenantPath, WarnOnce};
 
 /// Bytes read per step; a step that fills it says more may be waiting.
 const CHUNK: usize = 256 * 1024;
-/// A line longer than this is cut here (the rest is the next line), so one
-/// runaway line cannot grow memory without bound.
-pub const MAX_LINE: usize = 1024 * 1024;
+/// A line longer than this keeps only its first `MAX_LINE` bytes, followed
+/// by a note of how many were cut ([`cut_note`]); the rest is read and dropped
+/// as it comes, so a line that never ends (a tenant's 1 GiB without a
+/// newline) holds at most this much memory.
+pub const MAX_LINE: usize = 64 * 1024;
 /// An entry is complete this long after its last line (DESIGN.md).
 pub const FOLD_WAIT: Duration = Duration::from_millis(100);
 /// Bytes of the first line that identify a file.
@@ -62,21 +65,27 @@ pub enum TailError {
 /// One server's log follower.
 pub struct Tailer {
     server_id: String,
-    path: PathBuf,
+    path: TenantPath,
+    /// latest.log is something the agent must not read (logged once).
+    refused: WarnOnce,
     store: Arc<StateStore>,
     file: Option<File>,
     state: LogState,
     /// What the state file holds for this server.
     saved: LogState,
-    /// Bytes read after `state.position` that do not end a line yet.
+    /// Bytes read after `state.position` that do not end a line yet (while
+    /// `cut` > 0: the first [`MAX_LINE`] bytes of an overlong line).
     carry: Vec<u8>,
+    /// Bytes of the current overlong line read past `carry` and dropped.
+    cut: u64,
     buf: Vec<u8>,
     folder: Folder,
     last_line_at: Instant,
 }
 
 impl Tailer {
-    /// Opens `path` for server `server_id`, deciding the generation from the
+    /// Opens `path` for server `server_id` (a link, FIFO, socket or device
+    /// there counts as no file: see [`crate::tenant`]), deciding the generation from the
     /// saved state: the same file (same inode, not shorter than the saved
     /// position, same first line) keeps its generation and is read again from
     /// the start to refill the ring with the same offsets; anything else is a
@@ -85,25 +94,22 @@ impl Tailer {
     ///
     /// # Errors
     /// The state file cannot be written (when the generation changed).
-    pub fn open(server_id: &str, path: &Path, store: Arc<StateStore>) -> Result<(Tailer, u64), StateError> {
+    pub fn open(server_id: &str, path: &TenantPath, store: Arc<StateStore>) -> Result<(Tailer, u64), StateError> {
         let saved = store.log_state(server_id);
-        let file = match File::open(path) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("server {server_id}: cannot open {}: {e}", path.display());
-                }
-                None
-            }
-        };
+        let opened = path.open();
+        let mut refused = WarnOnce::default();
+        refused.note(server_id, &opened);
+        let file = opened.ok();
         let mut tailer = Tailer {
             server_id: server_id.to_string(),
-            path: path.to_path_buf(),
+            path: path.clone(),
+            refused,
             store,
             file: None,
             state: saved.clone().unwrap_or(LogState { generation: 1, ..LogState::default() }),
             saved: saved.clone().unwrap_or_default(),
             carry: Vec::new(),
+            cut: 0,
             buf: vec![0; CHUNK],
             folder: Folder::default(),
             last_line_at: Instant::now(),
@@ -148,29 +154,22 @@ impl Tailer {
         let now = Local::now();
         let result = self.advance(&now, out);
         self.save()?;
-        result.map_err(|e| TailError::Io(self.path.clone(), e))
+        result.map_err(|e| TailError::Io(self.path.path(), e))
     }
 
     fn advance(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<bool> {
         if self.read_chunk(now, out)? == CHUNK {
             return Ok(true);
         }
-        let meta = match fs::metadata(&self.path) {
-            Ok(m) => m,
-            // Renamed away and not replaced yet: keep the old file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if self.file.is_none() || meta.ino() != self.state.inode {
+        // Renamed away and not replaced yet (or replaced by something that
+        // must not be read): keep the old file.
+        let Some(ino) = self.tenant(self.path.inode())? else { return Ok(false) };
+        if self.file.is_none() || ino != self.state.inode {
             // Rotation: finish the old file (lines written just before the
             // rename are still in it), then start the new one.
             while self.read_chunk(now, out)? == CHUNK {}
             self.finish_file(now, out);
-            let file = match File::open(&self.path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(e),
-            };
+            let Some(file) = self.tenant(self.path.open())? else { return Ok(false) };
             let ino = file.metadata()?.ino();
             log::info!("server {}: following a new latest.log (inode {ino})", self.server_id);
             self.new_generation(ino);
@@ -179,14 +178,29 @@ impl Tailer {
             return Ok(true);
         }
         if let Some(file) = &self.file {
-            if file.metadata()?.len() < self.state.position + self.carry.len() as u64 {
+            if file.metadata()?.len() < self.read_at() {
                 log::info!("server {}: latest.log was truncated", self.server_id);
                 out.extend(self.folder.flush().map(TailEvent::Entry));
-                self.new_generation(meta.ino());
+                self.new_generation(ino);
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// A look at latest.log: what is there, `None` when it is missing or
+    /// refused (logged once), or an IO error.
+    fn tenant<T>(&mut self, result: Result<T, TenantError>) -> io::Result<Option<T>> {
+        if let Err(TenantError::Io(_, e)) = result {
+            // The worker logs it once.
+            return Err(e);
+        }
+        self.refused.note(&self.server_id, &result);
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(TenantError::Missing(_) | TenantError::Refused(..)) => Ok(None),
+            Err(TenantError::Io(_, e)) => Err(e),
+        }
     }
 
     /// Completes the entry waiting for continuation lines when its last line
@@ -219,8 +233,15 @@ impl Tailer {
 
     /// Reads up to one chunk from the open file and takes its complete lines.
     fn read_chunk(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>) -> io::Result<usize> {
+        let mut at = self.read_at();
         let Some(file) = &self.file else { return Ok(0) };
-        let at = self.state.position + self.carry.len() as u64;
+        if self.cut > 0 {
+            // Inside an overlong line, a hole (a sparse file) holds no
+            // newline: skip it rather than read its zeros.
+            let skip = hole_at(file, at);
+            self.cut += skip;
+            at += skip;
+        }
         let n = loop {
             match file.read_at(&mut self.buf, at) {
                 Ok(n) => break n,
@@ -228,44 +249,102 @@ impl Tailer {
                 Err(e) => return Err(e),
             }
         };
-        if n > 0 {
-            self.carry.extend_from_slice(&self.buf[..n]);
-            self.take_lines(now, out, false);
+        if n == 0 {
+            return Ok(0);
         }
+        let mut from = 0;
+        if self.cut > 0 {
+            // Inside an overlong line: drop bytes up to its newline.
+            match memchr::memchr(b'\n', &self.buf[..n]) {
+                None => {
+                    self.cut += n as u64;
+                    return Ok(n);
+                }
+                Some(nl) => {
+                    self.cut += nl as u64;
+                    self.end_overlong_line(now, out, 1);
+                    from = nl + 1;
+                }
+            }
+        }
+        self.carry.extend_from_slice(&self.buf[from..n]);
+        self.take_lines(now, out, false);
         Ok(n)
     }
 
+    /// Where the next read starts: after the consumed lines, what waits in
+    /// `carry`, and what was dropped of an overlong line.
+    fn read_at(&self) -> u64 {
+        self.state.position + self.carry.len() as u64 + self.cut
+    }
+
     /// Turns the complete lines in `carry` into entries; with `eof`, also
-    /// the partial last line.
+    /// the partial last line. A partial line longer than [`MAX_LINE`] keeps
+    /// its start in `carry` and the rest is dropped as it is read.
     fn take_lines(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>, eof: bool) {
+        if self.cut > 0 {
+            if eof {
+                self.end_overlong_line(now, out, 0);
+            }
+            return;
+        }
         let carry = std::mem::take(&mut self.carry);
         let mut start = 0;
         while start < carry.len() {
             let rest = &carry[start..];
-            let (len, next) = match rest.iter().position(|&b| b == b'\n') {
-                Some(nl) if nl <= MAX_LINE => (nl, nl + 1),
-                None if rest.len() <= MAX_LINE && !eof => break,
-                None if rest.len() <= MAX_LINE => (rest.len(), rest.len()),
-                _ => (MAX_LINE, MAX_LINE),
+            let (len, next) = match memchr::memchr(b'\n', rest) {
+                Some(nl) => (nl, nl + 1),
+                None if eof => (rest.len(), rest.len()),
+                None if rest.len() > MAX_LINE => {
+                    self.cut = (rest.len() - MAX_LINE) as u64;
+                    self.carry.extend_from_slice(&rest[..MAX_LINE]);
+                    break;
+                }
+                None => break,
             };
             let line = rest[..len].strip_suffix(b"\r").unwrap_or(&rest[..len]);
-            let position = self.state.position + start as u64;
-            if position == 0 {
-                self.state.head = fingerprint(line);
-            }
-            let offset = offset(self.state.generation, position);
-            out.extend(self.folder.push(offset, &String::from_utf8_lossy(line), now).map(TailEvent::Entry));
-            if let Some(begun) = self.folder.pending_offset() {
-                self.state.last_offset = self.state.last_offset.max(begun);
-            }
+            let cut = line.len().saturating_sub(MAX_LINE) as u64;
+            self.push_line(self.state.position + start as u64, &line[..line.len().min(MAX_LINE)], cut, now, out);
             start += next;
         }
-        if start > 0 {
-            self.last_line_at = Instant::now();
-        }
         self.state.position += start as u64;
-        self.carry = carry;
-        self.carry.drain(..start);
+        if self.cut == 0 {
+            self.carry = carry;
+            self.carry.drain(..start);
+        }
+    }
+
+    /// The overlong line in `carry` ended (`newline` is 1, or 0 at the end
+    /// of a finished file): its start becomes an entry with a [`cut_note`].
+    fn end_overlong_line(&mut self, now: &DateTime<Local>, out: &mut Vec<TailEvent>, newline: u64) {
+        let start = std::mem::take(&mut self.carry);
+        let cut = std::mem::take(&mut self.cut);
+        self.push_line(self.state.position, &start, cut, now, out);
+        self.state.position += start.len() as u64 + cut + newline;
+    }
+
+    /// Hands one line (its first bytes, and how many more were cut) to the folder.
+    fn push_line(&mut self, position: u64, line: &[u8], cut: u64, now: &DateTime<Local>, out: &mut Vec<TailEvent>) {
+        if position == 0 {
+            self.state.head = fingerprint(line);
+        }
+        let text = if cut == 0 {
+            String::from_utf8_lossy(line)
+        } else {
+            // Cut on a character boundary, so the note is not glued to half a character.
+            let whole = match std::str::from_utf8(line) {
+                Err(e) if e.error_len().is_none() => &line[..e.valid_up_to()],
+                _ => line,
+            };
+            let cut = cut + (line.len() - whole.len()) as u64;
+            format!("{}{}", String::from_utf8_lossy(whole), cut_note(cut)).into()
+        };
+        let offset = offset(self.state.generation, position);
+        out.extend(self.folder.push(offset, &text, now).map(TailEvent::Entry));
+        if let Some(begun) = self.folder.pending_offset() {
+            self.state.last_offset = self.state.last_offset.max(begun);
+        }
+        self.last_line_at = Instant::now();
     }
 
     /// The open file is finished: its partial last line is a line, and the
@@ -287,6 +366,7 @@ impl Tailer {
         s.position = 0;
         s.head.clear();
         self.carry.clear();
+        self.cut = 0;
         self.folder.reset();
     }
 
@@ -305,6 +385,29 @@ impl Tailer {
             self.saved = self.state.clone();
         }
         Ok(())
+    }
+}
+
+/// What ends a line cut at [`MAX_LINE`]: how many bytes were dropped.
+pub fn cut_note(cut: u64) -> String {
+    format!(" [… {cut} bytes cut]")
+}
+
+/// The length of the hole (unwritten, reads as zeros) starting at `at`, by
+/// `lseek(SEEK_DATA)`; 0 where there is data or the file system cannot say.
+fn hole_at(file: &File, at: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let Ok(offset) = libc::off_t::try_from(at) else { return 0 };
+    // SAFETY: lseek on a descriptor we own; reads use pread, so moving its
+    // file offset changes nothing.
+    let data = unsafe { libc::lseek(file.as_raw_fd(), offset, libc::SEEK_DATA) };
+    match u64::try_from(data) {
+        Ok(data) => data.saturating_sub(at),
+        // No data after `at`: the rest is a hole.
+        Err(_) if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => {
+            file.metadata().map_or(0, |m| m.len().saturating_sub(at))
+        }
+        Err(_) => 0,
     }
 }
 
@@ -334,9 +437,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    use std::fs;
+    use std::path::PathBuf;
+
     struct Fixture {
         dir: tempfile::TempDir,
         log: PathBuf,
+        path: TenantPath,
         store: Arc<StateStore>,
     }
 
@@ -345,7 +452,8 @@ mod tests {
             let dir = tempfile::Builder::new().prefix(&format!("aymc-agent-tail-{name}-")).tempdir().unwrap();
             fs::create_dir_all(dir.path().join("logs")).unwrap();
             let store = Arc::new(StateStore::open(&dir.path().join("state.toml")).unwrap());
-            Fixture { log: dir.path().join("logs/latest.log"), dir, store }
+            let path = TenantPath::new(dir.path(), "logs/latest.log");
+            Fixture { log: dir.path().join("logs/latest.log"), path, dir, store }
         }
 
         fn append(&self, text: &str) {
@@ -388,7 +496,7 @@ mod tests {
     fn offsets_are_generation_and_position_and_partial_lines_wait() {
         let f = Fixture::new("offsets");
         f.append(A);
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 0);
         assert_eq!(offsets(&drain(&mut t)), vec![1 << 40]);
         f.append("[10:00:01] [Server thread/INFO]: no newline yet");
@@ -402,7 +510,7 @@ mod tests {
     fn rotation_reads_the_old_file_to_its_end_then_bumps_the_generation() {
         let f = Fixture::new("rotation");
         f.append(A);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         f.append(B);
         fs::rename(&f.log, f.dir.path().join("logs/2026-11-28-1.log")).unwrap();
@@ -419,7 +527,7 @@ mod tests {
         let f = Fixture::new("truncate");
         f.append(A);
         f.append(B);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         fs::write(&f.log, "").unwrap();
         f.append(B);
@@ -431,12 +539,12 @@ mod tests {
         let mut f = Fixture::new("restart");
         f.append(A);
         f.append(B);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         let first = offsets(&drain(&mut t));
         drop(t);
         f.append(A);
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 0);
         let again = offsets(&drain(&mut t));
         assert_eq!(&again[..2], &first[..]);
@@ -446,14 +554,14 @@ mod tests {
         fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
         f.append(A);
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, again[2]);
         assert_eq!(offsets(&drain(&mut t)), vec![2 << 40]);
         drop(t);
         // Gone while down: the floor covers the whole generation.
         fs::remove_file(&f.log).unwrap();
         f.reopen_store();
-        let (mut t, floor) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, floor) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(floor, 2 << 40);
         f.append(B);
         assert_eq!(offsets(&drain(&mut t)), vec![3 << 40]);
@@ -463,21 +571,79 @@ mod tests {
     fn a_rewritten_file_with_the_same_inode_is_a_new_generation() {
         let mut f = Fixture::new("rewritten");
         f.append(A);
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         drain(&mut t);
         drop(t);
         fs::write(&f.log, format!("{B}{B}")).unwrap();
         f.reopen_store();
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
         assert_eq!(offsets(&drain(&mut t))[0], 2 << 40);
     }
 
+    fn messages(events: &[TailEvent]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TailEvent::Entry(e) => Some(e.message.clone()),
+                TailEvent::NewFile => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn an_overlong_line_is_cut() {
+    fn an_overlong_line_keeps_its_start_and_a_note() {
         let f = Fixture::new("long");
-        f.append(&"x".repeat(MAX_LINE + 10));
-        f.append("\n");
-        let (mut t, _) = Tailer::open("s", &f.log, f.store.clone()).unwrap();
-        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + MAX_LINE as u64]);
+        // Whole in one read, with a two-byte character across the cut.
+        f.append(&format!("{}é{}\n{A}", "x".repeat(MAX_LINE - 1), "y".repeat(9)));
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        let events = drain(&mut t);
+        let first_len = MAX_LINE as u64 + 11;
+        assert_eq!(offsets(&events), vec![1 << 40, (1 << 40) + first_len]);
+        assert_eq!(messages(&events)[0], format!("{}{}", "x".repeat(MAX_LINE - 1), cut_note(11)));
+        assert_eq!(t.state().position, first_len + A.len() as u64);
+    }
+
+    #[test]
+    fn a_hole_inside_an_overlong_line_is_skipped_not_read() {
+        let f = Fixture::new("hole");
+        f.append(&"x".repeat(MAX_LINE + 1));
+        // 64 GiB of nothing (sparse): read, it would take minutes.
+        let hole_end = (MAX_LINE + 1) as u64 + (64 << 30);
+        fs::OpenOptions::new().write(true).open(&f.log).unwrap().set_len(hole_end).unwrap();
+        f.append(&format!("\n{B}"));
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        let started = Instant::now();
+        let events = drain(&mut t);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(offsets(&events), vec![1 << 40, (1 << 40) + hole_end + 1]);
+        assert!(messages(&events)[0].ends_with(&cut_note(hole_end - MAX_LINE as u64)));
+    }
+
+    #[test]
+    fn a_line_that_never_ends_holds_max_line_bytes() {
+        let f = Fixture::new("endless");
+        f.append(A);
+        // 8 MiB of zeros without a newline (sparse), in many reads.
+        let start = A.len() as u64;
+        fs::OpenOptions::new().write(true).open(&f.log).unwrap().set_len(start + (8 << 20)).unwrap();
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40]);
+        assert_eq!((t.carry.len(), t.cut, t.state().position), (MAX_LINE, (8 << 20) - MAX_LINE as u64, start));
+        f.append(&format!("\n{B}"));
+        let events = drain(&mut t);
+        assert_eq!(offsets(&events), vec![(1 << 40) + start, (1 << 40) + start + (8 << 20) + 1]);
+        assert!(messages(&events)[0].ends_with(&cut_note((8 << 20) - MAX_LINE as u64)));
+        assert_eq!(t.carry.len(), 0);
+        // Read again from the start (a restart): the same offsets.
+        drop(t);
+        let (mut t, _) = Tailer::open("s", &f.path, f.store.clone()).unwrap();
+        assert_eq!(offsets(&drain(&mut t)), vec![1 << 40, (1 << 40) + start, (1 << 40) + start + (8 << 20) + 1]);
+        // An overlong last line of a rotated file ends with the file.
+        f.append(&"z".repeat(MAX_LINE * 3));
+        fs::rename(&f.log, f.dir.path().join("logs/old.log")).unwrap();
+        f.append(A);
+        let events = drain(&mut t);
+        assert_eq!(messages(&events)[0], format!("{}{}", "z".repeat(MAX_LINE), cut_note(2 * MAX_LINE as u64)));
+        assert_eq!(offsets(&events)[1], 2 << 40);
     }
 }

@@ -44,7 +44,9 @@ impl LogWatch {
             if fd < 0 {
                 return;
             }
-            if libc::inotify_add_watch(fd, path.as_ptr(), EVENTS) < 0 {
+            // A linked `logs` is not watched (and not read: see `tenant`).
+            let mask = EVENTS | libc::IN_DONT_FOLLOW | libc::IN_ONLYDIR;
+            if libc::inotify_add_watch(fd, path.as_ptr(), mask) < 0 {
                 libc::close(fd);
                 return;
             }

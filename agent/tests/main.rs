@@ -1,6 +1,9 @@
 //! Integration tests of `aymc-agent`: the real binary on real files, driven
 //! through a grpcio `AgentServiceClient` on 127.0.0.1.
 
+mod deploy;
+mod hostile;
+mod limits;
 mod support;
 
 use std::fs;

@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,6 +109,23 @@ pub fn numbered(from: usize, n: usize, start_pos: u64) -> (String, Vec<u64>) {
     (text, positions)
 }
 
+/// Makes a FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+/// Removes whatever is at `path` (file, link, FIFO, socket or directory tree), if anything.
+pub fn remove(path: &Path) {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).unwrap(),
+        Ok(_) => fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
 pub fn offset(generation: u64, position: u64) -> u64 {
     (generation << 40) + position
 }
@@ -158,6 +175,31 @@ impl Agent {
         self.child.id()
     }
 
+    /// The agent's peak resident set so far (`VmHWM` in /proc/<pid>/status), bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Stderr lines that contain every one of `words`.
+    pub fn log_lines(&self, words: &[&str]) -> Vec<String> {
+        self.stderr.lock().unwrap().iter().filter(|l| words.iter().all(|w| l.contains(w))).cloned().collect()
+    }
+
+    /// Asserts the agent answers `Ping` (within [`opt`]'s deadline).
+    pub fn assert_answers(&self, client: &AgentServiceClient) {
+        let pong = client.ping_opt(&aymc_proto::agent::PingRequest::new(), opt()).unwrap();
+        assert!(!pong.get_agent_id().is_empty());
+    }
+
+    /// SIGTERM, then a clean exit within `limit`.
+    pub fn stop_within(self, limit: Duration) {
+        let started = Instant::now();
+        self.stop();
+        assert!(started.elapsed() < limit, "SIGTERM took {:?}", started.elapsed());
+    }
+
     pub fn client(&self) -> AgentServiceClient {
         static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
         let env = ENV.get_or_init(|| Arc::new(EnvBuilder::new().cq_count(1).name_prefix("test-grpc").build()));
@@ -179,6 +221,105 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client on a connection of its own (grpc shares one between channels to
+/// the same address unless told not to), as another process would have.
+pub fn own_client(port: u16) -> AgentServiceClient {
+    static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
+    let env = ENV.get_or_init(|| Arc::new(EnvBuilder::new().cq_count(1).name_prefix("test-own").build()));
+    let channel =
+        ChannelBuilder::new(Arc::clone(env)).use_local_subchannel_pool(true).connect(&format!("127.0.0.1:{port}"));
+    AgentServiceClient::new(channel)
+}
+
+/// A client that takes as little as it can without reading: HTTP/2 windows
+/// of 16 KiB and no window growth, so the agent's send blocks early.
+pub fn stingy_client(port: u16) -> AgentServiceClient {
+    static ENV: OnceLock<Arc<Environment>> = OnceLock::new();
+    let env = ENV.get_or_init(|| Arc::new(EnvBuilder::new().cq_count(1).name_prefix("test-stingy").build()));
+    let channel = ChannelBuilder::new(Arc::clone(env))
+        .use_local_subchannel_pool(true)
+        .http2_bdp_probe(false)
+        .stream_initial_window_size(16 * 1024)
+        .connect(&format!("127.0.0.1:{port}"));
+    AgentServiceClient::new(channel)
+}
+
+/// A TCP relay on 127.0.0.1 to the agent whose connections come from
+/// `source`, another loopback address: to the agent, another host. Blocking
+/// copies, so a client that does not read holds the agent back as it would
+/// directly.
+pub struct Relay {
+    pub port: u16,
+}
+
+impl Relay {
+    pub fn start(source: Ipv4Addr, agent_port: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(down) = conn else { return };
+                let Ok(up) = connect_from(source, SocketAddrV4::new(Ipv4Addr::LOCALHOST, agent_port)) else { return };
+                for (mut from, mut to) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
+                    thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Relay { port }
+    }
+}
+
+/// A TCP connection to `to` from the address `source`.
+fn connect_from(source: Ipv4Addr, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let addr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned by the returned
+    // stream from the moment it exists; the addresses outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = addr(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = addr(*to.ip(), to.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Waits (bounded) for a stream's first item or error, so the call is known
+/// to have reached the agent; returns the stream unread past it.
+pub fn arrived<T: Send + 'static>(mut stream: grpcio::ClientSStreamReceiver<T>) -> grpcio::ClientSStreamReceiver<T> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        futures::executor::block_on(stream.next());
+        let _ = tx.send(stream);
+    });
+    rx.recv_timeout(WAIT).expect("a stream's first answer")
+}
+
+pub fn logs_req(after: u64) -> StreamLogsRequest {
+    let mut req = StreamLogsRequest::new();
+    req.set_server_id(SERVER_ID.to_string());
+    req.set_after_offset(after);
+    req
 }
 
 pub fn opt() -> CallOption {
@@ -259,10 +400,7 @@ impl<T: Send + 'static> Tap<T> {
 }
 
 pub fn stream_logs(client: &AgentServiceClient, after: u64) -> Tap<LogEntry> {
-    let mut req = StreamLogsRequest::new();
-    req.set_server_id(SERVER_ID.to_string());
-    req.set_after_offset(after);
-    Tap::new(client, client.stream_logs(&req).unwrap())
+    Tap::new(client, client.stream_logs(&logs_req(after)).unwrap())
 }
 
 pub fn watch_status(client: &AgentServiceClient) -> Tap<ServerStatus> {
