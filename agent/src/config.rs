@@ -6,6 +6,7 @@
 //!
 //! Relative paths in the file (`dir`, `pid_file`, `state_file`) are taken
 //! relative to the file's directory, so a config works wherever it is started from.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! [`collect`], which assembles `GetMetrics`' answer with the Server List
 //! Ping's player counts and the TPS the log reported. A missing or stale pid
 //! file gives zeros (DESIGN.md: unmeasurable fields are 0).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -75,7 +76,7 @@ pub const PID_FILE_BYTES: usize = 32;
 pub fn read_pid(pid_file: &TenantPath) -> Result<Option<i32>, TenantError> {
     let head = pid_file.read_head(PID_FILE_BYTES)?;
     let line = match head.iter().position(|&b| b == b'\n') {
-        Some(nl) => &head[..nl],
+        Some(nl) => head.get(..nl).unwrap_or_default(),
         None if head.len() < PID_FILE_BYTES => &head[..],
         None => return Ok(None),
     };

@@ -7,6 +7,7 @@
 //! The rules are DESIGN.md's "The agent contract": after the prefix, a leading
 //! `[Name] ` names a plugin; Forge's `[mod/logger]` names a mod; a line that
 //! parses as nothing is still an entry (`INFO`, `server`, the whole line).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
 
@@ -143,7 +144,7 @@ fn parse_time(s: &str) -> Option<(LineTime, &str)> {
 
 fn parse_clock(s: &str) -> Option<(NaiveTime, &str)> {
     let b = s.as_bytes();
-    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
+    if b.len() < 8 || b.get(2) != Some(&b':') || b.get(5) != Some(&b':') {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {

@@ -23,6 +23,7 @@
 //! the wait it reads what there is). A subscriber that falls behind the
 //! floor skips ahead and its next item says `lost`, which becomes
 //! `LogEntry.truncated` (DESIGN.md's floor rule).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::VecDeque;
 use std::pin::Pin;

@@ -7,6 +7,7 @@
 //! chunk by chunk), publishes the entries (after the tailer saved the state),
 //! completes an entry whose last line is 100 ms old, then looks at the
 //! process and `crash-reports/` and publishes status changes.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -10,6 +10,7 @@
 //! where an older stream gives way, never the new one refused), and a stream
 //! never blocks the worker that fills the ring: a stream that does not read
 //! falls behind and resumes from the ring with `truncated` (see [`crate::ring`]).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,6 +3,7 @@
 //! response, of which only `players.online` and `players.max` are used.
 //! Every step shares one deadline, so a server that accepts and says nothing
 //! costs at most the timeout.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -134,7 +135,13 @@ pub fn parse_response(packet: &[u8]) -> Result<Players, SlpError> {
     let len = read_varint(&mut r).map_err(|_| bad("no string length"))?;
     let json = usize::try_from(len).ok().and_then(|l| r.get(..l)).ok_or_else(|| bad("short status string"))?;
     let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| SlpError::Protocol(e.to_string()))?;
-    let count = |key: &str| value["players"][key].as_i64().and_then(|n| i32::try_from(n).ok());
+    let count = |key: &str| {
+        value
+            .get("players")
+            .and_then(|p| p.get(key))
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok())
+    };
     match (count("online"), count("max")) {
         (Some(online), Some(max)) => Ok(Players { online, max }),
         _ => Err(bad("no players.online/players.max")),

@@ -5,6 +5,7 @@
 //! over the old one and the directory fsynced, only when something changed.
 //! The tailer saves before it publishes, so no hub ever holds an offset the
 //! file does not cover.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -8,6 +8,7 @@
 //! not turn it into `stopped`); when the agent starts beside a dead process,
 //! the log decides (`stopped` after a stopping line or with no log, else
 //! `crashed`); the 5-second rule counts from when the newest line was seen.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashSet;
 use std::ffi::OsString;

@@ -16,6 +16,7 @@
 //! Memory per stream is bounded elsewhere: a stream reads the ring through
 //! its cursor (no queue of its own beyond one batch) and grpcio holds at most
 //! a message or two per call.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -10,6 +10,7 @@
 //! was replaced, which will never grow). It saves its [`LogState`] before it
 //! hands out entries (the caller publishes them), so an offset a hub holds is
 //! always covered by the state file. It never touches the ring or the status.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fs::File;
 use std::io;
@@ -255,7 +256,7 @@ impl Tailer {
         let mut from = 0;
         if self.cut > 0 {
             // Inside an overlong line: drop bytes up to its newline.
-            match memchr::memchr(b'\n', &self.buf[..n]) {
+            match memchr::memchr(b'\n', self.buf.get(..n).unwrap_or_default()) {
                 None => {
                     self.cut += n as u64;
                     return Ok(n);
@@ -267,7 +268,7 @@ impl Tailer {
                 }
             }
         }
-        self.carry.extend_from_slice(&self.buf[from..n]);
+        self.carry.extend_from_slice(self.buf.get(from..n).unwrap_or_default());
         self.take_lines(now, out, false);
         Ok(n)
     }
@@ -291,20 +292,21 @@ impl Tailer {
         let carry = std::mem::take(&mut self.carry);
         let mut start = 0;
         while start < carry.len() {
-            let rest = &carry[start..];
+            let rest = carry.get(start..).unwrap_or_default();
             let (len, next) = match memchr::memchr(b'\n', rest) {
                 Some(nl) => (nl, nl + 1),
                 None if eof => (rest.len(), rest.len()),
                 None if rest.len() > MAX_LINE => {
                     self.cut = (rest.len() - MAX_LINE) as u64;
-                    self.carry.extend_from_slice(&rest[..MAX_LINE]);
+                    self.carry.extend_from_slice(rest.get(..MAX_LINE).unwrap_or(rest));
                     break;
                 }
                 None => break,
             };
-            let line = rest[..len].strip_suffix(b"\r").unwrap_or(&rest[..len]);
+            let whole = rest.get(..len).unwrap_or(rest);
+            let line = whole.strip_suffix(b"\r").unwrap_or(whole);
             let cut = line.len().saturating_sub(MAX_LINE) as u64;
-            self.push_line(self.state.position + start as u64, &line[..line.len().min(MAX_LINE)], cut, now, out);
+            self.push_line(self.state.position + start as u64, line.get(..MAX_LINE).unwrap_or(line), cut, now, out);
             start += next;
         }
         self.state.position += start as u64;
@@ -333,7 +335,7 @@ impl Tailer {
         } else {
             // Cut on a character boundary, so the note is not glued to half a character.
             let whole = match std::str::from_utf8(line) {
-                Err(e) if e.error_len().is_none() => &line[..e.valid_up_to()],
+                Err(e) if e.error_len().is_none() => line.get(..e.valid_up_to()).unwrap_or_default(),
                 _ => line,
             };
             let cut = cut + (line.len() - whole.len()) as u64;
@@ -414,7 +416,7 @@ fn hole_at(file: &File, at: u64) -> u64 {
 /// FNV-1a of a first line's first bytes, hex.
 fn fingerprint(line: &[u8]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in &line[..line.len().min(HEAD_BYTES)] {
+    for &b in line.get(..HEAD_BYTES).unwrap_or(line) {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("{hash:016x}")
@@ -424,9 +426,12 @@ fn fingerprint(line: &[u8]) -> String {
 fn head_of(file: &File) -> Option<String> {
     let mut buf = vec![0; 4096];
     let n = file.read_at(&mut buf, 0).ok()?;
-    let buf = &buf[..n];
+    let buf = buf.get(..n).unwrap_or_default();
     match buf.iter().position(|&b| b == b'\n') {
-        Some(nl) => Some(fingerprint(buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]))),
+        Some(nl) => {
+            let first = buf.get(..nl).unwrap_or(buf);
+            Some(fingerprint(first.strip_suffix(b"\r").unwrap_or(first)))
+        }
         None if n > HEAD_BYTES => Some(fingerprint(buf)),
         None => None,
     }

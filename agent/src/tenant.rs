@@ -12,6 +12,7 @@
 //! descriptor, not by a `stat` of the path, which could change in between.
 //! Anything else is [`TenantError::Refused`], which callers treat as "no such
 //! file" and log once per condition ([`WarnOnce`]), not once per poll.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::File;
@@ -160,7 +161,8 @@ impl TenantPath {
         let mut buf = vec![0; max];
         let mut n = 0;
         while n < max {
-            match file.read_at(&mut buf[n..], n as u64) {
+            let Some(rest) = buf.get_mut(n..) else { break };
+            match file.read_at(rest, n as u64) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

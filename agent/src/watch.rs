@@ -2,6 +2,7 @@
 //! (inotify), so a written line is read at once instead of at the next
 //! poll. Polling stays the fallback: when the directory does not exist yet
 //! or inotify is unavailable, [`LogWatch::wait`] just sleeps its timeout.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -75,7 +76,7 @@ impl LogWatch {
                     if n <= 0 {
                         break;
                     }
-                    gone |= drained_events_say_gone(&buf[..n as usize]);
+                    gone |= drained_events_say_gone(buf.get(..n as usize).unwrap_or_default());
                 }
             }
         }
@@ -100,8 +101,9 @@ fn drained_events_say_gone(buf: &[u8]) -> bool {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut pos = 0;
     while let Some(head) = buf.get(pos..pos + HEADER) {
-        let mask = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
-        let len = u32::from_ne_bytes([head[12], head[13], head[14], head[15]]) as usize;
+        let word =
+            |at: usize| head.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_ne_bytes);
+        let (mask, len) = (word(4), word(12) as usize);
         if mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF | libc::IN_IGNORED) != 0 {
             return true;
         }

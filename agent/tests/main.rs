@@ -4,6 +4,7 @@
 mod deploy;
 mod hostile;
 mod limits;
+mod proto_hardening;
 mod support;
 
 use std::fs;

@@ -4,9 +4,6 @@
 //!
 //! The requests are encoded by hand, not with `aymc_proto`'s types, so the
 //! test does not depend on the `protobuf` release the agent decodes with.
-//! Its own test binary (cargo finds it beside `main.rs`), sharing `support`.
-
-mod support;
 
 use std::sync::Arc;
 
@@ -15,8 +12,8 @@ use futures::executor::block_on;
 use futures::StreamExt;
 use grpcio::{ChannelBuilder, Client, Environment, MethodType, RpcStatusCode};
 
+use crate::support::*;
 use aymc_proto::raw::*;
-use support::*;
 
 /// Field 1 as a string: `server_id` of `ServerRequest` / `StreamLogsRequest`.
 fn server_id_field() -> Vec<u8> {
