@@ -6,6 +6,14 @@ naming a live process while it "runs", and answers the Server List Ping on a
 local port so the agent can count players.
 
 Usage: demo_server.py DIR [--port 25565] [--cycle-seconds 45]
+                      [--rate LINES_PER_S] [--burst LINES] [--burst-every SECONDS]
+                      [--line-bytes N]
+
+--rate adds that many numbered filler lines per second while the server runs
+(`soak N ...`, N counting up from 1 across restarts, padded to about
+--line-bytes), on top of the story; --burst writes that many at once every
+--burst-every seconds (the first burst right after the first start). Filler
+lines never split a stack trace. Used by scripts/soak.
 Stops on SIGTERM/SIGINT. Everything stays under DIR and on 127.0.0.1.
 """
 
@@ -39,17 +47,40 @@ class Server:
         self.pid_file = os.path.join(root, "server.pid")
         self.proc = None
         self.log = None
+        # Held for each write, across a whole stack trace, and by the filler
+        # thread, so filler lines never land inside a multi-line entry.
+        self.lock = threading.RLock()
+        self.filler_n = 0
 
     def write(self, thread, level, msg, pause=0.15):
-        self.log.write(f"[{stamp()}] [{thread}/{level}]: {msg}\n")
-        self.log.flush()
+        with self.lock:
+            self.log.write(f"[{stamp()}] [{thread}/{level}]: {msg}\n")
+            self.log.flush()
         sleep(pause)
 
     def raw(self, line):
-        self.log.write(line + "\n")
-        self.log.flush()
+        with self.lock:
+            self.log.write(line + "\n")
+            self.log.flush()
+
+    def filler(self, count, line_bytes):
+        """Writes `count` numbered filler lines if the server runs."""
+        with self.lock:
+            if self.proc is None or self.log is None:
+                return
+            out = []
+            for _ in range(count):
+                self.filler_n += 1
+                head = f"[{stamp()}] [Server thread/INFO]: soak {self.filler_n} "
+                out.append(head + "x" * max(0, line_bytes - len(head)) + "\n")
+            self.log.write("".join(out))
+            self.log.flush()
 
     def rotate(self):
+        with self.lock:
+            self._rotate()
+
+    def _rotate(self):
         latest = os.path.join(self.logs, "latest.log")
         if os.path.exists(latest):
             n = 1
@@ -103,9 +134,10 @@ class Server:
             sleep(random.uniform(0.8, 2.5))
 
     def crash_now(self):
-        self.write("Server thread", "ERROR", "Encountered an unexpected exception", 0)
-        for line in TRACE:
-            self.raw(line)
+        with self.lock:
+            self.write("Server thread", "ERROR", "Encountered an unexpected exception", 0)
+            for line in TRACE:
+                self.raw(line)
         report = os.path.join(self.crash, f"crash-{time.strftime('%Y-%m-%d_%H.%M.%S')}-server.txt")
         with open(report, "w", encoding="utf-8") as f:
             f.write("---- Minecraft Crash Report ----\n// Surprise! Haha. Well, this is awkward.\n\n")
@@ -129,10 +161,11 @@ class Server:
 
     def kill(self):
         online.clear()
-        if self.proc:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        with self.lock:
+            proc, self.proc = self.proc, None
+        if proc:
+            proc.kill()
+            proc.wait()
         if os.path.exists(self.pid_file):
             os.remove(self.pid_file)
 
@@ -228,12 +261,35 @@ def serve_ping(port, srv):
                 pass
 
 
+def feed(srv, rate, burst, burst_every, line_bytes):
+    """The filler thread: `rate` lines/s, and `burst` lines every `burst_every` s."""
+    start = time.time()
+    written = 0
+    next_burst = None
+    while running:
+        now = time.time()
+        if burst and srv.proc is not None and (next_burst is None or now >= next_burst):
+            srv.filler(burst, line_bytes)
+            next_burst = now + burst_every
+        if rate:
+            due = int((now - start) * rate) - written
+            if due > 0:
+                # While the server is down nothing is written, and nothing is owed.
+                srv.filler(min(due, max(1, int(rate))), line_bytes)
+                written += due
+        time.sleep(0.05)
+
+
 def main():
     global running
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir")
     ap.add_argument("--port", type=int, default=25565)
     ap.add_argument("--cycle-seconds", type=float, default=45)
+    ap.add_argument("--rate", type=float, default=0, help="filler lines per second while running")
+    ap.add_argument("--burst", type=int, default=0, help="filler lines written at once every --burst-every s")
+    ap.add_argument("--burst-every", type=float, default=60)
+    ap.add_argument("--line-bytes", type=int, default=200, help="approximate length of a filler line")
     args = ap.parse_args()
 
     def stop(*_):
@@ -244,6 +300,9 @@ def main():
     signal.signal(signal.SIGINT, stop)
     srv = Server(args.dir)
     threading.Thread(target=serve_ping, args=(args.port, srv), daemon=True).start()
+    if args.rate > 0 or args.burst > 0:
+        threading.Thread(target=feed, args=(srv, args.rate, args.burst, args.burst_every, args.line_bytes),
+                         daemon=True).start()
     crash_next = True
     while running:
         srv.start()
