@@ -8,7 +8,9 @@ use proptest::prelude::*;
 use crate::support::uuid;
 
 fn kind() -> impl Strategy<Value = ChannelKind> {
-    prop::sample::select(&[ChannelKind::Logs, ChannelKind::Metrics, ChannelKind::Status, ChannelKind::Notifications][..])
+    prop::sample::select(
+        &[ChannelKind::Logs, ChannelKind::Metrics, ChannelKind::Status, ChannelKind::Notifications][..],
+    )
 }
 
 fn name(kind: ChannelKind, id: &str) -> String {

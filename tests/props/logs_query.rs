@@ -17,8 +17,18 @@ fn param() -> impl Strategy<Value = (String, String)> {
         any::<String>(),
         any::<u64>().prop_map(|n| n.to_string()),
         any::<i64>().prop_map(|n| n.to_string()),
-        prop::sample::select(&["DEBUG", "info", "Warn", "ERROR", "trace", "FATAL", "warning", "loud"][..]).prop_map(str::to_string),
-        prop::sample::select(&["2026-11-28T15:30:00Z", "2026-11-28T15:30:00.123+02:00", "2026-11-28T15:30:00 02:00", "2026-13-28T15:30:00Z", "+999999-01-01T00:00:00Z"][..]).prop_map(str::to_string),
+        prop::sample::select(&["DEBUG", "info", "Warn", "ERROR", "trace", "FATAL", "warning", "loud"][..])
+            .prop_map(str::to_string),
+        prop::sample::select(
+            &[
+                "2026-11-28T15:30:00Z",
+                "2026-11-28T15:30:00.123+02:00",
+                "2026-11-28T15:30:00 02:00",
+                "2026-13-28T15:30:00Z",
+                "+999999-01-01T00:00:00Z"
+            ][..]
+        )
+        .prop_map(str::to_string),
     ];
     (name, value)
 }

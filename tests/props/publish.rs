@@ -37,7 +37,14 @@ fn put(m: &mut Map<String, Value>, key: &str, v: Option<impl Into<Value>>) {
 
 /// A valid publish body of any type.
 fn body() -> impl Strategy<Value = Value> {
-    let log = (uuid(), prop::option::of(time()), pick(&["DEBUG", "INFO", "WARN", "ERROR"]), any::<String>(), any::<String>(), prop::option::of(any::<String>()))
+    let log = (
+        uuid(),
+        prop::option::of(time()),
+        pick(&["DEBUG", "INFO", "WARN", "ERROR"]),
+        any::<String>(),
+        any::<String>(),
+        prop::option::of(any::<String>()),
+    )
         .prop_map(|(id, ts, level, source, message, exception)| {
             let mut d = Map::new();
             d.insert("server_id".into(), id.to_string().into());
@@ -48,7 +55,12 @@ fn body() -> impl Strategy<Value = Value> {
             put(&mut d, "exception", exception);
             json!({"type": "log_entry", "channel": format!("server:{id}:logs"), "data": d})
         });
-    let metrics = (uuid(), prop::option::of(time()), (finite(), any::<u64>(), any::<u64>(), finite()), (any::<i32>(), any::<i32>(), prop::option::of(finite()), any::<i64>()))
+    let metrics = (
+        uuid(),
+        prop::option::of(time()),
+        (finite(), any::<u64>(), any::<u64>(), finite()),
+        (any::<i32>(), any::<i32>(), prop::option::of(finite()), any::<i64>()),
+    )
         .prop_map(|(id, ts, (cpu, used, total, pct), (online, max, tps, up))| {
             let mut d = Map::new();
             d.insert("server_id".into(), id.to_string().into());
@@ -64,7 +76,14 @@ fn body() -> impl Strategy<Value = Value> {
             json!({"type": "metrics", "channel": format!("server:{id}:metrics"), "data": d})
         });
     const STATUSES: &[&str] = &["running", "starting", "stopping", "stopped", "crashed", "unreachable"];
-    let status = (uuid(), any::<String>(), prop_oneof![Just("unknown".to_string()), pick(STATUSES)], pick(STATUSES), prop::option::of(time()), prop::option::of(any::<String>()))
+    let status = (
+        uuid(),
+        any::<String>(),
+        prop_oneof![Just("unknown".to_string()), pick(STATUSES)],
+        pick(STATUSES),
+        prop::option::of(time()),
+        prop::option::of(any::<String>()),
+    )
         .prop_map(|(id, name, old, new, ts, reason)| {
             let mut d = Map::new();
             d.insert("server_id".into(), id.to_string().into());
@@ -75,7 +94,13 @@ fn body() -> impl Strategy<Value = Value> {
             put(&mut d, "reason", reason);
             json!({"type": "server_status", "channel": format!("server:{id}:status"), "data": d})
         });
-    let notification = (uuid(), pick(&["info", "success", "warning", "error"]), any::<String>(), any::<String>(), prop::option::of(any::<String>()))
+    let notification = (
+        uuid(),
+        pick(&["info", "success", "warning", "error"]),
+        any::<String>(),
+        any::<String>(),
+        prop::option::of(any::<String>()),
+    )
         .prop_map(|(user, kind, title, message, link)| {
             let mut d = Map::new();
             d.insert("type".into(), kind.into());

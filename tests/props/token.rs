@@ -49,7 +49,13 @@ fn combo() -> impl Strategy<Value = Combo> {
         prop::option::of((value(), any::<bool>())),
         noise(),
     )
-        .prop_map(|(query, query_noise, auth, cookie, cookie_noise)| Combo { query, query_noise, auth, cookie, cookie_noise })
+        .prop_map(|(query, query_noise, auth, cookie, cookie_noise)| Combo {
+            query,
+            query_noise,
+            auth,
+            cookie,
+            cookie_noise,
+        })
 }
 
 fn percent_encode(s: &str) -> String {
