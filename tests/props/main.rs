@@ -13,6 +13,7 @@
 mod channel;
 mod client;
 mod http;
+mod known;
 mod logs_query;
 mod publish;
 mod support;
