@@ -2,7 +2,7 @@
 //! yet", a complete one is a `Request` made of the input's own bytes, and
 //! a head over the limits is `TooLarge`.
 
-use aymc_hub::http::{parse_head, HttpError, Request};
+use aymc_hub::http::{parse_head, route, HttpError, Request};
 use proptest::prelude::*;
 
 use crate::support::contains;
@@ -86,6 +86,8 @@ fn check_any(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Option<
             assert!(contains(head, req.method.as_bytes()));
             let target = if req.query.is_empty() { req.path.clone() } else { format!("{}?{}", req.path, req.query) };
             assert!(contains(head, target.as_bytes()), "{target:?} is not in the head");
+            // What the handlers derive from any head must not panic either.
+            let _ = (route(req), req.token(), req.token_from_cookie(), req.same_origin(), req.wants_close());
         }
         Err(_) => {}
     }
