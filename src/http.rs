@@ -117,7 +117,9 @@ pub fn parse_head(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Op
                 None => value.to_string(),
             });
         } else if name.eq_ignore_ascii_case("content-length") {
-            let parsed = value.parse::<usize>().map_err(|_| ());
+            // RFC 9110: 1*DIGIT (`usize::from_str` would take a `+` too).
+            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+            let parsed = if digits { value.parse::<usize>().map_err(|_| ()) } else { Err(()) };
             out.content_length = match out.content_length {
                 Some(prev) if prev != parsed => Some(Err(())),
                 _ => Some(parsed),

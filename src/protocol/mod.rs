@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -20,9 +20,21 @@ pub use data::{
 
 /// A point in time on the wire: UTC RFC 3339 with exactly three fraction
 /// digits on output; any RFC 3339 time on input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Time(pub DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Time {
+    /// Any RFC 3339 time whose UTC year stays within 0000-9999 (outside
+    /// them it could not be written back as RFC 3339).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Time, D::Error> {
+        let t = DateTime::<Utc>::deserialize(d)?;
+        if (0..=9999).contains(&t.year()) {
+            Ok(Time(t))
+        } else {
+            Err(serde::de::Error::custom("the time is outside the years 0000-9999 in UTC"))
+        }
+    }
+}
 
 impl Time {
     /// The current time.
@@ -33,7 +45,7 @@ impl Time {
     /// A time from unix milliseconds (the agent contract's unit); `None`
     /// when out of range.
     pub fn from_unix_ms(ms: i64) -> Option<Time> {
-        DateTime::from_timestamp_millis(ms).map(Time)
+        DateTime::from_timestamp_millis(ms).filter(|t| (0..=9999).contains(&t.year())).map(Time)
     }
 }
 

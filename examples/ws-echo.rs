@@ -1,0 +1,341 @@
+//! A WebSocket echo server built from the hub's own pieces, so that
+//! Autobahn|Testsuite's `fuzzingclient` can test them (the hub itself speaks
+//! only JSON): request heads with [`http::parse_head`], the upgrade answer
+//! with [`http::switching_protocols`], frames with [`ws::Decoder`] and the
+//! `ws` encoders, writes through an [`OutQueue`], on one mio loop that
+//! drains to WouldBlock the way the hub's reactor does.
+//!
+//! It accepts an upgrade on any path, echoes every text and binary message
+//! with its opcode, answers Ping with Pong and Close with Close, and fails
+//! the connection with the decoder's close code (1002, 1007, 1009). The
+//! message limit is 16 MiB instead of the hub's 512 KiB (Autobahn's case 9
+//! sends up to 16 MiB). After a Close it shuts its write side and waits up
+//! to [`LINGER`] for the peer to close, as the hub does.
+//!
+//! ```text
+//! cargo run --release --example ws-echo -- 127.0.0.1:9001
+//! ```
+//!
+//! Two things are the example's own: a Close code is checked with the rule
+//! of `dispatch.rs` (which the hub keeps private), and binary payloads are
+//! copied out of the read buffer after the decoder has unmasked them in
+//! place, because the hub's [`Incoming::Binary`] carries no payload (the hub
+//! answers binary frames with `INVALID_MESSAGE`, never echoes them).
+
+use std::io::{self, Cursor, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use aymc_hub::http;
+use aymc_hub::outq::OutQueue;
+use aymc_hub::ws::{self, Decoder, Incoming};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// The listener's token (connections use their slab key).
+const LISTENER: Token = Token(usize::MAX);
+/// Largest message, fragments joined: 16 MiB (Autobahn case 9).
+const MAX_MESSAGE: usize = 16 << 20;
+/// Request head limits, as the hub's defaults.
+const HEAD_MAX_BYTES: usize = 8192;
+const HEAD_MAX_HEADERS: usize = 64;
+/// How long a closing connection waits for the peer's FIN.
+const LINGER: Duration = Duration::from_secs(2);
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+
+enum Phase {
+    /// Reading the upgrade request.
+    Http,
+    /// Upgraded. `binary` holds a fragmented binary message so far.
+    WebSocket { decoder: Decoder, binary: Option<Vec<u8>> },
+    /// Our last frame is queued; after it the write side is shut and the
+    /// socket dropped when the peer closes or `deadline` passes.
+    Closing { deadline: Option<Instant> },
+}
+
+struct Conn {
+    stream: TcpStream,
+    phase: Phase,
+    /// Received bytes not consumed yet (an incomplete head or frame).
+    input: Vec<u8>,
+    out: OutQueue,
+    interest: Interest,
+    /// The peer closed its side.
+    eof: bool,
+}
+
+impl Conn {
+    /// What the socket waits for: writable only while bytes wait.
+    fn interest(&self) -> Interest {
+        if self.out.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        }
+    }
+
+    fn closing(&mut self) {
+        self.phase = Phase::Closing { deadline: None };
+    }
+
+    /// Reads until WouldBlock (or EOF).
+    fn read(&mut self) -> io::Result<()> {
+        let mut chunk = vec![0; READ_CHUNK];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    if !matches!(self.phase, Phase::Closing { .. }) {
+                        self.input.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Handles what `input` holds.
+    fn on_input(&mut self) {
+        if matches!(self.phase, Phase::Http) {
+            match http::parse_head(&self.input, HEAD_MAX_BYTES, HEAD_MAX_HEADERS) {
+                Ok(None) => return,
+                Ok(Some((req, len))) => {
+                    let upgrade = req.upgrade_websocket && req.connection_upgrade;
+                    match (&req.ws_key, req.ws_version.as_deref()) {
+                        (Some(key), Some("13")) if upgrade && req.method == "GET" => {
+                            self.out.push_control(http::switching_protocols(key).into());
+                            self.input.drain(..len);
+                            self.phase = Phase::WebSocket { decoder: Decoder::default(), binary: None };
+                        }
+                        _ => {
+                            let extra = [("Sec-WebSocket-Version", "13")];
+                            self.out.push_control(http::error(400, "not a WebSocket upgrade", &extra, true).into());
+                            self.closing();
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let status = if e == http::HttpError::TooLarge { 431 } else { 400 };
+                    self.out.push_control(http::error(status, &e.to_string(), &[], true).into());
+                    self.closing();
+                    return;
+                }
+            }
+        }
+        let used = self.frames();
+        self.input.drain(..used);
+    }
+
+    /// Decodes and answers the whole frames in `input`; returns the bytes
+    /// used.
+    fn frames(&mut self) -> usize {
+        let Phase::WebSocket { decoder, binary } = &mut self.phase else { return 0 };
+        let mut pos = 0;
+        let mut close = None;
+        loop {
+            // Where this frame's payload starts, to copy a binary one out
+            // after the decoder has unmasked it in place.
+            let mut cursor = Cursor::new(&self.input[pos..]);
+            let peek = match FrameHeader::parse(&mut cursor) {
+                Ok(Some((h, _))) => Some((h.opcode, cursor.position() as usize)),
+                _ => None,
+            };
+            let (used, reply) = match decoder.next(&mut self.input[pos..], MAX_MESSAGE) {
+                Ok(None) => break,
+                Ok(Some((used, message))) => (used, message.map(Reply::from)),
+                Err(e) => {
+                    close = Some(ws::close(e.close_code(), &e.to_string()));
+                    break;
+                }
+            };
+            if let Some((opcode, start)) = peek {
+                let payload = &self.input[pos + start..pos + used];
+                match opcode {
+                    OpCode::Data(Data::Binary) => *binary = Some(payload.to_vec()),
+                    OpCode::Data(Data::Continue) => {
+                        if let Some(b) = binary.as_mut() {
+                            b.extend_from_slice(payload);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            pos += used;
+            match reply {
+                None | Some(Reply::Nothing) => {}
+                Some(Reply::Text(text)) => self.out.push_control(ws::text(&text)),
+                Some(Reply::Binary) => {
+                    let payload = binary.take().unwrap_or_default();
+                    self.out.push_control(ws::frame(OpCode::Data(Data::Binary), &payload));
+                }
+                Some(Reply::Pong(payload)) => self.out.push_control(ws::control(Control::Pong, &payload)),
+                Some(Reply::Close(code)) => {
+                    // The rule of the hub's dispatch.rs.
+                    let valid = code.is_none_or(|c| matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999));
+                    close = Some(match code {
+                        _ if !valid => ws::close(1002, "invalid close code"),
+                        Some(c) => ws::close(c, ""),
+                        None => ws::control(Control::Close, &[]),
+                    });
+                    break;
+                }
+            }
+        }
+        if let Some(frame) = close {
+            self.out.push_control(frame);
+            self.closing();
+        }
+        pos
+    }
+}
+
+/// What a decoded message asks for, owned (the message borrows the input).
+enum Reply {
+    Text(Vec<u8>),
+    Binary,
+    Pong(Vec<u8>),
+    Close(Option<u16>),
+    Nothing,
+}
+
+impl From<Incoming<'_>> for Reply {
+    fn from(m: Incoming<'_>) -> Reply {
+        match m {
+            Incoming::Text(t) => Reply::Text(t.into_owned()),
+            Incoming::Binary => Reply::Binary,
+            Incoming::Ping(p) => Reply::Pong(p.to_vec()),
+            Incoming::Pong => Reply::Nothing,
+            Incoming::Close(c) => Reply::Close(c),
+        }
+    }
+}
+
+/// Handles an event on a connection; false when it is to be removed.
+fn on_event(conn: &mut Conn, now: Instant) -> bool {
+    if let Err(e) = conn.read() {
+        log(&format!("read: {e}"));
+        return false;
+    }
+    conn.on_input();
+    match conn.out.write_to(&mut conn.stream) {
+        Ok(_) => {}
+        Err(e) => {
+            log(&format!("write: {e}"));
+            return false;
+        }
+    }
+    conn.out.release();
+    if let Phase::Closing { deadline } = &mut conn.phase {
+        if conn.out.is_empty() && deadline.is_none() {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            *deadline = Some(now + LINGER);
+        }
+        return !conn.eof;
+    }
+    // The peer closed without a Close frame: nothing more can arrive.
+    !conn.eof
+}
+
+fn log(line: &str) {
+    if std::env::var_os("WS_ECHO_DEBUG").is_some() {
+        eprintln!("ws-echo: {line}");
+    }
+}
+
+fn run(addr: SocketAddr) -> io::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut listener = TcpListener::bind(addr)?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    eprintln!("ws-echo listening on {}", listener.local_addr()?);
+    let mut conns: Slab<Conn> = Slab::new();
+    let mut events = Events::with_capacity(256);
+    loop {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_millis(500))) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        for event in &events {
+            if event.token() == LISTENER {
+                loop {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            let entry = conns.vacant_entry();
+                            poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE)?;
+                            entry.insert(Conn {
+                                stream,
+                                phase: Phase::Http,
+                                input: Vec::new(),
+                                out: OutQueue::default(),
+                                interest: Interest::READABLE,
+                                eof: false,
+                            });
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            log(&format!("accept: {e}"));
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            let key = event.token().0;
+            // Unknown tokens (a slot freed earlier this turn) are ignored.
+            let Some(conn) = conns.get_mut(key) else { continue };
+            if on_event(conn, now) {
+                let want = conn.interest();
+                if want != conn.interest {
+                    poll.registry().reregister(&mut conn.stream, Token(key), want)?;
+                    conn.interest = want;
+                }
+            } else {
+                let mut conn = conns.remove(key);
+                let _ = poll.registry().deregister(&mut conn.stream);
+            }
+        }
+        // Closing connections whose peer never closed.
+        let expired: Vec<usize> = conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Closing { deadline: Some(d) } if d <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            let mut conn = conns.remove(key);
+            let _ = poll.registry().deregister(&mut conn.stream);
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
+    let addr: SocketAddr = match arg.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ws-echo: '{arg}' is not an address: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ws-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

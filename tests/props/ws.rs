@@ -1,0 +1,213 @@
+//! `ws::Decoder::next` and the frame encoders: any bytes give "not yet", a
+//! frame or a close code of 1002, 1007 or 1009, never a panic and never
+//! more consumed than given; masked frames of any payload and fragmentation
+//! round-trip, in any read sizes; what the hub encodes decodes back.
+
+use std::borrow::Cow;
+
+use aymc_hub::ws::{self, Decoder, Incoming, WsError};
+use proptest::prelude::*;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+/// A message as the test sees it (owned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Text(Vec<u8>),
+    Binary,
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<u16>),
+}
+
+fn own(m: Incoming<'_>) -> Got {
+    match m {
+        Incoming::Text(t) => Got::Text(t.into_owned()),
+        Incoming::Binary => Got::Binary,
+        Incoming::Ping(p) => Got::Ping(p.to_vec()),
+        Incoming::Pong => Got::Pong,
+        Incoming::Close(c) => Got::Close(c),
+    }
+}
+
+/// Decodes every whole frame in `buf`, as the reactor does after a read:
+/// the messages, the bytes consumed, and the error that ended it, if any.
+fn drain(d: &mut Decoder, buf: &mut [u8], max: usize, out: &mut Vec<Got>) -> (usize, Option<WsError>) {
+    let mut pos = 0;
+    loop {
+        let left = buf.len() - pos;
+        match d.next(&mut buf[pos..], max) {
+            Ok(None) => return (pos, None),
+            Ok(Some((used, msg))) => {
+                assert!(used > 0 && used <= left, "consumed {used} of {left}");
+                pos += used;
+                out.extend(msg.map(own));
+            }
+            Err(e) => {
+                assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{e:?}");
+                return (pos, Some(e));
+            }
+        }
+    }
+}
+
+/// Feeds `stream` in reads of the given sizes (cycled), keeping the
+/// unconsumed tail between reads.
+fn feed(stream: &[u8], reads: &[usize], max: usize) -> (Vec<Got>, Option<WsError>, usize) {
+    let mut d = Decoder::default();
+    let (mut out, mut pending, mut at) = (Vec::new(), Vec::new(), 0);
+    for &n in reads.iter().cycle() {
+        if at >= stream.len() {
+            break;
+        }
+        let end = (at + n.max(1)).min(stream.len());
+        pending.extend_from_slice(&stream[at..end]);
+        at = end;
+        let (used, err) = drain(&mut d, &mut pending, max, &mut out);
+        pending.drain(..used);
+        if err.is_some() {
+            return (out, err, pending.len());
+        }
+    }
+    (out, None, pending.len())
+}
+
+/// A client (masked) frame.
+fn masked(fin: bool, opcode: u8, mask: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![u8::from(fin) << 7 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A server frame turned into the client frame a peer would send with the
+/// same header and payload: the mask bit set, a mask inserted, the payload
+/// masked.
+fn mask_server_frame(frame: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    assert_eq!(frame[1] & 0x80, 0, "server frames are not masked");
+    let header_len = match frame[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let mut out = frame[..header_len].to_vec();
+    out[1] |= 0x80;
+    out.extend_from_slice(&mask);
+    out.extend(frame[header_len..].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Payload sizes around the length-encoding boundaries, mostly small.
+fn payload() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => prop::collection::vec(any::<u8>(), 0..300),
+        1 => prop::collection::vec(any::<u8>(), 65_530..65_540),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_give_a_frame_not_yet_or_a_close_code(
+        stream in prop::collection::vec(any::<u8>(), 0..400),
+        reads in prop::collection::vec(1usize..64, 1..8),
+        max in prop_oneof![Just(512 * 1024), 0usize..200],
+    ) {
+        let mut whole = Vec::new();
+        let (_, whole_err) = drain(&mut Decoder::default(), &mut stream.clone(), max, &mut whole);
+        let (split, split_err, _) = feed(&stream, &reads, max);
+        prop_assert_eq!(whole, split, "one buffer and small reads must agree");
+        prop_assert_eq!(whole_err, split_err);
+    }
+
+    #[test]
+    fn masked_messages_round_trip_in_any_fragmentation(
+        messages in prop::collection::vec(
+            (any::<bool>(), payload(), prop::collection::vec(any::<prop::sample::Index>(), 0..4), any::<[u8; 4]>(), any::<Option<Vec<u8>>>()),
+            1..4,
+        ),
+        reads in prop::collection::vec(1usize..5000, 1..6),
+    ) {
+        let mut stream = Vec::new();
+        let mut want = Vec::new();
+        for (is_text, bytes, cuts, mask, ping) in &messages {
+            // A text message is valid UTF-8 (multi-byte characters included,
+            // and cut between fragments: only the whole message must be).
+            let bytes: Vec<u8> =
+                if *is_text { String::from_utf8_lossy(bytes).into_owned().into_bytes() } else { bytes.clone() };
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut bounds = vec![0];
+            bounds.extend(cuts.iter().copied().filter(|&c| c > 0 && c < bytes.len()));
+            bounds.push(bytes.len());
+            let pieces: Vec<&[u8]> = bounds.windows(2).map(|w| &bytes[w[0]..w[1]]).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let opcode = if i > 0 { 0 } else if *is_text { 1 } else { 2 };
+                stream.extend(masked(i + 1 == pieces.len(), opcode, *mask, piece));
+                // A control frame may come between fragments.
+                if let (Some(p), true) = (ping, i + 1 < pieces.len()) {
+                    let p = &p[..p.len().min(125)];
+                    stream.extend(masked(true, 9, *mask, p));
+                    want.push(Got::Ping(p.to_vec()));
+                }
+            }
+            want.push(if *is_text { Got::Text(bytes) } else { Got::Binary });
+        }
+        let (got, err, left) = feed(&stream, &reads, 512 * 1024);
+        prop_assert_eq!(err, None);
+        prop_assert_eq!(left, 0, "every byte consumed");
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn hub_frames_decode_back_once_masked(payload in payload(), mask in any::<[u8; 4]>(), code in 1000u16..5000, reason in "[ -~é]{0,40}") {
+        let text: String = payload.iter().map(|b| char::from(b & 0x7f)).collect();
+        let cases = [
+            (ws::text(text.as_bytes()), Got::Text(text.clone().into_bytes())),
+            (ws::frame(OpCode::Data(Data::Binary), &payload), Got::Binary),
+            (ws::control(Control::Ping, &payload[..payload.len().min(125)]), Got::Ping(payload[..payload.len().min(125)].to_vec())),
+            (ws::control(Control::Pong, &payload[..payload.len().min(125)]), Got::Pong),
+            (ws::close(code, &reason), Got::Close(Some(code))),
+        ];
+        for (frame, want) in cases {
+            let mut client = mask_server_frame(&frame, mask);
+            let n = client.len();
+            let (used, msg) = Decoder::default().next(&mut client, 1 << 20).unwrap().unwrap();
+            prop_assert_eq!(used, n);
+            prop_assert_eq!(msg.map(own), Some(want));
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_1009(len in 1usize..400, max in 0usize..400, split in any::<prop::sample::Index>()) {
+        let payload = vec![b'a'; len];
+        let at = split.index(len + 1);
+        let mut stream = masked(false, 1, [9, 8, 7, 6], &payload[..at]);
+        stream.extend(masked(true, 0, [1, 2, 3, 4], &payload[at..]));
+        let (got, err, _) = feed(&stream, &[stream.len()], max);
+        if len > max {
+            prop_assert_eq!(err.map(WsError::close_code), Some(1009));
+            prop_assert!(got.is_empty());
+        } else {
+            prop_assert_eq!(err, None);
+            prop_assert_eq!(got, vec![Got::Text(payload)]);
+        }
+    }
+}
+
+#[test]
+fn text_is_borrowed_when_unfragmented() {
+    let mut f = masked(true, 1, [1, 2, 3, 4], b"hi");
+    let msg = Decoder::default().next(&mut f, 10).unwrap().unwrap().1;
+    assert!(matches!(msg, Some(Incoming::Text(Cow::Borrowed(b"hi")))));
+}
