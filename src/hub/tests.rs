@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::*;
 use crate::auth::Identity;
 use crate::config::AuthConfig;
+use crate::protocol::Since;
 
 const SERVER: Uuid = Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440000);
 const OTHER: Uuid = Uuid::from_u128(0x650e8400_e29b_41d4_a716_446655440000);
