@@ -88,7 +88,7 @@ fn appended_lines_reach_the_client_in_order_across_an_agent_restart() {
     let (agent, address) = start_agent(&agent_config);
     let hub = HubConfig::new()
         .extra(&format!(
-            "[monitor]\nhealth_interval_s = 2\n\n[[agents]]\nid = \"{AGENT_ID}\"\naddress = \"{address}\"\n\n[[servers]]\nid = \"{SERVER_A}\"\nowner = \"{OWNER}\"\n"
+            "[monitor]\nhealth_interval_s = 3\n\n[[agents]]\nid = \"{AGENT_ID}\"\naddress = \"{address}\"\n\n[[servers]]\nid = \"{SERVER_A}\"\nowner = \"{OWNER}\"\n"
         ))
         .start();
     let mut client = hub.connect(&user_token(OWNER, &[]));
