@@ -133,6 +133,35 @@ fn the_oldest_connection_sending_its_head_gets_408_when_max_pending_is_reached()
 }
 
 #[test]
+fn five_thousand_trickling_heads_hold_at_most_max_pending_slots_in_bounded_memory_and_cpu() {
+    let _ = rlimit::increase_nofile_limit(20_000);
+    let hub = Hub::start("max_connections = 12000");
+    let before = rss_kib(hub.pid());
+    let mut slow: Vec<HttpConn> = (0..5000)
+        .map(|_| {
+            let mut c = HttpConn::connect(hub.addr);
+            c.send(b"GET /healthz HTTP/1.1\r\n");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1200));
+    // Each trickles one more header line; those past the grace make room.
+    for c in &mut slow {
+        c.stream.set_nonblocking(true).unwrap();
+        let _ = c.stream.write_all(b"X-Slow: 1\r\n");
+    }
+    assert_eq!(http_get(hub.addr, "/healthz", None).status, 200, "a prompt client gets in");
+    let stats = hub.wait_stats(Duration::from_secs(10), |s| s["connections"].as_u64().is_some_and(|n| n <= 1001));
+    let pid = hub.pid().to_string();
+    let cpu = aymc_loadgen::stats::cpu_seconds(&pid).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = aymc_loadgen::stats::cpu_seconds(&pid).unwrap() - cpu;
+    assert!(busy < 0.5, "{busy:.2} s of CPU in 2 s with 1,000 heads pending");
+    let grown = rss_kib(hub.pid()).saturating_sub(before);
+    assert!(grown < 20 * 1024, "{grown} KiB for 5,000 trickling heads; {stats}");
+}
+
+#[test]
 fn a_websocket_message_that_trickles_is_closed_1008_at_the_message_timeout() {
     let hub = Hub::start("message_timeout_s = 2\npong_timeout_s = 60");
     let mut ws = RawWs::connect(hub.addr, &admin_token());
