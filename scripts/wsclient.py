@@ -154,6 +154,7 @@ class WsClient:
         self.sock = s
         self.buf = bytearray(rest)
         self.closed = None  # the WsClosed once seen
+        self.sent_close = False
         self.bytes_in = 0
 
     # -- sending
@@ -161,6 +162,8 @@ class WsClient:
         self.sock.sendall(encode_frame(0x1, text.encode() if isinstance(text, str) else text))
 
     def send_frame(self, opcode, payload=b"", **kw):
+        if opcode == 0x8:
+            self.sent_close = True
         self.sock.sendall(encode_frame(opcode, payload, **kw))
 
     def send_raw(self, data):
@@ -228,10 +231,11 @@ class WsClient:
                 continue
             elif op == 0x8:
                 code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else None
-                try:
-                    self.send_frame(0x8, payload[:2])
-                except OSError:
-                    pass
+                if not self.sent_close:  # answer a Close the server started
+                    try:
+                        self.send_frame(0x8, payload[:2])
+                    except OSError:
+                        pass
                 self._end(code, payload[2:].decode("utf-8", "replace"))
             else:
                 return op, payload
