@@ -3,47 +3,11 @@
 //! kept between reads). Both must give the same messages and the same
 //! verdict; an error's close code is 1002, 1007 or 1009; a frame consumes at
 //! least one byte and never more than it was given.
-use aymc_hub::ws::{Decoder, Incoming, WsError};
+use aymc_hub::ws::Decoder;
 
-#[derive(Debug, PartialEq, Eq)]
-enum Got {
-    Text(Vec<u8>),
-    Binary,
-    Ping(Vec<u8>),
-    Pong,
-    Close(Option<u16>),
-}
-
-fn own(m: Incoming<'_>) -> Got {
-    match m {
-        Incoming::Text(t) => Got::Text(t.into_owned()),
-        Incoming::Binary => Got::Binary,
-        Incoming::Ping(p) => Got::Ping(p.to_vec()),
-        Incoming::Pong => Got::Pong,
-        Incoming::Close(c) => Got::Close(c),
-    }
-}
-
-/// Decodes all whole frames of `buf`; returns the messages, the error if
-/// one ended it, and the bytes consumed.
-fn drain(d: &mut Decoder, buf: &mut [u8], max: usize, out: &mut Vec<Got>) -> (usize, Option<WsError>) {
-    let mut pos = 0;
-    loop {
-        let left = buf.len() - pos;
-        match d.next(&mut buf[pos..], max) {
-            Ok(None) => return (pos, None),
-            Ok(Some((used, msg))) => {
-                assert!(used > 0 && used <= left, "consumed {used} of {left}");
-                pos += used;
-                out.extend(msg.map(own));
-            }
-            Err(e) => {
-                assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{e:?}");
-                return (pos, Some(e));
-            }
-        }
-    }
-}
+#[path = "../../tests/props/drain.rs"]
+mod drain;
+use drain::{drain, Got};
 
 fn main() {
     afl::fuzz!(|data: &[u8]| {

@@ -12,6 +12,7 @@
 
 mod channel;
 mod client;
+mod drain;
 mod http;
 mod known;
 mod logs_query;

@@ -6,49 +6,10 @@
 use std::borrow::Cow;
 
 use aymc_hub::ws::{self, Decoder, Incoming, WsError};
+
+use crate::drain::{drain, own, Got};
 use proptest::prelude::*;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-
-/// A message as the test sees it (owned).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    Text(Vec<u8>),
-    Binary,
-    Ping(Vec<u8>),
-    Pong,
-    Close(Option<u16>),
-}
-
-fn own(m: Incoming<'_>) -> Got {
-    match m {
-        Incoming::Text(t) => Got::Text(t.into_owned()),
-        Incoming::Binary => Got::Binary,
-        Incoming::Ping(p) => Got::Ping(p.to_vec()),
-        Incoming::Pong => Got::Pong,
-        Incoming::Close(c) => Got::Close(c),
-    }
-}
-
-/// Decodes every whole frame in `buf`, as the reactor does after a read:
-/// the messages, the bytes consumed, and the error that ended it, if any.
-fn drain(d: &mut Decoder, buf: &mut [u8], max: usize, out: &mut Vec<Got>) -> (usize, Option<WsError>) {
-    let mut pos = 0;
-    loop {
-        let left = buf.len() - pos;
-        match d.next(&mut buf[pos..], max) {
-            Ok(None) => return (pos, None),
-            Ok(Some((used, msg))) => {
-                assert!(used > 0 && used <= left, "consumed {used} of {left}");
-                pos += used;
-                out.extend(msg.map(own));
-            }
-            Err(e) => {
-                assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{e:?}");
-                return (pos, Some(e));
-            }
-        }
-    }
-}
 
 /// Feeds `stream` in reads of the given sizes (cycled), keeping the
 /// unconsumed tail between reads.
