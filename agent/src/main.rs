@@ -1,7 +1,8 @@
 //! `aymc-agent`: parse the command line, validate the configuration, run
 //! the agent until SIGTERM or SIGINT. A configuration error is one line on
 //! stderr and exit code 2; a failure to start (state file, listen address)
-//! is logged and exit code 1.
+//! is logged and exit code 1. SIGHUP does not reload: it logs that a
+//! restart is needed and the agent runs on.
 
 use std::process::ExitCode;
 
@@ -9,7 +10,7 @@ use aymc_agent::{
     self,
     config::{AgentCli, AgentCommand, AGENT_USAGE},
 };
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 fn main() -> ExitCode {
@@ -35,7 +36,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("AYMC_LOG", "info")).init();
     // Installed before the workers start, so a SIGTERM during startup is
     // caught and waits for a clean stop instead of killing a state-file write.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
@@ -43,8 +44,13 @@ fn main() -> ExitCode {
         }
     };
     let wait = move || {
-        if let Some(signal) = signals.forever().next() {
+        for signal in signals.forever() {
+            if signal == SIGHUP {
+                log::warn!("SIGHUP: aymc-agent does not reload its configuration; restart it to apply changes");
+                continue;
+            }
             log::info!("signal {signal}");
+            break;
         }
     };
     match aymc_agent::run(&config, wait) {
