@@ -16,7 +16,7 @@ const AGENT_ID: &str = "6f1c2a9e-0000-4000-8000-000000000002";
 /// cargo sets no `CARGO_BIN_EXE_` for it here; `cargo test` at the workspace
 /// root builds every package's binaries into the same directory before any
 /// test runs.
-fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     let path = Path::new(bin()).with_file_name("aymc-agent");
     assert!(
         path.is_file(),

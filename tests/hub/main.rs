@@ -10,6 +10,7 @@
 //! - `broadcast`: the publish API and what subscribers receive (5, 8)
 //! - `limits`: keep-alive, frame-level closes, slow clients, drops (5, 6)
 //! - `ops`: running as a systemd service: secret files and credentials, notify, log formats, `--help`
+//! - `packaging`: the units in `deploy/` (settings, `systemd-analyze`), the shipped configs, `scripts/install`
 //! - `expiry`: `TOKEN_EXPIRING`, `4001`, in-band `auth` (1, 4, 5b)
 //! - `http_api`: `/healthz`, `/api/v1/stats`, `/metrics`, HTTP errors (1, 9)
 //! - `faults`: out of descriptors, a 10,000-connection storm, a restart under recovering clients
@@ -48,6 +49,7 @@ mod http_api;
 mod keys;
 mod limits;
 mod ops;
+mod packaging;
 mod proto_hardening;
 mod proxies;
 mod shutdown;
