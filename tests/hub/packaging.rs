@@ -226,7 +226,10 @@ fn scripts_install_into_a_prefix_keeps_an_edited_config() {
     assert_eq!(read(&conf.join("hub.toml")), edited);
     assert_eq!(read(&conf.join("jwt_secret")), secret);
 
-    // --uninstall takes the binaries, units and docs, and keeps the config.
+    // --uninstall takes the binaries, units and docs, and keeps the config
+    // (--dry-run: nothing yet).
+    install(&["--prefix", p, "--no-users", "--uninstall", "--dry-run"]);
+    assert!(prefix.join("bin/aymc-hub").exists(), "--dry-run removed the binary");
     let gone = String::from_utf8_lossy(&install(&["--prefix", p, "--no-users", "--uninstall"]).stdout).into_owned();
     assert!(gone.contains("kept"), "{gone}");
     for path in ["bin/aymc-hub", "bin/aymc-agent", "lib/systemd/system/aymc-hub.service", "share/doc/aymc-hub"] {
