@@ -30,6 +30,7 @@ pub fn asset(path: &str) -> Option<Asset> {
         "/" => (HTML, include_bytes!("../console/index.html")),
         "/console.js" => (JS, include_bytes!("../console/console.js")),
         "/console.css" => (CSS, include_bytes!("../console/console.css")),
+        "/charts.js" => (JS, include_bytes!("../console/charts.js")),
         "/aymc-client.js" => (JS, include_bytes!("../console/aymc-client.js")),
         _ => return None,
     };
@@ -57,7 +58,7 @@ mod tests {
         assert_eq!(page.content_type, "text/html; charset=utf-8");
         assert!(std::str::from_utf8(page.body).unwrap().contains("aymc-hub console"));
         assert!(headers(&page).contains(&("Content-Security-Policy", CSP)));
-        for path in ["/console.js", "/aymc-client.js", "/console.css"] {
+        for path in ["/console.js", "/charts.js", "/aymc-client.js", "/console.css"] {
             let file = asset(path).unwrap();
             assert!(!file.html && !headers(&file).iter().any(|(k, _)| *k == "Content-Security-Policy"), "{path}");
         }

@@ -1,0 +1,199 @@
+// The web console in a real browser: Debian's chromium, headless, driven by
+// playwright-core, against a real hub, a real aymc-agent and the demo's
+// stand-in Minecraft server (scripts/demo_server.py).
+// Run: node --experimental-websocket --test tests/js/browser.test.js
+// AYMC_UPDATE_SCREENSHOT=1 writes the screenshot to docs/console.png.
+"use strict";
+
+const test = require("node:test");
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
+const { OWNER, ROOT, SERVER, sleep, startDemo, userToken, waitFor } = require("./support.js");
+
+const CHROMIUM = process.env.AYMC_CHROMIUM || "/usr/bin/chromium";
+const XSS = "<img src=x onerror=alert(1)>";
+
+/** The log lines the page shows: [{seq, epoch, text}], in page order. */
+function pageLines(page) {
+  return page.$$eval("#log .line", (rows) =>
+    rows.map((r) => ({ seq: Number(r.dataset.seq), epoch: r.dataset.epoch, text: r.querySelector(".msg").textContent })),
+  );
+}
+
+/** Nothing missing, nothing doubled: seqs and the filler numbers run on by one. */
+function assertContinuous(lines) {
+  const seqs = lines.map((l) => l.seq);
+  assert.equal(new Set(lines.map((l) => l.epoch)).size, 1, "one epoch");
+  for (let i = 1; i < seqs.length; i++) {
+    assert.equal(seqs[i], seqs[i - 1] + 1, `seq ${seqs[i - 1]} is followed by ${seqs[i]}`);
+  }
+  const soak = lines.map((l) => /^soak (\d+) /.exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
+  for (let i = 1; i < soak.length; i++) {
+    assert.equal(soak[i], soak[i - 1] + 1, `filler line ${soak[i - 1]} is followed by ${soak[i]}`);
+  }
+  return soak;
+}
+
+async function lastSoak(page) {
+  const lines = await pageLines(page);
+  const soak = lines.map((l) => /^soak (\d+) /.exec(l.text)).filter(Boolean);
+  return soak.length ? Number(soak[soak.length - 1][1]) : 0;
+}
+
+test("the console in chromium: live lines, blips without holes or doubles, charts, a crash toast, chat as text", {
+  skip: !fs.existsSync(CHROMIUM) && `no chromium at ${CHROMIUM}`,
+  timeout: 240000,
+}, async (t) => {
+  const { chromium } = require("playwright-core");
+  const demo = await startDemo({
+    serverArgs: ["--cycle-seconds", "12", "--rate", "2", "--line-bytes", "40"],
+    // Only the panel is listed: the console's own origin must pass anyway.
+    auth: 'allowed_origins = ["https://panel.example"]',
+  });
+  t.after(() => demo.stop());
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  t.after(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const dialogs = [];
+  const problems = [];
+  page.on("dialog", (d) => {
+    dialogs.push(d.message());
+    d.dismiss().catch(() => {});
+  });
+  page.on("pageerror", (e) => problems.push("page error: " + e.message));
+  page.on("console", (m) => {
+    // A refused WebSocket during the blips is expected; a CSP violation is not.
+    if (m.type() === "error" && /Content.Security.Policy|Refused to/i.test(m.text())) problems.push(m.text());
+  });
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+
+  await page.goto(demo.hub.http + "/");
+  const token = userToken(OWNER, []); // the owner (hub config) may watch the server
+  await page.fill("#token", token);
+  await page.click("#signin-go");
+  await page.waitForSelector("#log .line", { timeout: 30000 });
+  assert.equal(await page.$eval("#conn", (e) => e.textContent), "live");
+  assert.match(await page.$eval("#server", (e) => e.selectedOptions[0].textContent), /^Survival/);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("aymc.token")), token);
+  assert.equal(await page.evaluate(() => document.cookie), "", "the upgrade cookie is gone once connected");
+
+  // Chat is untrusted: shown as text, runs nothing.
+  const now = new Date().toTimeString().slice(0, 8);
+  demo.writeLine(`[${now}] [Async Chat Thread - #0/INFO]: <Steve> ${XSS}`);
+  await page.waitForFunction(
+    (xss) => [...document.querySelectorAll("#log .msg")].some((m) => m.textContent === `<Steve> ${xss}`),
+    XSS,
+    { timeout: 20000 },
+  );
+  assert.equal(await page.$$eval("#log img", (imgs) => imgs.length), 0, "no element was made from the chat line");
+
+  // Charts fill from history and move with live metrics (every second here).
+  await page.waitForFunction(() => Number(document.getElementById("c-cpu").dataset.points) >= 2, null, {
+    timeout: 20000,
+  });
+  const points = await page.$eval("#c-cpu", (c) => Number(c.dataset.points));
+  const pixels = await page.$eval("#c-cpu", (c) => c.toDataURL());
+  await page.waitForFunction((n) => Number(document.getElementById("c-cpu").dataset.points) > n, points, {
+    timeout: 20000,
+  });
+  assert.notEqual(await page.$eval("#c-cpu", (c) => c.toDataURL()), pixels, "the chart was drawn again");
+  assert.match(await page.$eval("#v-players", (e) => e.textContent), /^\d+ \/ \d+$/);
+
+  // Blip 1: the page's network goes away for 3 s.
+  const before1 = await lastSoak(page);
+  await context.setOffline(true);
+  await page.waitForFunction(() => document.getElementById("conn").textContent !== "live", null, { timeout: 30000 });
+  await sleep(3000);
+  await context.setOffline(false);
+  await page.waitForFunction(() => document.getElementById("conn").textContent === "live", null, { timeout: 40000 });
+  await waitFor("lines after blip 1", async () => (await lastSoak(page)) > before1 + 8, 30000, 200);
+
+  // Blip 2: the hub restarts (close 1001); lines written meanwhile are not lost.
+  const before2 = await lastSoak(page);
+  const closed = page.waitForFunction(() => /closed: 1001/.test(document.getElementById("conn").textContent), null, {
+    timeout: 20000,
+    polling: 10,
+  });
+  await demo.hub.restart();
+  await closed;
+  await waitFor("lines after the restart", async () => (await lastSoak(page)) > before2 + 8, 40000, 200);
+
+  // The crash (the demo server crashes at the end of its first cycle).
+  await page.waitForSelector(".toast.error, .toast.critical", { timeout: 60000 });
+  const toasts = await page.$$eval(".toast strong", (s) => s.map((e) => e.textContent));
+  assert.ok(toasts.includes("Server Crashed"), JSON.stringify(toasts));
+  await page.waitForFunction(() => document.getElementById("badge").textContent === "crashed", null, {
+    timeout: 20000,
+  });
+  const folded = await page.$$eval("#log details.exc", (d) => d.map((e) => [e.open, e.querySelector("pre").textContent]));
+  assert.ok(folded.length > 0 && folded.every(([open]) => !open), "the stack trace is folded");
+  assert.match(folded[0][1], /NullPointerException/);
+
+  // The picture of the README: the crash, its folded trace, the toast.
+  await sleep(1000);
+  if (!(await page.$eval("#follow", (b) => b.getAttribute("aria-pressed") === "true"))) await page.click("#follow");
+  await page.mouse.move(5, 5);
+  const shot = process.env.AYMC_UPDATE_SCREENSHOT
+    ? path.join(ROOT, "docs", "console.png")
+    : path.join(demo.dir, "console.png");
+  await page.screenshot({ path: shot });
+  assert.ok(fs.statSync(shot).size > 10000);
+
+  // Let the restarted server write a little, then check the whole log.
+  await waitFor("the server back", async () => (await lastSoak(page)) > before2 + 20, 60000, 200);
+  await sleep(1500);
+  const lines = await pageLines(page);
+  const soak = assertContinuous(lines);
+  assert.ok(soak.length > 30, `filler lines seen: ${soak.length}`);
+  assert.equal(await page.$$eval("#log .marker.gap", (m) => m.length), 0, "no hole left");
+
+  // The filter hides what does not match; clearing it shows everything.
+  await page.fill("#filter", "Steve> <img");
+  const shown = await page.$$eval("#log .line:not([hidden])", (r) => r.length);
+  assert.equal(shown, 1);
+  await page.fill("#filter", "");
+
+  // A second tab opens on the newest page of lines; scrolling up loads the
+  // older ones with `history` until the start of what the hub keeps.
+  const stamp = new Date().toTimeString().slice(0, 8);
+  for (let i = 1; i <= 300; i++) demo.writeLine(`[${stamp}] [Server thread/INFO]: Saved chunk ${i} of region r.0.0`);
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("#log .msg")].some((m) => m.textContent === "Saved chunk 300 of region r.0.0"),
+    null,
+    { timeout: 20000 },
+  );
+  const second = await context.newPage();
+  second.on("dialog", (d) => dialogs.push(d.message()));
+  await second.goto(demo.hub.http + "/");
+  await second.fill("#token", token);
+  await second.click("#signin-go");
+  await second.waitForSelector("#log .line");
+  const firstSeq = () => second.$eval("#log .line", (r) => Number(r.dataset.seq));
+  const startSeq = await firstSeq();
+  assert.ok(startSeq > 1, `the first page starts at ${startSeq}`);
+  await waitFor(
+    "the start of the kept lines",
+    async () => {
+      await second.$eval("#log", (box) => (box.scrollTop = 0));
+      return second.$(".marker.start");
+    },
+    30000,
+    300,
+  );
+  assert.equal(await firstSeq(), 1, "older lines were loaded back to the first");
+  const all = await pageLines(second);
+  assertContinuous(all);
+  assert.ok(all.length > lines.length, "the second tab holds the first one's lines and the 300 since");
+  await second.close();
+
+  assert.deepEqual(dialogs, [], "no script ran from the chat line");
+  assert.deepEqual(problems, []);
+  // The token never went into a URL (a reverse proxy's access log).
+  assert.ok(!requests.some((u) => u.includes("token=")), requests.filter((u) => u.includes("token")).join("\n"));
+});
