@@ -294,8 +294,12 @@
         this.seen.add(this.key(msg));
         m.before(this.render(msg));
       }
-      if (f.missing > 0) m.textContent = `${f.missing} line${f.missing === 1 ? "" : "s"} no longer kept by the hub.`;
-      else m.remove();
+      if (f.missing > 0) {
+        m.textContent = `${f.missing} line${f.missing === 1 ? "" : "s"} no longer kept by the hub.`;
+        m.dataset.missing = String(f.missing);
+      } else {
+        m.remove();
+      }
     },
 
     marker(text) {

@@ -21,18 +21,35 @@ function pageLines(page) {
   );
 }
 
-/** Nothing missing, nothing doubled: seqs and the filler numbers run on by one. */
-function assertContinuous(lines) {
+/** Nothing missing, nothing doubled: seqs and the numbered lines run on by one. */
+function assertContinuous(lines, word = "soak") {
   const seqs = lines.map((l) => l.seq);
   assert.equal(new Set(lines.map((l) => l.epoch)).size, 1, "one epoch");
   for (let i = 1; i < seqs.length; i++) {
     assert.equal(seqs[i], seqs[i - 1] + 1, `seq ${seqs[i - 1]} is followed by ${seqs[i]}`);
   }
-  const soak = lines.map((l) => /^soak (\d+) /.exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
-  for (let i = 1; i < soak.length; i++) {
-    assert.equal(soak[i], soak[i - 1] + 1, `filler line ${soak[i - 1]} is followed by ${soak[i]}`);
+  const numbered = lines.map((l) => new RegExp(`^${word} (\\d+) `).exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
+  for (let i = 1; i < numbered.length; i++) {
+    assert.equal(numbered[i], numbered[i - 1] + 1, `${word} ${numbered[i - 1]} is followed by ${numbered[i]}`);
   }
-  return soak;
+  return numbered;
+}
+
+async function launch(t) {
+  const { chromium } = require("playwright-core");
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+  });
+  t.after(() => browser.close());
+  return browser;
+}
+
+async function signIn(page, hub, token) {
+  await page.goto(hub.http + "/");
+  await page.fill("#token", token);
+  await page.click("#signin-go");
+  await page.waitForSelector("#log .line", { timeout: 30000 });
 }
 
 async function lastSoak(page) {
@@ -45,18 +62,13 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   skip: !fs.existsSync(CHROMIUM) && `no chromium at ${CHROMIUM}`,
   timeout: 240000,
 }, async (t) => {
-  const { chromium } = require("playwright-core");
   const demo = await startDemo({
     serverArgs: ["--cycle-seconds", "12", "--rate", "2", "--line-bytes", "40"],
     // Only the panel is listed: the console's own origin must pass anyway.
     auth: 'allowed_origins = ["https://panel.example"]',
   });
   t.after(() => demo.stop());
-  const browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
-  t.after(() => browser.close());
+  const browser = await launch(t);
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   const dialogs = [];
@@ -73,11 +85,8 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   const requests = [];
   page.on("request", (r) => requests.push(r.url()));
 
-  await page.goto(demo.hub.http + "/");
   const token = userToken(OWNER, []); // the owner (hub config) may watch the server
-  await page.fill("#token", token);
-  await page.click("#signin-go");
-  await page.waitForSelector("#log .line", { timeout: 30000 });
+  await signIn(page, demo.hub, token);
   assert.equal(await page.$eval("#conn", (e) => e.textContent), "live");
   assert.match(await page.$eval("#server", (e) => e.selectedOptions[0].textContent), /^Survival/);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("aymc.token")), token);
@@ -170,10 +179,7 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   );
   const second = await context.newPage();
   second.on("dialog", (d) => dialogs.push(d.message()));
-  await second.goto(demo.hub.http + "/");
-  await second.fill("#token", token);
-  await second.click("#signin-go");
-  await second.waitForSelector("#log .line");
+  await signIn(second, demo.hub, token);
   const firstSeq = () => second.$eval("#log .line", (r) => Number(r.dataset.seq));
   const startSeq = await firstSeq();
   assert.ok(startSeq > 1, `the first page starts at ${startSeq}`);
@@ -196,4 +202,63 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   assert.deepEqual(problems, []);
   // The token never went into a URL (a reverse proxy's access log).
   assert.ok(!requests.some((u) => u.includes("token=")), requests.filter((u) => u.includes("token")).join("\n"));
+});
+
+test("lines the hub dropped for a stalled tab are shown as skipped, then filled from history as far as it keeps them", {
+  skip: !fs.existsSync(CHROMIUM) && `no chromium at ${CHROMIUM}`,
+  timeout: 180000,
+}, async (t) => {
+  const demo = await startDemo({ serverArgs: ["--cycle-seconds", "600"], limits: "client_queue = 4" });
+  t.after(() => demo.stop());
+  const browser = await launch(t);
+  const page = await browser.newPage();
+  await signIn(page, demo.hub, userToken(OWNER, []));
+  await page.evaluate(() => {
+    window.gapMarkers = 0; // markers shown
+    window.filled = 0; // lines put in place of a marker
+    const isGap = (n) => n && n.classList && n.classList.contains("gap");
+    new MutationObserver((changes) => {
+      for (const c of changes) {
+        for (const n of c.addedNodes) {
+          if (isGap(n)) window.gapMarkers++;
+          else if (isGap(c.nextSibling)) window.filled++;
+        }
+      }
+    }).observe(document.getElementById("log"), { childList: true });
+  });
+
+  // The tab stops reading (its script is paused): the socket backs up, the
+  // hub drops what does not fit the client's queue of 4, and its ring (1,000
+  // lines) keeps only the newest of the 4,000 burst lines.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Debugger.enable");
+  await cdp.send("Debugger.pause");
+  const stamp = new Date().toTimeString().slice(0, 8);
+  const pad = "y".repeat(1500);
+  let burst = "";
+  for (let i = 1; i <= 4000; i++) burst += `[${stamp}] [Server thread/INFO]: burst ${i} ${pad}\n`;
+  fs.appendFileSync(path.join(demo.survival, "logs", "latest.log"), burst);
+  await waitFor("drops", async () => (await demo.hub.stats()).messages.dropped > 100, 20000, 100);
+  await cdp.send("Debugger.resume");
+
+  await page.waitForFunction(
+    () =>
+      [...document.querySelectorAll("#log .marker.gap")].every((m) => m.dataset.missing) &&
+      [...document.querySelectorAll("#log .msg")].some((m) => m.textContent.startsWith("burst 4000 ")),
+    null,
+    { timeout: 60000 },
+  );
+  const [markers, filled] = await page.evaluate(() => [window.gapMarkers, window.filled]);
+  assert.ok(markers > 0, "markers were shown");
+  assert.ok(filled > 0, "lines came from history in place of the markers");
+  // Every seq is on the page once, in order, or counted by a marker that stays.
+  const lines = await pageLines(page);
+  const seqs = lines.map((l) => l.seq);
+  for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], `seq ${seqs[i - 1]} before ${seqs[i]}`);
+  const missing = await page.$$eval("#log .marker.gap", (m) => m.map((e) => Number(e.dataset.missing)));
+  const total = missing.reduce((a, b) => a + b, 0);
+  assert.equal(seqs.length + total, seqs[seqs.length - 1] - seqs[0] + 1, `${missing.length} markers stay`);
+  const numbered = lines.map((l) => /^burst (\d+) /.exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
+  for (let i = 1; i < numbered.length; i++) assert.ok(numbered[i] > numbered[i - 1]);
+  assert.ok(numbered.length >= 1000, `the kept lines came back: ${numbered.length} of 4000`);
 });

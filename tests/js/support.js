@@ -198,7 +198,7 @@ async function startDemo(opts = {}) {
     dir,
     auth: opts.auth || "",
     extra:
-      `[monitor]\nhealth_interval_s = 1\n\n[history]\ndb_path = "${dir}/history.db"\n\n` +
+      `[limits]\n${opts.limits || ""}\n\n[monitor]\nhealth_interval_s = 1\n\n[history]\ndb_path = "${dir}/history.db"\n${opts.history || ""}\n\n` +
       `[[agents]]\nid = "${AGENT}"\naddress = "127.0.0.1:${agentPort}"\n\n` +
       `[[servers]]\nid = "${SERVER}"\nname = "Survival"\nagent = "${AGENT}"\nowner = "${OWNER}"\n`,
   });
