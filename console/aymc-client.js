@@ -178,8 +178,11 @@
         return;
       }
       const exp = tokenExpiry(token);
-      if (exp !== null && exp * 1000 < Date.now() && !(await this._refresh("expired", exp))) return;
-      token = typeof this._token === "string" ? this._token : token;
+      if (exp !== null && exp * 1000 < Date.now()) {
+        // Not worth a refused upgrade: ask for a new one first.
+        if (!(await this._refresh("expired", exp)) || this.state !== "connecting") return;
+        token = this._token;
+      }
       const ws = this._socket(token);
       if (!ws) return;
       this.ws = ws;
@@ -296,7 +299,8 @@
       }
       if (policy === "token") {
         this._setState("waiting", { code, delayMs: 0 });
-        this._refresh("expired", tokenExpiry(this._token)).then((ok) => ok && this._schedule(0));
+        const exp = typeof this._token === "string" ? tokenExpiry(this._token) : null;
+        this._refresh("expired", exp).then((ok) => ok && this.state === "waiting" && this._schedule(0));
         return;
       }
       const delay = this._delay() + (policy === "pause" ? PAUSE_MS : 0);

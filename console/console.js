@@ -62,6 +62,7 @@
       const r = renew;
       renew = null;
       r.resolve(token);
+      if (client && client.state === "closed") client.connect(); // it had given up waiting
       return;
     }
     try {
