@@ -9,7 +9,7 @@ const test = require("node:test");
 const assert = require("node:assert/strict");
 const fs = require("node:fs");
 const path = require("node:path");
-const { OWNER, ROOT, SERVER, sleep, startDemo, userToken, waitFor } = require("./support.js");
+const { Hub, OWNER, ROOT, SERVER, sleep, startDemo, userToken, waitFor } = require("./support.js");
 
 const CHROMIUM = process.env.AYMC_CHROMIUM || "/usr/bin/chromium";
 const XSS = "<img src=x onerror=alert(1)>";
@@ -261,4 +261,46 @@ test("lines the hub dropped for a stalled tab are shown as skipped, then filled 
   const numbered = lines.map((l) => /^burst (\d+) /.exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
   for (let i = 1; i < numbered.length; i++) assert.ok(numbered[i] > numbered[i - 1]);
   assert.ok(numbered.length >= 1000, `the kept lines came back: ${numbered.length} of 4000`);
+});
+
+test("a token about to expire: the page asks for a new one and the connection stays", {
+  skip: !fs.existsSync(CHROMIUM) && `no chromium at ${CHROMIUM}`,
+  timeout: 120000,
+}, async (t) => {
+  const hub = await new Hub({ auth: "leeway_s = 0\nexpiry_notice_s = 60" }).start();
+  t.after(() => hub.stop());
+  await hub.publish({
+    type: "server_status",
+    channel: `server:${SERVER}:status`,
+    data: { server_id: SERVER, server_name: "Survival", old_status: "unknown", new_status: "running" },
+  });
+  await hub.publishLog(SERVER, "before the renewal");
+  const browser = await launch(t);
+  const page = await browser.newPage();
+  const user = "0b9f0c52-6a2e-4c55-9d7e-2f1d3c4b5a69";
+  const sockets = [];
+  page.on("websocket", (ws) => sockets.push(ws));
+  // TOKEN_EXPIRING is due at once (exp is within expiry_notice_s).
+  await signIn(page, hub, userToken(user, [SERVER], { exp: Math.floor(Date.now() / 1000) + 8 }));
+  await page.waitForSelector("#signin:not([hidden])");
+  assert.equal(await page.$eval("#signin-title", (e) => e.textContent), "Renew your token");
+  await page.fill("#token", userToken(OWNER, [SERVER]));
+  await page.click("#signin-go");
+  assert.match(await page.$eval("#signin-error", (e) => e.textContent), /another user/);
+  const fresh = userToken(user, [SERVER]);
+  await page.fill("#token", fresh);
+  await page.click("#signin-go");
+  await page.waitForSelector("#signin", { state: "hidden" });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("aymc.token")), fresh);
+  await sleep(9000); // past the first token's exp: without the renewal the hub would close with 4001
+  await hub.publishLog(SERVER, "after the renewal");
+  await page.waitForFunction(
+    () => [...document.querySelectorAll("#log .msg")].some((m) => m.textContent === "after the renewal"),
+    null,
+    { timeout: 10000 },
+  );
+  assert.equal(await page.$eval("#conn", (e) => e.textContent), "live");
+  assert.equal(sockets.length, 1, "one connection all along");
+  assert.ok(!sockets[0].isClosed());
+  assert.deepEqual((await pageLines(page)).map((l) => l.seq), [1, 2]);
 });
