@@ -112,9 +112,13 @@
     const wanted = new URLSearchParams(location.hash.slice(1)).get("server");
     const first = servers.find((s) => s.id === wanted) || servers[0];
     select.value = first.id;
+    const show = () =>
+      watch(servers.find((s) => s.id === select.value)).catch((e) =>
+        logs.marker(`Could not load this server's history: ${e.message}`),
+      );
+    select.onchange = show;
     connect();
-    await watch(servers.find((s) => s.id === select.value));
-    select.onchange = () => watch(servers.find((s) => s.id === select.value));
+    show();
   }
 
   function signOut() {
