@@ -87,6 +87,11 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
 
   const token = userToken(OWNER, []); // the owner (hub config) may watch the server
   await signIn(page, demo.hub, token);
+  await page.evaluate(() => {
+    const badge = document.getElementById("badge");
+    window.badges = [badge.textContent]; // every status the badge showed
+    new MutationObserver(() => window.badges.push(badge.textContent)).observe(badge, { childList: true });
+  });
   assert.equal(await page.$eval("#conn", (e) => e.textContent), "live");
   assert.match(await page.$eval("#server", (e) => e.selectedOptions[0].textContent), /^Survival/);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("aymc.token")), token);
@@ -114,6 +119,26 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   assert.notEqual(await page.$eval("#c-cpu", (c) => c.toDataURL()), pixels, "the chart was drawn again");
   assert.match(await page.$eval("#v-players", (e) => e.textContent), /^\d+ \/ \d+$/);
 
+  // The crash (the demo server crashes at the end of its first cycle), before
+  // the blips: a notification or alert sent while the page is away is not replayed.
+  await page.waitForSelector(".toast.error, .toast.critical", { timeout: 60000 });
+  const toasts = await page.$$eval(".toast strong", (s) => s.map((e) => e.textContent));
+  assert.ok(toasts.includes("Server Crashed"), JSON.stringify(toasts));
+  await page.waitForFunction(() => window.badges.includes("crashed"), null, { timeout: 20000 });
+  const folded = await page.$$eval("#log details.exc", (d) => d.map((e) => [e.open, e.querySelector("pre").textContent]));
+  assert.ok(folded.length > 0 && folded.every(([open]) => !open), "the stack trace is folded");
+  assert.match(folded[0][1], /NullPointerException/);
+
+  // The picture of the README: the crash, its folded trace, the toast.
+  await sleep(1000);
+  if (!(await page.$eval("#follow", (b) => b.getAttribute("aria-pressed") === "true"))) await page.click("#follow");
+  await page.mouse.move(5, 5);
+  const shot = process.env.AYMC_UPDATE_SCREENSHOT
+    ? path.join(ROOT, "docs", "console.png")
+    : path.join(demo.dir, "console.png");
+  await page.screenshot({ path: shot });
+  assert.ok(fs.statSync(shot).size > 10000);
+
   // Blip 1: the page's network goes away for 3 s.
   const before1 = await lastSoak(page);
   await context.setOffline(true);
@@ -132,27 +157,6 @@ test("the console in chromium: live lines, blips without holes or doubles, chart
   await demo.hub.restart();
   await closed;
   await waitFor("lines after the restart", async () => (await lastSoak(page)) > before2 + 8, 40000, 200);
-
-  // The crash (the demo server crashes at the end of its first cycle).
-  await page.waitForSelector(".toast.error, .toast.critical", { timeout: 60000 });
-  const toasts = await page.$$eval(".toast strong", (s) => s.map((e) => e.textContent));
-  assert.ok(toasts.includes("Server Crashed"), JSON.stringify(toasts));
-  await page.waitForFunction(() => document.getElementById("badge").textContent === "crashed", null, {
-    timeout: 20000,
-  });
-  const folded = await page.$$eval("#log details.exc", (d) => d.map((e) => [e.open, e.querySelector("pre").textContent]));
-  assert.ok(folded.length > 0 && folded.every(([open]) => !open), "the stack trace is folded");
-  assert.match(folded[0][1], /NullPointerException/);
-
-  // The picture of the README: the crash, its folded trace, the toast.
-  await sleep(1000);
-  if (!(await page.$eval("#follow", (b) => b.getAttribute("aria-pressed") === "true"))) await page.click("#follow");
-  await page.mouse.move(5, 5);
-  const shot = process.env.AYMC_UPDATE_SCREENSHOT
-    ? path.join(ROOT, "docs", "console.png")
-    : path.join(demo.dir, "console.png");
-  await page.screenshot({ path: shot });
-  assert.ok(fs.statSync(shot).size > 10000);
 
   // Let the restarted server write a little, then check the whole log.
   await waitFor("the server back", async () => (await lastSoak(page)) > before2 + 20, 60000, 200);
