@@ -23,6 +23,7 @@ pub struct Asset {
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// The file served at `path`, if any.
 pub fn asset(path: &str) -> Option<Asset> {
@@ -30,7 +31,9 @@ pub fn asset(path: &str) -> Option<Asset> {
         "/" => (HTML, include_bytes!("../console/index.html")),
         "/console.js" => (JS, include_bytes!("../console/console.js")),
         "/console.css" => (CSS, include_bytes!("../console/console.css")),
+        "/charts.js" => (JS, include_bytes!("../console/charts.js")),
         "/aymc-client.js" => (JS, include_bytes!("../console/aymc-client.js")),
+        "/aymc-client.d.ts" => (TEXT, include_bytes!("../console/aymc-client.d.ts")),
         _ => return None,
     };
     Some(Asset { content_type, body, html: content_type == HTML })
@@ -57,7 +60,7 @@ mod tests {
         assert_eq!(page.content_type, "text/html; charset=utf-8");
         assert!(std::str::from_utf8(page.body).unwrap().contains("aymc-hub console"));
         assert!(headers(&page).contains(&("Content-Security-Policy", CSP)));
-        for path in ["/console.js", "/aymc-client.js", "/console.css"] {
+        for path in ["/console.js", "/charts.js", "/aymc-client.js", "/aymc-client.d.ts", "/console.css"] {
             let file = asset(path).unwrap();
             assert!(!file.html && !headers(&file).iter().any(|(k, _)| *k == "Content-Security-Policy"), "{path}");
         }

@@ -243,7 +243,7 @@ pub enum Route {
     ServerLogs(uuid::Uuid),
     /// `GET /api/v1/servers`
     Servers,
-    /// `GET /`, `/console.js`, `/console.css`, `/aymc-client.js`: an
+    /// `GET /` and the console's other files (`console::asset`): an
     /// embedded console file.
     Console(crate::console::Asset),
 }

@@ -154,7 +154,9 @@ fn the_console_files_are_served_without_a_token_with_their_types_and_the_page_wi
         ("/", "text/html; charset=utf-8", "aymc-hub console"),
         ("/console.js", "text/javascript; charset=utf-8", "use strict"),
         ("/console.css", "text/css; charset=utf-8", "body"),
+        ("/charts.js", "text/javascript; charset=utf-8", "AymcCharts"),
         ("/aymc-client.js", "text/javascript; charset=utf-8", "AymcClient"),
+        ("/aymc-client.d.ts", "text/plain; charset=utf-8", "export declare class AymcClient"),
     ];
     for (path, content_type, contains) in cases {
         let resp = http_get(hub.addr, path, None);
@@ -169,7 +171,7 @@ fn the_console_files_are_served_without_a_token_with_their_types_and_the_page_wi
         assert_eq!(csp, (path == "/").then_some(CSP), "{path}");
     }
     let page = http_get(hub.addr, "/", None).text();
-    for src in ["/console.js", "/console.css", "/aymc-client.js"] {
+    for src in ["/console.js", "/charts.js", "/console.css", "/aymc-client.js"] {
         assert!(page.contains(&format!("\"{src}\"")), "the page loads {src}: {page}");
     }
     assert!(!page.contains("<script>") && !page.contains("<style"), "nothing inline, the policy forbids it");
@@ -215,4 +217,41 @@ fn metrics_history_after_a_clean_restart_says_what_came_before_is_gone() {
     assert_eq!(players(&page), [4], "metrics rings are not stored");
     assert_eq!(page["data"]["messages"][0]["seq"], 4, "the seq goes on");
     assert_eq!(page["data"]["complete"], false, "seqs 1 to 3 are gone");
+}
+
+#[test]
+fn the_consoles_own_origin_passes_when_allowed_origins_lists_only_the_panel() {
+    let hub = HubConfig::new().auth("allowed_origins = [\"https://panel.example\"]").start();
+    hub.publish(&status_body(SERVER_A, "starting", "running", None));
+    let token = user_token(&new_id(), &[SERVER_A]);
+    let cookie = format!("Cookie: token={token}");
+    let bearer = format!("Authorization: Bearer {token}");
+    // The console at https://hub.example (a proxy forwards the Host) talks
+    // to the hub as the page does: the upgrade with its cookie or a query
+    // token, the server list with a Bearer header.
+    let ask = |path: &str, origin: &str, token: &str, upgrade: bool| {
+        let origin = format!("Origin: {origin}");
+        let mut lines = vec![format!("GET {path} HTTP/1.1"), "Host: hub.example".into(), origin, token.into()];
+        if upgrade {
+            lines.extend(["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Version: 13"].map(String::from));
+            lines.push(format!("Sec-WebSocket-Key: {WS_KEY}"));
+        } else {
+            lines.push("Connection: close".into());
+        }
+        raw_http(hub.addr, head(&lines.iter().map(String::as_str).collect::<Vec<_>>()).as_bytes())
+    };
+    let query = ws_path(&token);
+    for origin in ["https://hub.example", "http://hub.example", "https://panel.example"] {
+        assert_upgraded(&ask("/api/v1/ws", origin, &cookie, true));
+        assert_upgraded(&ask(&query, origin, "X-Nothing: 1", true));
+        let list = ask("/api/v1/servers", origin, &bearer, false);
+        assert_eq!(list.status, 200, "{origin}: {}", list.text());
+        assert_eq!(list.json()["servers"][0]["id"], SERVER_A);
+    }
+    for origin in ["https://evil.example", "https://hub.example.evil.example", "https://hub.example:8443"] {
+        assert_http_error(&ask("/api/v1/ws", origin, &cookie, true), 403, "forbidden", Some("origin not allowed"));
+        assert_http_error(&ask(&query, origin, "X-Nothing: 1", true), 403, "forbidden", Some("origin not allowed"));
+        let list = ask("/api/v1/servers", origin, &bearer, false);
+        assert_http_error(&list, 403, "forbidden", Some("origin not allowed"));
+    }
 }
