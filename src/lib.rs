@@ -50,6 +50,7 @@ pub mod connlog;
 pub mod console;
 pub mod dispatch;
 pub mod endpoints;
+pub mod es256;
 pub mod http;
 pub mod hub;
 pub mod link;
