@@ -56,6 +56,7 @@ pub mod hub;
 pub mod link;
 pub mod logging;
 pub mod logs_api;
+pub mod metrics_api;
 pub mod notify;
 pub mod outq;
 pub mod pending;

@@ -33,6 +33,7 @@
 
 mod batch;
 mod db;
+mod metrics;
 mod query;
 mod retention;
 mod writer;
@@ -50,9 +51,10 @@ use uuid::Uuid;
 use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
+pub use metrics::{MetricPoint, MAX_PENDING_METRICS};
 pub use query::{
-    fts_query, memory_page, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT, MAX_WORDS,
-    QUERY_TIMEOUT,
+    fts_query, memory_page, parse_time, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT,
+    MAX_WORDS, QUERY_TIMEOUT,
 };
 pub use retention::RETENTION_INTERVAL;
 pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETRY_INTERVAL};
@@ -490,6 +492,19 @@ impl Store {
                 "history: the writer is behind ({queued} entries, {queued_bytes} bytes waiting for it); \
                  dropping new entries ({dropped} dropped so far)"
             );
+        }
+    }
+
+    /// Hands a metrics point to the writer (committed with the next batch).
+    /// Over [`MAX_QUEUED`] commands waiting in the channel the point is
+    /// dropped (the charts get a gap; no log entry is affected).
+    pub fn append_metric(&self, point: MetricPoint) {
+        let s = &self.shared;
+        if s.queued.fetch_add(1, Ordering::Relaxed) >= self.tuning.max_queued
+            || self.tx.send(writer::Cmd::Metric(point)).is_err()
+        {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
+            log::debug!("history: a metrics point of server {} was not stored (writer behind)", point.server);
         }
     }
 
