@@ -27,8 +27,9 @@ pub const MAX_RANGE_DAYS: i64 = 31;
 pub const DEFAULT_RANGE_S: i64 = 3600;
 /// Without `step`: the range cut into this many steps (or [`MIN_STEP_S`]).
 pub const DEFAULT_STEPS: i64 = 120;
-/// A point stands for the time until the next one, at most this long (ms):
-/// a longer gap means the server or its agent was away.
+/// A point stands for the time until the next one, at most this long (ms)
+/// or one step, whichever is longer: a longer gap means the server or its
+/// agent was away.
 const MAX_SPAN_MS: i64 = 300_000;
 /// The span of a point when no interval is known yet (the agents' default
 /// metrics interval), ms.
@@ -207,7 +208,7 @@ impl Summary {
         self.points += 1;
         if let Some(t) = p.tps {
             if let Some((at, b)) = self.last_tps {
-                let span = (p.ts_ms - at).clamp(0, MAX_SPAN_MS);
+                let span = (p.ts_ms - at).clamp(0, MAX_SPAN_MS.max(q.step_ms));
                 if let Some(ms) = self.bands.get_mut(b) {
                     *ms += span;
                 }
@@ -240,17 +241,16 @@ impl Summary {
             .steps
             .iter()
             .map(|s| {
-                let mut v = json!({
-                    "t": time(q.from_ms + s.index * q.step_ms),
-                    "n": s.n,
-                    "cpu_percent": s.cpu.json(),
-                    "memory_used": s.ram.json(),
-                    "players_online": s.players.json(),
-                });
+                let mut v = Map::new();
+                v.insert("t".into(), json!(time(q.from_ms + s.index * q.step_ms)));
+                v.insert("n".into(), json!(s.n));
+                v.insert("cpu_percent".into(), s.cpu.json());
+                v.insert("memory_used".into(), s.ram.json());
+                v.insert("players_online".into(), s.players.json());
                 if let Some(t) = &s.tps {
-                    v["tps"] = t.json();
+                    v.insert("tps".into(), t.json());
                 }
-                v
+                Value::Object(v)
             })
             .collect();
         json!({

@@ -47,6 +47,7 @@ mod history;
 mod http_api;
 mod keys;
 mod limits;
+mod metrics_history;
 mod ops;
 mod proto_hardening;
 mod proxies;
