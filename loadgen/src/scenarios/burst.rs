@@ -9,6 +9,8 @@
 //! later than a line's interval (it is busy fanning out) the requests pile up
 //! to that cap, which each step reports as `max_in_flight`. The burst step
 //! passes when its delivered rate and p99 are within 20% of the first's.
+//! Frames per hub CPU second, also reported for both, compare the hub's
+//! efficiency when the machine does not give it a whole core.
 
 use super::*;
 
@@ -39,10 +41,10 @@ pub(super) fn publish_burst(o: &Opts) -> Result<Value, Error> {
         info!("{cap} publish connections: at most {in_flight} requests in flight");
         json["publish_connections"] = json!(cap);
         json["max_in_flight"] = json!(in_flight);
+        figures.push((outcome, in_flight, json["frames_per_hub_cpu_s"].clone()));
         steps.push(json);
-        figures.push((outcome, in_flight));
     }
-    let [(first, first_in_flight), (burst, burst_in_flight)] =
+    let [(first, first_in_flight, first_per_cpu), (burst, burst_in_flight, burst_per_cpu)] =
         <[_; 2]>::try_from(figures).map_err(|_| "publish-burst measures two steps")?;
     let rate_ratio = burst.delivered / first.delivered.max(1.0);
     let p99_ratio = burst.p99 / first.p99.max(0.001);
@@ -67,10 +69,12 @@ pub(super) fn publish_burst(o: &Opts) -> Result<Value, Error> {
             "p99_ms": round3(first.p99),
             "max_in_flight": first_in_flight,
             "clean": first.clean,
+            "frames_per_hub_cpu_s": first_per_cpu,
             "burst_delivered_fps": burst.delivered.round(),
             "burst_p99_ms": round3(burst.p99),
             "burst_max_in_flight": burst_in_flight,
             "burst_clean": burst.clean,
+            "burst_frames_per_hub_cpu_s": burst_per_cpu,
             "delivered_ratio": round3(rate_ratio),
             "p99_ratio": round3(p99_ratio),
             "met": met,
