@@ -1,6 +1,7 @@
 //! `GET /api/v1/servers/{id}/metrics` through the real binary: steps and
 //! the TPS histogram from the memory ring, the ACL and the bounds, and a
-//! week of points kept on disk across a restart, with retention by age.
+//! week of points kept on disk across a restart, with retention by age, and
+//! stored points across a SIGKILL.
 
 use std::time::Duration;
 
@@ -135,4 +136,23 @@ fn a_week_of_metrics_is_charted_after_a_restart_and_old_points_expire() {
     assert_eq!(v["tps_histogram"]["15-19"], 0.4286);
     // Retention (right after start, then every minute) deleted the old point.
     assert!(wait_until(Duration::from_secs(10), || old(&hub) == Some(0)), "the old point was kept: {:?}", old(&hub));
+}
+
+#[test]
+fn stored_points_survive_a_sigkill() {
+    let dir = temp_dir();
+    let config = || HubConfig::new().extra(&format!("[history]\ndb_path = \"{}\"", dir.path().join("h.db").display()));
+    let mut hub = config().start();
+    let start = now() / 60 * 60 - 3600;
+    for i in 0..60 {
+        hub.publish(&point(start + 60 * i, 10.0, 1, Some(20.0)));
+    }
+    let ok = wait_until(Duration::from_secs(10), || chart(&hub, start, start + 3600, 600)["points"] == 60);
+    assert!(ok, "the store never held the hour");
+    hub.signal(libc::SIGKILL);
+    assert!(hub.wait_exit(Duration::from_secs(8)).is_some());
+    let hub = config().start();
+    let v = chart(&hub, start, start + 3600, 600);
+    assert_eq!((v["source"].as_str(), v["points"].as_u64()), (Some("history"), Some(60)), "{v}");
+    assert_eq!(v["tps_histogram"]["20"], 1.0);
 }
