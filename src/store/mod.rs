@@ -1,7 +1,8 @@
 //! On-disk log history (`history.db_path`): every `log_entry` also goes to
 //! an embedded SQLite database, so `since` recovery and the epoch survive a
 //! hub restart and `GET /api/v1/servers/{id}/logs` can page through days of
-//! logs (PROTOCOL.md 5, 5a, 9).
+//! logs (PROTOCOL.md 5, 5a, 9); and every `metrics` message's figures
+//! ([`MetricPoint`], for `GET /api/v1/servers/{id}/metrics`).
 //!
 //! The reactor never waits on the disk: [`Store::append`] only sends to a
 //! bounded channel ([`MAX_QUEUED`], [`MAX_QUEUED_BYTES`]; when it is full the
