@@ -87,6 +87,9 @@ impl Authenticator {
     /// A sentence for a config error: no key, both keys, an unreadable or
     /// unsupported public key.
     pub fn new(cfg: &AuthConfig, owners: HashMap<Uuid, Uuid>) -> Result<Authenticator, String> {
+        if !crate::es256::install() {
+            log::debug!("another jsonwebtoken provider is in place: ES256 tokens are checked by the slower code");
+        }
         let (key, algorithm) = match (&cfg.jwt_secret, &cfg.jwt_public_key) {
             (Some(_), Some(_)) => return Err("auth.jwt_secret and auth.jwt_public_key are both set; use one".into()),
             (None, None) => {
@@ -319,6 +322,28 @@ mod tests {
         }
         // A day of leeway at most: a token that expired two days ago is refused.
         assert_eq!(a.validate(&token(Value::from(now() - 2 * 86_400), Value::Null)), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn es256_tokens_are_checked_with_their_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = aymc_loadgen::tokens::openssl_keypair(dir.path(), "ec", "k").unwrap();
+        let cfg = AuthConfig { jwt_public_key: Some(public.display().to_string()), ..AuthConfig::default() };
+        let a = Authenticator::new(&cfg, HashMap::new()).unwrap();
+        let signer = aymc_loadgen::tokens::Signer::pem(Algorithm::ES256, &private).unwrap();
+        let es = |claims: Value| signer.sign(&claims).unwrap();
+        let exp = now() + 600;
+        assert_eq!(a.validate(&es(serde_json::json!({"sub": USER, "exp": exp}))).map(|i| i.exp), Ok(exp));
+        let cases = [
+            (es(serde_json::json!({"sub": USER, "exp": now() - 3600})), AuthError::Expired),
+            (es(serde_json::json!({"sub": USER, "exp": exp, "nbf": now() + 3600})), AuthError::NotYetValid),
+            (es(serde_json::json!({"sub": USER})), AuthError::Claims),
+            // The right claims signed with an HMAC key: the wrong algorithm.
+            (sign(serde_json::json!({"sub": USER, "exp": exp}), "s3cret"), AuthError::Invalid),
+        ];
+        for (token, want) in cases {
+            assert_eq!(a.validate(&token), Err(want), "{token}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::client::Session;
 use crate::conn::{Conn, HttpState, Outcome, PendingBody, Phase, Reason, WsState};
 use crate::http::{self, HttpError, Request, Route, TokenSource};
 use crate::logs_api;
+use crate::metrics_api::{self, MetricsQuery};
 use crate::protocol::{Channel, Publish, Status};
 use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
@@ -282,10 +283,13 @@ fn on_request(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len
     let answer = match route {
         Route::WebSocket => return Next::Stop(upgrade(app, key, conn, req, head_len, now)),
         Route::Publish => return start_publish(app, key, http, req, head_len),
-        Route::Stats | Route::ServerLogs(_) | Route::Servers if !origin_allowed(app, &req, false) => {
+        Route::Stats | Route::ServerLogs(_) | Route::ServerMetrics(_) | Route::Servers
+            if !origin_allowed(app, &req, false) =>
+        {
             return refuse(app, key, 403, "origin not allowed", &[])
         }
         Route::ServerLogs(server) => return stored_logs(app, key, conn, server, &req, head_len, now),
+        Route::ServerMetrics(server) => return stored_metrics(app, key, conn, server, &req, head_len, now),
         Route::Health => http::json(200, &json!({"status": "ok"}), close),
         Route::Metrics => {
             http::response(200, "text/plain; version=0.0.4", &[], stats::prometheus(app).as_bytes(), close)
@@ -414,13 +418,73 @@ fn stored_logs(
         Err(msg) => return refuse(app, key, 400, &msg, &[]),
     };
     let text = req.accept.as_deref().is_some_and(|a| a.contains("text/plain"));
+    if app.queries.is_none() {
+        let answer = logs_api::answer(&app.hub.memory_page(&query), text, close);
+        return answer_now(app, key, conn, answer, close, head_len, now);
+    }
+    run_query(app, key, conn, logs_api::Work::Logs { query, text }, close, head_len, now)
+}
+
+/// `GET /api/v1/servers/{id}/metrics`: token and ACL as for the metrics
+/// channel; from the memory ring here, or from the store on the query
+/// thread ([`crate::metrics_api`]).
+fn stored_metrics(
+    app: &mut App,
+    key: usize,
+    conn: &mut Conn,
+    server: Uuid,
+    req: &Request,
+    head_len: usize,
+    now: Instant,
+) -> Next {
+    let close = req.wants_close();
+    match identify(app, req.token()) {
+        Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),
+        Ok(who) if !app.auth.may_subscribe(&who, &Channel::metrics(server)) => {
+            return refuse(app, key, 403, "this token may not read this server's metrics", &[])
+        }
+        Ok(_) => {}
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let query = match MetricsQuery::from_params(server, now_ms, |n| req.query_param(n)) {
+        Ok(q) => q,
+        Err(msg) => return refuse(app, key, 400, &msg, &[]),
+    };
+    if app.queries.is_none() {
+        let answer = http::json(200, &metrics_api::from_memory(&query, app.hub.metrics_ring(server)), close);
+        return answer_now(app, key, conn, answer, close, head_len, now);
+    }
+    run_query(app, key, conn, logs_api::Work::Metrics(query), close, head_len, now)
+}
+
+/// Answers a request at once.
+fn answer_now(
+    app: &mut App,
+    key: usize,
+    conn: &mut Conn,
+    answer: Vec<u8>,
+    close: bool,
+    head_len: usize,
+    now: Instant,
+) -> Next {
+    let Phase::Http(http) = &mut conn.phase else { return Next::Stop(Outcome::Keep) };
+    respond(app, key, http, answer, close, head_len, now).into()
+}
+
+/// Hands `work` to the query thread; the connection waits for its reply.
+fn run_query(
+    app: &mut App,
+    key: usize,
+    conn: &mut Conn,
+    work: logs_api::Work,
+    close: bool,
+    head_len: usize,
+    now: Instant,
+) -> Next {
     let serial = conn.serial;
     let Phase::Http(http) = &mut conn.phase else { return Next::Stop(Outcome::Keep) };
-    let Some(queries) = &app.queries else {
-        let answer = logs_api::answer(&app.hub.memory_page(&query), text, close);
-        return respond(app, key, http, answer, close, head_len, now).into();
-    };
-    if !queries.send(logs_api::Job { key, serial, query, text, close }) {
+    let Some(queries) = &app.queries else { return Next::Stop(Outcome::Keep) };
+    if !queries.send(logs_api::Job { key, serial, work, close }) {
         return refuse(app, key, 503, "the log history cannot be read now; retry later", &[("Retry-After", "5")]);
     }
     http.waiting = Some((head_len, close));

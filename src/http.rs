@@ -241,6 +241,8 @@ pub enum Route {
     Metrics,
     /// `GET /api/v1/servers/{id}/logs`
     ServerLogs(uuid::Uuid),
+    /// `GET /api/v1/servers/{id}/metrics`
+    ServerMetrics(uuid::Uuid),
     /// `GET /api/v1/servers`
     Servers,
     /// `GET /` and the console's other files (`console::asset`): an
@@ -258,10 +260,11 @@ pub fn route(req: &Request) -> Result<Route, Option<&'static str>> {
         "/api/v1/stats" => (Route::Stats, "GET"),
         "/metrics" => (Route::Metrics, "GET"),
         "/api/v1/servers" => (Route::Servers, "GET"),
-        path => match (server_logs_path(path), crate::console::asset(path)) {
-            (Some(id), _) => (Route::ServerLogs(id), "GET"),
-            (None, Some(asset)) => (Route::Console(asset), "GET"),
-            (None, None) => return Err(None),
+        path => match (server_path(path, "/logs"), server_path(path, "/metrics"), crate::console::asset(path)) {
+            (Some(id), _, _) => (Route::ServerLogs(id), "GET"),
+            (None, Some(id), _) => (Route::ServerMetrics(id), "GET"),
+            (None, None, Some(asset)) => (Route::Console(asset), "GET"),
+            (None, None, None) => return Err(None),
         },
     };
     if req.method == allow {
@@ -271,9 +274,9 @@ pub fn route(req: &Request) -> Result<Route, Option<&'static str>> {
     }
 }
 
-/// The server id of `/api/v1/servers/{id}/logs`.
-fn server_logs_path(path: &str) -> Option<uuid::Uuid> {
-    let id = path.strip_prefix("/api/v1/servers/")?.strip_suffix("/logs")?;
+/// The server id of `/api/v1/servers/{id}{suffix}`.
+fn server_path(path: &str, suffix: &str) -> Option<uuid::Uuid> {
+    let id = path.strip_prefix("/api/v1/servers/")?.strip_suffix(suffix)?;
     (id.len() == 36).then(|| uuid::Uuid::try_parse(id).ok()).flatten()
 }
 
@@ -415,6 +418,9 @@ mod tests {
         let logs = "/api/v1/servers/550e8400-e29b-41d4-a716-446655440000/logs";
         assert!(matches!(route(&req("GET", logs)), Ok(Route::ServerLogs(_))));
         assert_eq!(route(&req("GET", "/api/v1/servers/nope/logs")), Err(None));
+        let metrics = "/api/v1/servers/550e8400-e29b-41d4-a716-446655440000/metrics";
+        assert!(matches!(route(&req("GET", metrics)), Ok(Route::ServerMetrics(_))));
+        assert_eq!(route(&req("POST", metrics)), Err(Some("GET")));
         assert_eq!(route(&req("GET", "/api/v1/servers")), Ok(Route::Servers));
         assert_eq!(route(&req("POST", "/api/v1/servers")), Err(Some("GET")));
         assert_eq!(route(&req("GET", "/api/v1/servers/")), Err(None));

@@ -1,5 +1,6 @@
 //! `GET /api/v1/servers/{id}/logs` (PROTOCOL.md section 11.4): stored log
-//! lines, paged. With on-disk history the query runs on its own thread
+//! lines, paged; and the stored side of `GET /api/v1/servers/{id}/metrics`
+//! (11.8, [`crate::metrics_api`]). With on-disk history the query runs on its own thread
 //! (the reactor never waits on the disk) and the answer comes back as an
 //! [`Event::Reply`]; without it, the reactor answers from its rings. That
 //! one thread serves every user, so each query has a deadline
@@ -13,7 +14,42 @@ use log::warn;
 
 use crate::http;
 use crate::link::{Event, Link, Reply};
+use crate::metrics_api::{MetricsQuery, Summary};
 use crate::store::{render_text, LogQuery, Page, Reader, Store, StoreError, QUERY_TIMEOUT};
+
+/// What a query asks for.
+pub enum Work {
+    /// A page of stored log lines; `text`: answer `text/plain` rather than JSON.
+    Logs {
+        /// What to look for.
+        query: LogQuery,
+        /// Answer `text/plain`.
+        text: bool,
+    },
+    /// Stored metrics, downsampled ([`crate::metrics_api`]).
+    Metrics(MetricsQuery),
+}
+
+impl Work {
+    fn server(&self) -> uuid::Uuid {
+        match self {
+            Work::Logs { query, .. } => query.server,
+            Work::Metrics(q) => q.server,
+        }
+    }
+
+    /// Runs it on `reader`: the `200` answer.
+    fn run(&self, reader: &Reader, close: bool) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Work::Logs { query, text } => reader.query(query).map(|page| answer(&page, *text, close)),
+            Work::Metrics(q) => {
+                let mut summary = Summary::new(q);
+                reader.metrics(q.server, q.from_ms, q.to_ms, |p| summary.add(p))?;
+                Ok(http::json(200, &summary.finish("history"), close))
+            }
+        }
+    }
+}
 
 /// One query to run.
 pub struct Job {
@@ -21,10 +57,8 @@ pub struct Job {
     pub key: usize,
     /// Its serial.
     pub serial: u64,
-    /// What to look for.
-    pub query: LogQuery,
-    /// Answer `text/plain` rather than JSON.
-    pub text: bool,
+    /// What to run.
+    pub work: Work,
     /// Add `Connection: close`.
     pub close: bool,
 }
@@ -47,19 +81,19 @@ impl Queries {
             for job in rx {
                 let result = match reader.take().map_or_else(|| store.reader(), Ok) {
                     Ok(r) => {
-                        let page = r.query(&job.query);
-                        if !matches!(page, Err(StoreError::Sqlite(_))) {
+                        let answer = job.work.run(&r, job.close);
+                        if !matches!(answer, Err(StoreError::Sqlite(_))) {
                             reader = Some(r);
                         }
-                        page
+                        answer
                     }
                     Err(e) => Err(e),
                 };
                 let response = match result {
-                    Ok(page) => answer(&page, job.text, job.close),
+                    Ok(response) => response,
                     Err(StoreError::InvalidQuery(msg)) => http::error(400, &msg, &[], job.close),
                     Err(StoreError::Timeout(_)) => {
-                        warn!("stored logs query of server {} stopped after {QUERY_TIMEOUT:?}", job.query.server);
+                        warn!("stored history query of server {} stopped after {QUERY_TIMEOUT:?}", job.work.server());
                         http::error(
                             503,
                             &format!(
@@ -72,7 +106,7 @@ impl Queries {
                         )
                     }
                     Err(e) => {
-                        warn!("stored logs query failed: {e}");
+                        warn!("stored history query failed: {e}");
                         http::error(
                             503,
                             "the log history cannot be read now; retry later",

@@ -22,10 +22,12 @@ scenarios (defaults in brackets):
                   then --slow [10] clients stop reading: a phase while their buffers fill (as long as
                   tcp_wmem's maximum takes at the rate, or --fill-duration S), then one of
                   --slow-duration [15] s, measured
+  publish-burst   clients [1000] on one logs channel, --rate [4000] lines/s for --duration [5] s published over
+                  --publishers [32] connections, then over --burst [128]: at most that many requests in flight
   reader-check    no hub: a blaster thread on --hub-cpu feeds clients [1000]; measures the reader's capacity
 options:
   --clients N  --rate R[,R..]  --duration S  --warmup S [1]  --channels N  --per-channel N  --settle S
-  --window N  --alg hs256|es256  --slow N  --slow-duration S  --fill-duration S  --p99-limit MS [50]
+  --window N  --alg hs256|es256  --burst N  --slow N  --slow-duration S  --fill-duration S  --p99-limit MS [50]
   --publishers N [32]  --sample N [64] (one latency sample per N frames)  --tracked N [20] (seq-checked clients)
   --hub PATH [aymc-hub beside this binary]  --hub-cpu N [0]  --cpu N [1]  --no-pin
   --hub-set SECTION.KEY=VALUE (a hub config line, e.g. history.max_bytes=1e9 → [history] max_bytes = 1e9;
@@ -33,8 +35,16 @@ options:
 output: one JSON object on stdout; progress on stderr (LOADGEN_LOG=debug for more)";
 
 /// The scenarios.
-pub const SCENARIOS: [&str; 7] =
-    ["fanout-1k", "fanout-10k", "many-channels", "idle", "connect-storm", "slow-consumer", "reader-check"];
+pub const SCENARIOS: [&str; 8] = [
+    "fanout-1k",
+    "fanout-10k",
+    "many-channels",
+    "idle",
+    "connect-storm",
+    "slow-consumer",
+    "publish-burst",
+    "reader-check",
+];
 
 /// Validated options.
 #[derive(Debug, Clone)]
@@ -65,6 +75,8 @@ pub struct Opts {
     pub window: Option<usize>,
     /// `--alg`: `hs256` or `es256`.
     pub alg: String,
+    /// `--burst`: publish connections of publish-burst's second step.
+    pub burst: Option<usize>,
     /// `--slow`
     pub slow: Option<usize>,
     /// `--slow-duration`, seconds.
@@ -120,6 +132,7 @@ impl Opts {
             settle: None,
             window: None,
             alg: "hs256".into(),
+            burst: None,
             slow: None,
             slow_duration: None,
             fill_duration: None,
@@ -159,6 +172,7 @@ impl Opts {
                         return Err(format!("--alg: '{}' is not hs256 or es256", o.alg).into());
                     }
                 }
+                "--burst" => o.burst = Some(number(&flag, value())?),
                 "--slow" => o.slow = Some(number(&flag, value())?),
                 "--slow-duration" => o.slow_duration = Some(number(&flag, value())?),
                 "--fill-duration" => o.fill_duration = Some(number(&flag, value())?),

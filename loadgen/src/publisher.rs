@@ -57,6 +57,10 @@ pub struct Publisher {
     pub refused: BTreeMap<u16, u64>,
     /// Most lines that were due but not yet sent (all connections busy).
     pub max_behind: u64,
+    /// Requests sent and not yet answered.
+    in_flight: usize,
+    /// Most requests in flight at once during the run.
+    pub max_in_flight: usize,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -94,6 +98,8 @@ impl Publisher {
             recipients: 0,
             refused: BTreeMap::new(),
             max_behind: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }
     }
 
@@ -131,6 +137,7 @@ impl Publisher {
         self.t0 = t0;
         self.total = lines;
         self.next = 0;
+        self.max_in_flight = self.in_flight;
     }
 
     /// When the next line is due (µs), while the run has lines left and a
@@ -169,6 +176,8 @@ impl Publisher {
             c.out.extend_from_slice(format!("{}\r\n\r\n", body.len()).as_bytes());
             c.out.extend_from_slice(body.as_bytes());
             c.state = PublishState::Busy;
+            self.in_flight += 1;
+            self.max_in_flight = self.max_in_flight.max(self.in_flight);
             self.next += 1;
             self.sent += 1;
             self.write(j, registry);
@@ -193,6 +202,7 @@ impl Publisher {
     fn broken(&mut self, j: usize, registry: &Registry) {
         if self.conns[j].state == PublishState::Busy {
             *self.refused.entry(0).or_insert(0) += 1;
+            self.in_flight -= 1;
         }
         if let Err(e) = self.reconnect(j, registry) {
             log::warn!("publisher connection {j} cannot reconnect: {e}");
@@ -275,6 +285,7 @@ impl Publisher {
         }
         c.inbuf.drain(..head_len + length);
         c.state = PublishState::Idle;
+        self.in_flight -= 1;
         if close {
             if let Err(e) = self.reconnect(j, registry) {
                 log::warn!("publisher connection {j} cannot reconnect: {e}");

@@ -362,6 +362,9 @@ impl Hub {
                 entry.latest = Some(Rc::clone(&frame));
                 self.counters_changed = true;
                 self.channels.keep(i, seq, frame);
+                if let (Some(store), Publish::Metrics(m)) = (&self.store, &msg) {
+                    store.append_metric(crate::metrics_api::point(m, now));
+                }
             }
             ChannelKind::Status => {
                 entry.latest = Some(frame);
@@ -438,6 +441,11 @@ impl Hub {
     pub fn memory_page(&self, query: &LogQuery) -> Page {
         let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, frame_payload(&k.frame)));
         crate::store::memory_page(query, ring)
+    }
+
+    /// The JSON envelopes kept in a server's metrics ring, oldest first.
+    pub fn metrics_ring(&self, server: uuid::Uuid) -> impl Iterator<Item = &[u8]> {
+        self.channels.ring(&Channel::metrics(server)).map(|k| frame_payload(&k.frame))
     }
 
     /// Forgets the least recently used channels without subscribers over

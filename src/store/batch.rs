@@ -1,16 +1,16 @@
 //! One commit of the writer: the entries of a batch, per server its size
-//! and last agent offset, the seq counters, and the meta row, in one
+//! and last agent offset, the seq counters, the metrics points, and the meta row, in one
 //! transaction, so what a crash leaves behind is always a whole batch.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::db;
-use super::{level_to_sql, StoredLog};
+use super::{level_to_sql, MetricPoint, StoredLog};
 
 /// Per-server changes of one batch.
 #[derive(Default)]
@@ -38,6 +38,8 @@ pub(super) struct Batch<'a> {
     pub held_offsets: &'a HashMap<Uuid, u64>,
     /// Set the clean flag.
     pub clean: bool,
+    /// Metrics points to store.
+    pub metrics: &'a VecDeque<MetricPoint>,
 }
 
 /// One transaction: the meta row (unless already written on this
@@ -49,7 +51,7 @@ pub(super) fn write<'a>(
     batch: &Batch<'_>,
     entries: impl Iterator<Item = &'a (Instant, StoredLog)>,
 ) -> rusqlite::Result<HashMap<Uuid, Delta>> {
-    let Batch { epoch, marked, counters, held_offsets, clean } = *batch;
+    let Batch { epoch, marked, counters, held_offsets, clean, metrics } = *batch;
     let tx = conn.transaction()?;
     if !marked {
         db::mark(&tx, epoch, false)?;
@@ -106,6 +108,7 @@ pub(super) fn write<'a>(
             counter.execute(params![channel, db::to_sql_u64(*seq)])?;
         }
     }
+    super::metrics::insert(&tx, metrics.iter())?;
     if clean {
         db::mark(&tx, epoch, true)?;
     }

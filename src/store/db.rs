@@ -159,6 +159,7 @@ pub(super) fn connect(path: &Path) -> rusqlite::Result<Connection> {
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?1)", [SCHEMA_VERSION.to_string()])?;
         tx.commit()?;
     }
+    conn.execute_batch(super::metrics::SCHEMA)?;
     Ok(conn)
 }
 

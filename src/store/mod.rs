@@ -1,7 +1,8 @@
 //! On-disk log history (`history.db_path`): every `log_entry` also goes to
 //! an embedded SQLite database, so `since` recovery and the epoch survive a
 //! hub restart and `GET /api/v1/servers/{id}/logs` can page through days of
-//! logs (PROTOCOL.md 5, 5a, 9).
+//! logs (PROTOCOL.md 5, 5a, 9); and every `metrics` message's figures
+//! ([`MetricPoint`], for `GET /api/v1/servers/{id}/metrics`).
 //!
 //! The reactor never waits on the disk: [`Store::append`] only sends to a
 //! bounded channel ([`MAX_QUEUED`], [`MAX_QUEUED_BYTES`]; when it is full the
@@ -33,6 +34,7 @@
 
 mod batch;
 mod db;
+mod metrics;
 mod query;
 mod retention;
 mod writer;
@@ -50,9 +52,10 @@ use uuid::Uuid;
 use crate::config::HistoryConfig;
 use crate::protocol::Level;
 
+pub use metrics::{MetricPoint, MAX_PENDING_METRICS};
 pub use query::{
-    fts_query, memory_page, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT, MAX_WORDS,
-    QUERY_TIMEOUT,
+    fts_query, memory_page, parse_time, render_text, search_words, LogQuery, Page, Reader, DEFAULT_LIMIT, MAX_LIMIT,
+    MAX_WORDS, QUERY_TIMEOUT,
 };
 pub use retention::RETENTION_INTERVAL;
 pub use writer::{BATCH, COMMIT_INTERVAL, MAX_PENDING, MAX_PENDING_BYTES, RETRY_INTERVAL};
@@ -490,6 +493,19 @@ impl Store {
                 "history: the writer is behind ({queued} entries, {queued_bytes} bytes waiting for it); \
                  dropping new entries ({dropped} dropped so far)"
             );
+        }
+    }
+
+    /// Hands a metrics point to the writer (committed with the next batch).
+    /// Over [`MAX_QUEUED`] commands waiting in the channel the point is
+    /// dropped (the charts get a gap; no log entry is affected).
+    pub fn append_metric(&self, point: MetricPoint) {
+        let s = &self.shared;
+        if s.queued.fetch_add(1, Ordering::Relaxed) >= self.tuning.max_queued
+            || self.tx.send(writer::Cmd::Metric(point)).is_err()
+        {
+            s.queued.fetch_sub(1, Ordering::Relaxed);
+            log::debug!("history: a metrics point of server {} was not stored (writer behind)", point.server);
         }
     }
 

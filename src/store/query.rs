@@ -137,7 +137,7 @@ impl LogQuery {
 
 /// An RFC 3339 time as unix ms. A `+` of the offset that a query string
 /// turned into a space is put back.
-fn parse_time(v: &str) -> Option<i64> {
+pub fn parse_time(v: &str) -> Option<i64> {
     let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis());
     parse(v).or_else(|| parse(&v.replace(' ', "+")))
 }
@@ -408,10 +408,15 @@ impl Reader {
         if q.q.as_deref().is_some_and(|q| search_words(q).len() > MAX_WORDS) {
             return Err(StoreError::InvalidQuery(too_many_words()));
         }
+        self.timed(|_| self.run(q))
+    }
+
+    /// Runs `f` on the connection with the deadline ([`QUERY_TIMEOUT`]) set.
+    pub(super) fn timed<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         self.set_deadline(Some(Instant::now() + self.timeout));
-        let page = self.run(q);
+        let result = f(&self.conn);
         self.set_deadline(None);
-        page.map_err(|e| match e.sqlite_error_code() {
+        result.map_err(|e| match e.sqlite_error_code() {
             Some(ErrorCode::OperationInterrupted) => StoreError::Timeout(self.timeout),
             _ => StoreError::Sqlite(e),
         })

@@ -1,5 +1,6 @@
-//! Retention: what the writer deletes, by age (`history.retention_days`)
-//! and by stored bytes per server (`history.retention_mb_per_server`),
+//! Retention: what the writer deletes, by age (`history.retention_days`:
+//! log entries and metrics points) and by stored bytes per server
+//! (`history.retention_mb_per_server`: log entries),
 //! oldest first, in bounded steps so a large clean-up never holds back
 //! commits for long. The writer decides when a step runs and owns the
 //! connection; this module only says what one step deletes.
@@ -12,6 +13,7 @@ use rusqlite::{params, Connection};
 use uuid::Uuid;
 
 use super::db::{self, ServerRow};
+use super::metrics;
 
 /// Retention runs this often (and right after start).
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
@@ -101,6 +103,9 @@ pub(super) fn step(
         for (server, n, bytes) in &changes {
             update.execute(params![&server.as_bytes()[..], db::to_sql_u64(*n), db::to_sql_u64(*bytes)])?;
         }
+    }
+    if max_age_ms > 0 && budget > 0 {
+        budget -= metrics::expire(&tx, cutoff, budget)?.min(budget);
     }
     tx.commit()?;
     for (server, n, bytes) in changes {

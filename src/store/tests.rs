@@ -703,3 +703,49 @@ fn a_query_past_its_deadline_is_stopped_and_the_reader_still_works() {
     assert!(matches!(reader.query(&too_many), Err(StoreError::InvalidQuery(_))));
     store.shutdown(Vec::new());
 }
+
+fn point(server: Uuid, ts_ms: i64, tps: Option<f64>) -> MetricPoint {
+    MetricPoint { server, ts_ms, cpu: 12.5, ram: 1 << 30, players: 4, tps }
+}
+
+/// The times of the stored points of `server`, oldest first.
+fn stored_points(store: &Store, server: Uuid) -> Vec<i64> {
+    let mut times = Vec::new();
+    let reader = match store.reader() {
+        Ok(r) => r,
+        Err(_) => return times,
+    };
+    reader.metrics(server, 0, i64::MAX, |p| times.push(p.ts_ms)).unwrap();
+    times
+}
+
+#[test]
+fn metrics_points_wait_for_an_unusable_file_keep_the_epoch_and_expire_by_age() {
+    let dir = tempdir().unwrap();
+    let blocker = dir.path().join("state");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let mut cfg = config(blocker.join("history.db"));
+    cfg.retention_days = 0;
+    let (store, rec) = open(&cfg).unwrap();
+    let (now, day) = (now_ms(), 86_400_000);
+    store.append_metric(point(SERVER, now - 20 * day, Some(19.0)));
+    store.append_metric(point(SERVER, now - day, None));
+    store.append_metric(point(SERVER, now, Some(20.0)));
+    store.append_metric(point(OTHER, now, Some(5.0)));
+    wait_until("a failed attempt", Duration::from_secs(5), || store.stats().write_errors > 0);
+    std::fs::remove_file(&blocker).unwrap();
+    std::fs::create_dir(&blocker).unwrap();
+    wait_until("the points", Duration::from_secs(10), || stored_points(&store, SERVER).len() == 3);
+    assert_eq!(stored_points(&store, SERVER), [now - 20 * day, now - day, now]);
+    let mut tps = Vec::new();
+    store.reader().unwrap().metrics(SERVER, now - 2 * day, now + 1, |p| tps.push(p.tps)).unwrap();
+    assert_eq!(tps, [None, Some(20.0)], "the range and a missing TPS are kept");
+    assert!(store.shutdown(Vec::new()));
+    cfg.retention_days = 14;
+    let (store, again) = open(&cfg).unwrap();
+    assert_eq!(again.epoch, rec.epoch, "metrics points do not spoil a clean shutdown");
+    wait_until("retention", Duration::from_secs(10), || stored_points(&store, SERVER).len() == 2);
+    assert_eq!(stored_points(&store, SERVER), [now - day, now]);
+    assert_eq!(stored_points(&store, OTHER), [now]);
+    store.shutdown(Vec::new());
+}

@@ -1,5 +1,6 @@
 //! The writer thread: the only connection that writes. It takes entries
-//! from the channel (and the counters the handles saved) into a bounded
+//! from the channel (and the counters the handles saved, and metrics
+//! points) into a bounded
 //! in-memory queue, commits them in
 //! batches (every [`COMMIT_INTERVAL`] or [`BATCH`] entries, whichever comes
 //! first), runs retention every [`RETENTION_INTERVAL`] in bounded steps, and
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use super::batch;
 use super::db::{self, ServerRow};
 use super::retention::{self, Retention, RETENTION_INTERVAL};
-use super::{Shared, StoredLog};
+use super::{MetricPoint, Shared, StoredLog, MAX_PENDING_METRICS};
 
 /// Entries per transaction at most; a full batch is committed at once.
 pub const BATCH: usize = 1000;
@@ -47,6 +48,8 @@ const LOG_EVERY_FAILURES: u64 = 60;
 pub(super) enum Cmd {
     /// One entry to store.
     Append(StoredLog),
+    /// One metrics point to store.
+    Metric(MetricPoint),
     /// Seq counters were saved (`Shared::take_counters`; the highest of
     /// stored and given wins).
     Counters,
@@ -100,6 +103,11 @@ pub(super) struct Writer {
     pending_bytes: usize,
     counters: HashMap<String, u64>,
     counters_at: Option<Instant>,
+    /// Metrics points not committed yet (at most [`MAX_PENDING_METRICS`]),
+    /// and when the oldest came.
+    metrics: VecDeque<MetricPoint>,
+    metrics_at: Option<Instant>,
+    metrics_dropped: u64,
     /// While failing: no write before this.
     retry_at: Option<Instant>,
     /// Consecutive failed attempts.
@@ -139,6 +147,9 @@ impl Writer {
             pending_bytes: 0,
             counters: HashMap::new(),
             counters_at: None,
+            metrics: VecDeque::new(),
+            metrics_at: None,
+            metrics_dropped: 0,
             retry_at: if marked { None } else { Some(now + RETRY_INTERVAL) },
             failures: 0,
             next_retention: now,
@@ -203,6 +214,23 @@ impl Writer {
                 self.enforce_cap();
                 None
             }
+            Cmd::Metric(point) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                self.metrics_at.get_or_insert_with(Instant::now);
+                self.metrics.push_back(point);
+                if self.metrics.len() > MAX_PENDING_METRICS {
+                    self.metrics.pop_front();
+                    self.metrics_dropped += 1;
+                    if self.metrics_dropped.is_power_of_two() {
+                        log::warn!(
+                            "history: {MAX_PENDING_METRICS} metrics points waiting for the database; dropping the \
+                             oldest ({} dropped so far)",
+                            self.metrics_dropped
+                        );
+                    }
+                }
+                None
+            }
             Cmd::Counters => {
                 let saved = self.shared.take_counters();
                 self.merge_counters(saved);
@@ -244,16 +272,16 @@ impl Writer {
     }
 
     fn has_work(&self) -> bool {
-        !self.pending.is_empty() || !self.counters.is_empty()
+        !self.pending.is_empty() || !self.counters.is_empty() || !self.metrics.is_empty()
     }
 
     /// When the oldest uncommitted thing must be committed.
     fn commit_deadline(&self) -> Option<Instant> {
-        let oldest = match (self.pending.front().map(|(t, _)| *t), self.counters_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        oldest.map(|t| t + COMMIT_INTERVAL)
+        [self.pending.front().map(|(t, _)| *t), self.counters_at, self.metrics_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t + COMMIT_INTERVAL)
     }
 
     /// When the loop must look again: the commit deadline, the next
@@ -335,6 +363,7 @@ impl Writer {
             counters: &self.counters,
             held_offsets: &self.shared.held_offsets(),
             clean,
+            metrics: &self.metrics,
         };
         let deltas = batch::write(conn, &batch, self.pending.iter().take(n))?;
         self.marked = true;
@@ -345,6 +374,8 @@ impl Writer {
         }
         self.counters.clear();
         self.counters_at = None;
+        self.metrics.clear();
+        self.metrics_at = None;
         for (server, d) in deltas {
             let row = self.servers.entry(server).or_default();
             row.entries += d.entries;
@@ -461,7 +492,7 @@ impl Writer {
             let n = self.pending.len().min(BATCH);
             let last = n == self.pending.len();
             let mark_clean = clean && last && !lost;
-            if n == 0 && self.counters.is_empty() && !mark_clean {
+            if n == 0 && self.counters.is_empty() && self.metrics.is_empty() && !mark_clean {
                 break;
             }
             let now = Instant::now();

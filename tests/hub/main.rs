@@ -48,6 +48,7 @@ mod history;
 mod http_api;
 mod keys;
 mod limits;
+mod metrics_history;
 mod ops;
 mod packaging;
 mod proto_hardening;

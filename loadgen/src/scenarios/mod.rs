@@ -30,9 +30,11 @@ use crate::stats::{now_us, round3, CoreMeter, CpuMeter, Percentiles};
 use crate::tokens::{self, Signer};
 use crate::{bench_line, Error};
 
+mod burst;
 mod reader_check;
 mod runs;
 
+use burst::publish_burst;
 use reader_check::reader_check;
 use runs::{connect_storm, fanout, idle, many_channels, slow_consumer};
 
@@ -69,6 +71,7 @@ pub fn run(o: &Opts) -> Result<Value, Error> {
         "many-channels" => many_channels(o),
         "idle" => idle(o),
         "connect-storm" => connect_storm(o),
+        "publish-burst" => publish_burst(o),
         "slow-consumer" => slow_consumer(o),
         "reader-check" => reader_check(o),
         other => Err(format!("unknown scenario {other}").into()),
@@ -331,12 +334,14 @@ fn measure(
     Ok((step, Outcome { p99: p.p99, delivered, clean }))
 }
 
-fn add_publisher(o: &Opts, engine: &mut Engine, bench: &Bench, server: &Uuid) -> Result<(), Error> {
+/// Replaces the engine's publisher by one with `conns` connections (at most
+/// that many requests in flight) and waits until they are all connected.
+fn add_publisher(engine: &mut Engine, bench: &Bench, server: &Uuid, conns: usize) -> Result<(), Error> {
     let token = bench.signer.token(Uuid::new_v4(), "service", &[])?;
-    let mut p = Publisher::new(bench.hub.addr, &token, &server.to_string(), o.publishers);
+    let mut p = Publisher::new(bench.hub.addr, &token, &server.to_string(), conns);
     p.connect(engine.registry())?;
     engine.publisher = Some(p);
-    let want = o.publishers.max(1);
+    let want = conns.max(1);
     engine.run_until(now_us() + 5_000_000, |e| e.publisher.as_ref().is_some_and(|p| p.ready() == want))?;
     if engine.publisher.as_ref().map_or(0, Publisher::ready) != want {
         return Err(bench.failed("the publisher connections did not all connect"));

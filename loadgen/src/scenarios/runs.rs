@@ -15,7 +15,7 @@ pub(super) fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: b
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
     require_all(&bench, &connect, n)?;
-    add_publisher(o, &mut engine, &bench, &server)?;
+    add_publisher(&mut engine, &bench, &server, o.publishers)?;
     let mut steps = Vec::new();
     let mut best: Option<(f64, Outcome)> = None;
     for rate in rates {
@@ -224,7 +224,7 @@ pub(super) fn slow_consumer(o: &Opts) -> Result<Value, Error> {
     let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
     let connect = connect_all(&mut engine, specs, 120)?;
     require_all(&bench, &connect, n)?;
-    add_publisher(o, &mut engine, &bench, &server)?;
+    add_publisher(&mut engine, &bench, &server, o.publishers)?;
     let step = Step { rate, sources: 1, secs, warmup: o.warmup, readers: n as u64 };
     let (all_reading, a) = measure(o, &mut engine, &mut bench, &Source::Api, &step)?;
     // The last clients stop reading; none of them is tracked (tracked ones
