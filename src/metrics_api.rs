@@ -91,11 +91,19 @@ impl MetricsQuery {
     }
 }
 
-/// The point of a `metrics` message (its time filled by the hub).
+/// How far ahead of the hub's clock a publisher's `data.timestamp` may be
+/// stored; a later one is stored at the hub's time (a point dated years
+/// ahead would outlive every retention).
+const MAX_FUTURE_MS: i64 = 60_000;
+
+/// The point of a `metrics` message (its time filled by the hub when
+/// missing, or when later than a minute ahead of the hub's clock).
 pub fn point(m: &Metrics, now: Time) -> MetricPoint {
+    let now_ms = now.0.timestamp_millis();
+    let ts_ms = m.timestamp.map_or(now_ms, |t| t.0.timestamp_millis());
     MetricPoint {
         server: m.server_id,
-        ts_ms: m.timestamp.unwrap_or(now).0.timestamp_millis(),
+        ts_ms: if ts_ms > now_ms.saturating_add(MAX_FUTURE_MS) { now_ms } else { ts_ms },
         cpu: m.cpu_percent,
         ram: m.memory_used,
         players: i64::from(m.players_online),
@@ -302,6 +310,24 @@ mod tests {
 
     fn p(ts_ms: i64, cpu: f64, tps: Option<f64>) -> MetricPoint {
         MetricPoint { server: Uuid::nil(), ts_ms, cpu, ram: 1000, players: 3, tps }
+    }
+
+    #[test]
+    fn a_point_dated_ahead_of_the_hub_is_stored_at_the_hubs_time() {
+        let at = |s: &str| Time(chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc());
+        let now = at("2026-12-01T12:00:00Z");
+        let metrics = |ts: Option<&str>| {
+            serde_json::from_value::<Metrics>(serde_json::json!({
+                "server_id": Uuid::nil(), "timestamp": ts, "cpu_percent": 1.0, "memory_used": 1, "memory_total": 2,
+                "memory_percent": 50.0, "players_online": 0, "max_players": 20, "uptime_seconds": 5
+            }))
+            .unwrap()
+        };
+        let ms = |s: &str| at(s).0.timestamp_millis();
+        assert_eq!(point(&metrics(None), now).ts_ms, ms("2026-12-01T12:00:00Z"));
+        assert_eq!(point(&metrics(Some("2026-12-01T11:00:00Z")), now).ts_ms, ms("2026-12-01T11:00:00Z"));
+        assert_eq!(point(&metrics(Some("2026-12-01T12:00:59Z")), now).ts_ms, ms("2026-12-01T12:00:59Z"));
+        assert_eq!(point(&metrics(Some("2099-01-01T00:00:00Z")), now).ts_ms, ms("2026-12-01T12:00:00Z"));
     }
 
     #[test]

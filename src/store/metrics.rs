@@ -5,6 +5,12 @@
 //! them by age (`history.retention_days`) only: a point is a few dozen
 //! bytes (a week at the default 30 s interval is about 20,000 rows, 1 MB,
 //! per server) and does not count toward `history.retention_mb_per_server`.
+//!
+//! What a publisher can store is bounded by time, not by its rate: one
+//! point per server per 5 s of its time (the first one stays; the unique
+//! index `metrics_server_slot`), and no time more than a minute ahead
+//! ([`crate::metrics_api::point`]), so at most `retention_days` × 17,280
+//! rows per server (about 10 MB for the default 14 days).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use rusqlite::{params, Connection};
@@ -24,6 +30,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     tps REAL
 );
 CREATE INDEX IF NOT EXISTS metrics_server_ts ON metrics(server, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS metrics_server_slot ON metrics(server, ts / 5000);
 ";
 
 /// Points waiting in the writer at most (while the file cannot be
@@ -50,8 +57,9 @@ pub struct MetricPoint {
 
 /// Inserts `points` in the writer's transaction.
 pub(super) fn insert<'a>(conn: &Connection, points: impl Iterator<Item = &'a MetricPoint>) -> rusqlite::Result<()> {
-    let mut insert = conn
-        .prepare_cached("INSERT INTO metrics (server, ts, cpu, ram, players, tps) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO metrics (server, ts, cpu, ram, players, tps) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
     for p in points {
         insert.execute(params![&p.server.as_bytes()[..], p.ts_ms, p.cpu, db::to_sql_u64(p.ram), p.players, p.tps])?;
     }

@@ -749,3 +749,19 @@ fn metrics_points_wait_for_an_unusable_file_keep_the_epoch_and_expire_by_age() {
     assert_eq!(stored_points(&store, OTHER), [now]);
     store.shutdown(Vec::new());
 }
+
+#[test]
+fn a_metrics_flood_stores_one_point_per_server_per_five_seconds() {
+    let dir = tempdir().unwrap();
+    let (store, _) = open(&config(dir.path().join("history.db"))).unwrap();
+    let start = now_ms() / 5_000 * 5_000 - 3_600_000;
+    // 1,000 points 100 ms apart: 100 s of one server's time, 20 slots.
+    for i in 0..1_000 {
+        store.append_metric(point(SERVER, start + i * 100, Some(20.0)));
+    }
+    store.append_metric(point(OTHER, start, Some(20.0)));
+    let first_of_each_slot: Vec<i64> = (0..20).map(|k| start + k * 5_000).collect();
+    wait_until("the points", Duration::from_secs(10), || stored_points(&store, OTHER).len() == 1);
+    assert_eq!(stored_points(&store, SERVER), first_of_each_slot);
+    store.shutdown(Vec::new());
+}
