@@ -187,14 +187,14 @@ impl Engine {
     }
 
     /// Evaluates one published message; returns the alerts it raises.
-    pub fn observe(&mut self, msg: &Publish, now: Instant, wall: Time) -> Vec<Alert> {
+    pub fn observe(&mut self, msg: &Publish, now: Instant) -> Vec<Alert> {
         let mut out = Vec::new();
         if !self.cfg.enabled {
             return out;
         }
         match msg {
-            Publish::Log(e) => self.on_log(e, now, wall, &mut out),
-            Publish::Status(s) => self.on_status(s, now, wall, &mut out),
+            Publish::Log(e) => self.on_log(e, now, &mut out),
+            Publish::Status(s) => self.on_status(s, now, &mut out),
             Publish::Metrics(m) => self.on_metrics(m, now, &mut out),
             Publish::Notification { .. } | Publish::Alert(_) => {}
         }
@@ -241,9 +241,11 @@ impl Engine {
         self.slots.get(slot).is_some_and(|s| s.enabled)
     }
 
-    fn stale(&self, ts: Option<Time>, wall: Time) -> bool {
+    /// Older than `max_age_s` by its own time (the clock is read only
+    /// for a message that has one).
+    fn stale(&self, ts: Option<Time>) -> bool {
         let max = self.cfg.max_age_s as i64;
-        max > 0 && ts.is_some_and(|t| (wall.0 - t.0).num_seconds() > max)
+        max > 0 && ts.is_some_and(|t| (chrono::Utc::now() - t.0).num_seconds() > max)
     }
 
     fn state(&mut self, id: Uuid, now: Instant) -> &mut ServerState {
@@ -324,10 +326,10 @@ impl Engine {
         }
     }
 
-    fn on_log(&mut self, e: &LogEntry, now: Instant, wall: Time, out: &mut Vec<Alert>) {
+    fn on_log(&mut self, e: &LogEntry, now: Instant, out: &mut Vec<Alert>) {
         let traced = !e.exception.is_empty();
         let builtin = e.level >= Level::Warn || traced;
-        if !(builtin || self.user.wants(e.level)) || self.stale(e.timestamp, wall) {
+        if !(builtin || self.user.wants(e.level)) || self.stale(e.timestamp) {
             return;
         }
         let id = e.server_id;
@@ -447,7 +449,7 @@ impl Engine {
         );
     }
 
-    fn on_status(&mut self, s: &StatusChange, now: Instant, wall: Time, out: &mut Vec<Alert>) {
+    fn on_status(&mut self, s: &StatusChange, now: Instant, out: &mut Vec<Alert>) {
         let id = s.server_id;
         let st = self.state(id, now);
         if !s.server_name.is_empty() && st.name.as_deref() != Some(&s.server_name) {
@@ -459,7 +461,7 @@ impl Engine {
             st.players = None;
         }
         let crash = s.new_status == Status::Crashed && !matches!(s.old_status, Status::Unknown | Status::Crashed);
-        if !crash || !self.on(CRASH_LOOP) || self.stale(s.timestamp, wall) {
+        if !crash || !self.on(CRASH_LOOP) || self.stale(s.timestamp) {
             return;
         }
         let (crashes, window_s) = (self.cfg.crash_loop.crashes, self.cfg.crash_loop.window_s);

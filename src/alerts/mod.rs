@@ -32,7 +32,7 @@ pub use config::AlertsConfig;
 use engine::Engine;
 use webhook::Webhooks;
 
-use crate::protocol::{Alert, AlertSource, Publish, Time};
+use crate::protocol::{Alert, AlertSource, Publish};
 
 /// The rules engine and the webhooks. See the module docs.
 pub struct Alerts {
@@ -55,7 +55,7 @@ impl Alerts {
     /// already) and hands alerts to the webhooks. Returns the alerts the
     /// rules raise, to publish after the message.
     pub fn observe(&mut self, msg: &Publish, now: Instant) -> Vec<Alert> {
-        let raised = self.engine.observe(msg, now, Time::now());
+        let raised = self.engine.observe(msg, now);
         if let Publish::Alert(alert) = msg {
             self.notify(alert, now);
         }

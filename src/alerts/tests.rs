@@ -64,7 +64,7 @@ impl Run {
     }
 
     fn at(&mut self, secs: u64, msg: &Publish) -> Vec<Alert> {
-        self.engine.observe(msg, self.t0 + s(secs), Time::now())
+        self.engine.observe(msg, self.t0 + s(secs))
     }
 
     fn tick(&mut self, secs: u64) -> Vec<Alert> {
