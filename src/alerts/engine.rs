@@ -274,8 +274,11 @@ impl Engine {
         let Some(cooldown) = self.slots.get(slot).map(|s| s.cooldown) else { return };
         let ServerState { name, gates, .. } = self.state(id, now);
         let Some(gate) = gates.get_mut(slot) else { return };
-        let shown = name.as_deref().map_or_else(|| id.to_string(), |n| n.to_string());
-        let passed = gate.pass(now, cooldown, count, || detail(&shown));
+        // The detail (and its text) is made only when it is kept.
+        let passed = gate.pass(now, cooldown, count, || match name.as_deref() {
+            Some(name) => detail(name),
+            None => detail(&id.to_string()),
+        });
         let until = gate.until();
         match passed {
             Some((n, d)) => {
@@ -338,23 +341,19 @@ impl Engine {
         }
         for i in self.user.matching(e) {
             let Some(rule) = self.cfg.rules.get(i) else { continue };
-            let (window_s, threshold, name) = (rule.window_s, rule.threshold, rule.name.clone());
+            let (window_s, threshold) = (rule.window_s, rule.threshold);
             let Some(n) = self.hit(id, BUILTINS + i, now, window_s, threshold) else { continue };
-            let line = quote(&e.message, QUOTE_CHARS);
-            self.pass(
-                id,
-                BUILTINS + i,
-                now,
-                n,
-                |server| Detail {
+            let detail = |server: &str| {
+                let line = quote(&e.message, QUOTE_CHARS);
+                Detail {
                     message: match n {
                         1 => format!("'{server}': {line}"),
-                        n => format!("'{server}': rule '{name}' matched {n} times in {}: {line}", span(window_s)),
+                        n => format!("'{server}': {n} matching lines in {}, the last: {line}", span(window_s)),
                     },
                     data: obj(json!({ "line": line })),
-                },
-                out,
-            );
+                }
+            };
+            self.pass(id, BUILTINS + i, now, n, detail, out);
         }
     }
 
@@ -404,18 +403,14 @@ impl Engine {
         }
         if self.on(OUT_OF_MEMORY) {
             if let Some(line) = builtin::oom_line(&e.message, &e.exception) {
-                let line = quote(line, QUOTE_CHARS);
-                self.pass(
-                    id,
-                    OUT_OF_MEMORY,
-                    now,
-                    1,
-                    |server| Detail {
+                let detail = |server: &str| {
+                    let line = quote(line, QUOTE_CHARS);
+                    Detail {
                         message: format!("'{server}' ran out of memory: {line}"),
                         data: obj(json!({ "line": line })),
-                    },
-                    out,
-                );
+                    }
+                };
+                self.pass(id, OUT_OF_MEMORY, now, 1, detail, out);
             }
         }
         if self.on(REPEATED_EXCEPTION) && !e.exception.is_empty() {
@@ -435,18 +430,14 @@ impl Engine {
             }
         }
         let Some(n) = st.exceptions.entry(key).or_default().hit(now, secs(window_s), count) else { return };
-        let (class, frame) = (quote(class, QUOTE_CHARS), quote(frame, QUOTE_CHARS));
-        self.pass(
-            e.server_id,
-            REPEATED_EXCEPTION,
-            now,
-            n,
-            |server| Detail {
+        let detail = |server: &str| {
+            let (class, frame) = (quote(class, QUOTE_CHARS), quote(frame, QUOTE_CHARS));
+            Detail {
                 message: format!("'{server}': {class} {n} times in {} ({frame})", span(window_s)),
                 data: obj(json!({ "exception": class, "frame": frame })),
-            },
-            out,
-        );
+            }
+        };
+        self.pass(e.server_id, REPEATED_EXCEPTION, now, n, detail, out);
     }
 
     fn on_status(&mut self, s: &StatusChange, now: Instant, out: &mut Vec<Alert>) {
