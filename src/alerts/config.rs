@@ -481,3 +481,95 @@ fn check_name(key: &str, name: &str) -> Result<(), ConfigError> {
     }
     err(format!("{key}: a name is 1 to 64 letters, digits, '_', '-' or '.'"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(name: &str) -> UserRule {
+        UserRule {
+            name: name.into(),
+            title: None,
+            message: Some("x".into()),
+            exception: None,
+            level: Level::Debug,
+            servers: Vec::new(),
+            threshold: 1,
+            window_s: 60,
+            severity: Severity::Warning,
+            cooldown_s: 0,
+        }
+    }
+
+    fn hook(name: &str, url: &str) -> WebhookConfig {
+        WebhookConfig {
+            name: name.into(),
+            kind: WebhookKind::Json,
+            url: SecretUrl(url.into()),
+            url_file: None,
+            severities: default_severities(),
+            servers: Vec::new(),
+            rules: Vec::new(),
+            other_alerts: false,
+            timeout_s: 10,
+            retries: 3,
+        }
+    }
+
+    fn error(cfg: &AlertsConfig) -> String {
+        cfg.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rule_names_are_unique_and_not_built_in_and_their_count_is_bounded() {
+        let mut cfg = AlertsConfig { rules: vec![rule("a"), rule("a")], ..AlertsConfig::default() };
+        assert_eq!(error(&cfg), "alerts.rules 'a': the name appears twice");
+        cfg.rules = vec![rule("crash_loop")];
+        assert!(error(&cfg).contains("the name of a built-in rule"));
+        cfg.rules = vec![rule("bad name")];
+        assert!(error(&cfg).contains("a name is 1 to 64 letters"));
+        cfg.rules = (0..=MAX_RULES).map(|i| rule(&format!("r{i}"))).collect();
+        assert_eq!(error(&cfg), "alerts.rules: 65 rules; at most 64");
+        cfg.rules = vec![rule("ok")];
+        cfg.rules[0].threshold = MAX_THRESHOLD + 1;
+        assert_eq!(error(&cfg), "alerts.rules 'ok': threshold must be from 1 to 100; got 101");
+    }
+
+    #[test]
+    fn webhooks_are_checked_without_printing_their_url() {
+        let mut cfg = AlertsConfig {
+            webhooks: vec![hook("chat", "https://discord.com/api/webhooks/1/s3cr3t")],
+            ..AlertsConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        assert!(!format!("{cfg:?}").contains("s3cr3t"), "Debug shows the host only");
+        assert!(format!("{cfg:?}").contains("SecretUrl(discord.com, #"));
+        cfg.webhooks[0].url = SecretUrl("discord.com/s3cr3t".into());
+        let e = error(&cfg);
+        assert!(e.contains("url is not an http:// or https:// URL") && !e.contains("s3cr3t"), "{e}");
+        cfg.webhooks = vec![hook("chat", "http://127.0.0.1:1/")];
+        cfg.webhooks[0].rules = vec!["nope".into()];
+        assert!(error(&cfg).contains("rules names 'nope'"));
+        cfg.webhooks = (0..=MAX_WEBHOOKS).map(|i| hook(&format!("h{i}"), "http://127.0.0.1:1/")).collect();
+        assert_eq!(error(&cfg), "alerts.webhooks: 17 webhooks; at most 16");
+    }
+
+    #[test]
+    fn a_url_comes_from_url_or_url_file_never_both() {
+        let dir = std::env::temp_dir().join(format!("aymc-alerts-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("hook.url");
+        std::fs::write(&file, "https://hooks.slack.com/services/T/B/s3cr3t\n").unwrap();
+        let mut cfg = AlertsConfig { webhooks: vec![hook("slack", "")], ..AlertsConfig::default() };
+        cfg.webhooks[0].url_file = Some(file.clone());
+        cfg.resolve_files().unwrap();
+        assert_eq!(cfg.webhooks[0].url.0, "https://hooks.slack.com/services/T/B/s3cr3t");
+        assert!(cfg.validate().is_ok());
+        let e = cfg.resolve_files().unwrap_err().to_string();
+        assert!(e.contains("url and url_file are both set"), "{e}");
+        std::fs::write(&file, "\n").unwrap();
+        cfg.webhooks[0].url = SecretUrl::default();
+        assert!(cfg.resolve_files().unwrap_err().to_string().contains("is empty"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

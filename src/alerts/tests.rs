@@ -329,3 +329,25 @@ fn a_reload_keeps_the_cooldown_of_a_rule_it_did_not_change() {
     r.engine.reload(&cfg, r.t0 + s(601));
     assert_eq!(r.at(602, &oom).len(), 1, "a changed rule starts afresh");
 }
+
+#[test]
+fn the_exceptions_tracked_per_server_are_bounded_the_least_recent_forgotten() {
+    let mut r = Run::new(AlertsConfig::default());
+    let id = Uuid::new_v4();
+    let trace = |n: usize| format!("java.lang.IllegalStateException: x\n\tat a.B.c{n}(B.java:1)");
+    for t in 0..4 {
+        assert!(r.at(t, &line(id, Level::Error, "boom", &trace(0))).is_empty());
+    }
+    // As many other exceptions as are tracked: the first one is forgotten,
+    // so its fifth occurrence starts a new window instead of alerting.
+    for n in 1..=super::engine::MAX_SIGNATURES {
+        assert!(r.at(5, &line(id, Level::Error, "boom", &trace(n))).is_empty());
+    }
+    assert!(r.at(6, &line(id, Level::Error, "boom", &trace(0))).is_empty());
+    // Without the eviction it does alert on the fifth.
+    let mut r = Run::new(AlertsConfig::default());
+    for t in 0..4 {
+        r.at(t, &line(id, Level::Error, "boom", &trace(0)));
+    }
+    assert_eq!(r.at(6, &line(id, Level::Error, "boom", &trace(0))).len(), 1);
+}
