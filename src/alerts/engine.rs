@@ -24,12 +24,15 @@ use super::gate::{Detail, Gate, Window};
 use super::rules::UserRules;
 use crate::protocol::{Alert, AlertSource, Level, LogEntry, Metrics, Publish, Severity, Status, StatusChange, Time};
 
-/// Servers the engine keeps state for at most; past it the one seen
-/// least recently is forgotten (its windows and cool-downs start afresh).
+/// Servers the engine keeps state for at most; past it the eighth seen
+/// least recently is forgotten (their windows and cool-downs start afresh).
 pub const MAX_SERVERS: usize = 4096;
 /// Distinct exceptions tracked per server at most; past it the one seen
 /// least recently is forgotten.
 pub const MAX_SIGNATURES: usize = 64;
+/// Pending cool-down ends kept before those of forgotten servers are
+/// purged (servers come and go through the publish API).
+const DUE_PURGE: usize = 65_536;
 
 // Slots of the built-in rules, in `BUILTIN_NAMES` order; user rules follow.
 const CRASH_LOOP: usize = 0;
@@ -125,8 +128,12 @@ pub struct Engine {
     slots: Vec<Slot>,
     user: UserRules,
     servers: HashMap<Uuid, ServerState>,
-    /// Cool-downs to look at when they end: (end, slot, server).
+    /// Cool-downs to look at when they end: (end, slot, server). At most
+    /// one live entry per rule and server; entries of forgotten servers
+    /// are purged when it doubles past [`DUE_PURGE`].
     due: BinaryHeap<Reverse<(Instant, usize, Uuid)>>,
+    /// `due`'s length that triggers the next purge.
+    purge_at: usize,
     /// The memory trend's clock starts here.
     epoch: Instant,
 }
@@ -149,6 +156,7 @@ impl Engine {
             user,
             servers: HashMap::new(),
             due: BinaryHeap::new(),
+            purge_at: DUE_PURGE,
             epoch: now,
         }
     }
@@ -214,7 +222,7 @@ impl Engine {
             let Some(gate) = self.servers.get_mut(&id).and_then(|s| s.gates.get_mut(slot)) else { continue };
             if let Some((n, detail)) = gate.expire(now, cooldown) {
                 if let Some(until) = gate.until() {
-                    self.due.push(Reverse((until, slot, id)));
+                    self.schedule(until, slot, id);
                 }
                 out.push(self.alert(slot, id, n, detail, true));
             }
@@ -237,6 +245,12 @@ impl Engine {
         self.servers.len()
     }
 
+    /// Cool-down ends waiting to be looked at.
+    #[cfg(test)]
+    pub fn scheduled(&self) -> usize {
+        self.due.len()
+    }
+
     fn on(&self, slot: usize) -> bool {
         self.slots.get(slot).is_some_and(|s| s.enabled)
     }
@@ -250,14 +264,29 @@ impl Engine {
 
     fn state(&mut self, id: Uuid, now: Instant) -> &mut ServerState {
         if !self.servers.contains_key(&id) && self.servers.len() >= MAX_SERVERS {
-            if let Some(oldest) = self.servers.iter().min_by_key(|(_, s)| s.seen).map(|(k, _)| *k) {
-                self.servers.remove(&oldest);
+            // An eighth at once, so a stream of new servers costs one scan
+            // per MAX_SERVERS / 8 of them, not one each.
+            let mut seen: Vec<(Instant, Uuid)> = self.servers.iter().map(|(k, s)| (s.seen, *k)).collect();
+            let cut = MAX_SERVERS / 8;
+            seen.select_nth_unstable(cut);
+            for (_, k) in seen.iter().take(cut) {
+                self.servers.remove(k);
             }
         }
         let slots = self.slots.len();
         let st = self.servers.entry(id).or_insert_with(|| ServerState::new(slots, now));
         st.seen = now;
         st
+    }
+
+    /// Remembers to look at a cool-down when it ends.
+    fn schedule(&mut self, until: Instant, slot: usize, id: Uuid) {
+        if self.due.len() >= self.purge_at {
+            let servers = &self.servers;
+            self.due.retain(|Reverse((_, _, id))| servers.contains_key(id));
+            self.purge_at = DUE_PURGE.max(self.due.len() * 2);
+        }
+        self.due.push(Reverse((until, slot, id)));
     }
 
     /// An occurrence of `slot`'s condition with `count` in its window:
@@ -283,7 +312,7 @@ impl Engine {
         match passed {
             Some((n, d)) => {
                 if let Some(until) = until {
-                    self.due.push(Reverse((until, slot, id)));
+                    self.schedule(until, slot, id);
                 }
                 out.push(self.alert(slot, id, n, d, false));
             }
