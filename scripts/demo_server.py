@@ -7,13 +7,16 @@ local port so the agent can count players.
 
 Usage: demo_server.py DIR [--port 25565] [--cycle-seconds 45]
                       [--rate LINES_PER_S] [--burst LINES] [--burst-every SECONDS]
-                      [--line-bytes N]
+                      [--line-bytes N] [--crash-loop] [--restart-seconds 6]
 
 --rate adds that many numbered filler lines per second while the server runs
 (`soak N ...`, N counting up from 1 across restarts, padded to about
 --line-bytes), on top of the story; --burst writes that many at once every
 --burst-every seconds (the first burst right after the first start). Filler
 lines never split a stack trace. Used by scripts/soak.
+--crash-loop ends every cycle in a crash instead of alternating crashes and
+clean stops; --restart-seconds is the pause before each restart (the hub's
+alert tests run a crash loop with short cycles).
 Stops on SIGTERM/SIGINT. Everything stays under DIR and on 127.0.0.1.
 """
 
@@ -290,6 +293,8 @@ def main():
     ap.add_argument("--burst", type=int, default=0, help="filler lines written at once every --burst-every s")
     ap.add_argument("--burst-every", type=float, default=60)
     ap.add_argument("--line-bytes", type=int, default=200, help="approximate length of a filler line")
+    ap.add_argument("--crash-loop", action="store_true", help="end every cycle in a crash")
+    ap.add_argument("--restart-seconds", type=float, default=6, help="pause before each restart")
     args = ap.parse_args()
 
     def stop(*_):
@@ -309,12 +314,12 @@ def main():
         srv.play(args.cycle_seconds)
         if not running:
             break
-        if crash_next:
+        if crash_next or args.crash_loop:
             srv.crash_now()
         else:
             srv.stop()
         crash_next = not crash_next
-        sleep(6)
+        sleep(args.restart_seconds)
     srv.kill()
 
 

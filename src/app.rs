@@ -7,6 +7,7 @@
 
 use std::time::Instant;
 
+use crate::alerts::Alerts;
 use crate::auth::Authenticator;
 use crate::caps::Caps;
 use crate::config::Config;
@@ -14,6 +15,7 @@ use crate::connlog::ConnLog;
 use crate::hub::Hub;
 use crate::link::{AgentState, Link};
 use crate::logs_api::Queries;
+use crate::protocol::{Publish, Time};
 use crate::proxy;
 use crate::store::{Recovered, Store};
 
@@ -39,6 +41,8 @@ pub struct App {
     pub proxied: proxy::Counters,
     /// Connect and disconnect lines, summed up during storms.
     pub connlog: ConnLog,
+    /// Alert rules and webhooks.
+    pub alerts: Alerts,
 }
 
 impl App {
@@ -72,6 +76,7 @@ impl App {
             .collect();
         let now = Instant::now();
         Ok(App {
+            alerts: Alerts::new(&cfg.alerts),
             hub,
             auth,
             caps: Caps::new(&cfg.limits),
@@ -83,6 +88,29 @@ impl App {
             proxied: proxy::Counters::default(),
             connlog: ConnLog::new(now),
         })
+    }
+
+    /// Publishes a message (from an agent or the publish API) after the
+    /// alert rules have seen it, then the alerts they raise. Returns the
+    /// recipients of the message itself.
+    pub fn publish(&mut self, mut msg: Publish) -> usize {
+        if let Publish::Alert(_) = msg {
+            // Webhooks get the id and time clients get.
+            msg.stamp(Time::now());
+        }
+        let raised = self.alerts.observe(&msg, Instant::now());
+        let recipients = self.hub.publish(&self.auth, msg);
+        for alert in raised {
+            self.hub.publish(&self.auth, Publish::Alert(alert));
+        }
+        recipients
+    }
+
+    /// Publishes the follow-up alerts of cool-downs that ended.
+    pub fn tick_alerts(&mut self, now: Instant) {
+        for alert in self.alerts.tick(now) {
+            self.hub.publish(&self.auth, Publish::Alert(alert));
+        }
     }
 
     /// Records an agent's link state.

@@ -32,6 +32,7 @@
 //! | [`logs_api`] | `GET /api/v1/servers/{id}/logs`: the query thread over on-disk history, or the rings |
 //! | [`reload`] | SIGHUP: what a reloaded config changes in the running hub, and the one line saying so |
 //! | [`link`] | what other threads send the reactor (events through a channel and a waker) |
+//! | [`alerts`] | alert rules evaluated as messages are published (deduplicated per cool-down), webhooks on their own threads |
 //! | [`agent_link`] | the hub's side of the gRPC agent link: one thread, streams and health monitor → events for the reactor |
 //!
 //! One thread runs the reactor, which owns every socket and all hub state:
@@ -40,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod agent_link;
+pub mod alerts;
 pub mod app;
 pub mod auth;
 pub mod caps;

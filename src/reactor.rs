@@ -279,7 +279,7 @@ impl Reactor {
         for _ in 0..EVENTS_PER_TURN {
             match self.events.try_recv() {
                 Ok(Event::Publish(msg)) => {
-                    self.app.hub.publish(&self.app.auth, msg);
+                    self.app.publish(msg);
                 }
                 Ok(Event::Reply(reply)) => {
                     let Some(conn) = self.conns.get_mut(reply.key) else { continue };
@@ -515,6 +515,7 @@ impl Reactor {
         if self.accept_paused_until.is_some_and(|t| now >= t) {
             self.accept(now);
         }
+        self.app.tick_alerts(now);
         self.app.hub.save_counters();
         self.app.hub.forget_idle_channels();
         self.app.connlog.roll(now);

@@ -7,10 +7,11 @@
 //!
 //! Applied: `[limits]` (new caps apply to what comes next; connections
 //! already open keep their per-connection timers and rate bucket) except
-//! `max_idle_channels`, `auth.allowed_origins`, and the `[[servers]]`
-//! owners for the channel ACL. Everything else (listen, keys, issuer,
-//! history, agents, server names, trusted proxies, `[log]`...) is reported
-//! as needing a restart and stays as it runs.
+//! `max_idle_channels`, `auth.allowed_origins`, the `[[servers]]` owners
+//! for the channel ACL, and `[alerts]` (rules and webhooks; see
+//! [`Alerts::reload`](crate::alerts::Alerts::reload)). Everything else
+//! (listen, keys, issuer, history, agents, server names, trusted proxies,
+//! `[log]`...) is reported as needing a restart and stays as it runs.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::HashMap;
@@ -93,6 +94,9 @@ pub fn diff(old: &Config, new: &Config, running_owners: &HashMap<Uuid, Uuid>) ->
     if &owners(new) != running_owners {
         c.applied.push("servers.owner".into());
     }
+    if differs(&old.alerts, &new.alerts) {
+        c.applied.push("alerts".into());
+    }
     let (oa, na) = (&old.auth, &new.auth);
     let restart = [
         ("listen", differs(&old.listen, &new.listen)),
@@ -138,6 +142,8 @@ pub fn apply(app: &mut App, new: Config) -> Changes {
     app.cfg.limits = limits;
     app.cfg.auth.allowed_origins = new.auth.allowed_origins.clone();
     app.auth.set_owners(owners(&new));
+    app.alerts.reload(&new.alerts);
+    app.cfg.alerts = new.alerts;
     changes
 }
 

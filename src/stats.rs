@@ -46,6 +46,7 @@ pub fn json(app: &App) -> Value {
             "forwarded_for_fallbacks": app.proxied.forwarded_fallbacks,
             "proxy_headers_refused": app.proxied.headers_refused,
         },
+        "alerts": app.alerts.stats(),
         "epoch": hub.epoch(),
         "uptime_seconds": app.started.elapsed().as_secs(),
     })
@@ -130,5 +131,6 @@ pub fn prometheus(app: &App) -> String {
     for a in &app.agents {
         let _ = writeln!(out, "aymc_agent_refused_total{{agent=\"{}\"}} {}", a.id, a.refused);
     }
+    app.alerts.write_prometheus(&mut out);
     out
 }

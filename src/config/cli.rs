@@ -159,6 +159,7 @@ impl Cli {
             None => Config::default(),
         };
         config.auth.resolve_secret(&env)?;
+        config.alerts.resolve_files()?;
         let listen = self.listen.clone().or_else(|| env("AYMC_LISTEN"));
         if let Some(listen) = listen {
             config.listen = listen

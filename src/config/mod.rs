@@ -367,6 +367,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// `[[servers]]`
     pub servers: Vec<ServerConfig>,
+    /// `[alerts]`, `[[alerts.rules]]`, `[[alerts.webhooks]]`
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for Config {
@@ -382,6 +384,7 @@ impl Default for Config {
             log: LogConfig::default(),
             agents: Vec::new(),
             servers: Vec::new(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -434,7 +437,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.alerts.validate()
     }
 
     /// Every numeric key with its valid range (docs/CONFIG.md says the

@@ -27,13 +27,16 @@
 //! - `walkthrough`: the seed's manual tests 1-8 as PROTOCOL.md adapts them
 //! - `console`: what the web console needs: metrics `history`, `GET /api/v1/servers`, the embedded files
 //! - `extremes`: slow stored-log queries, out-of-range config values, token times at the integers' ends
+//! - `alerts`: alert rules (a crash-looping demo server behind aymc-agent, user rules), webhooks against `recorder`
 
 mod fake_agent;
+mod recorder;
 mod support;
 
 mod agent_faults;
 mod agent_link;
 mod agent_trust;
+mod alerts;
 mod broadcast;
 mod config_cli;
 mod connect;
