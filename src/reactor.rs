@@ -454,14 +454,15 @@ impl Reactor {
             Ok(w) => w,
             Err(e) => return Outcome::Drop(Reason::Io(e.to_string())),
         };
-        conn.wrote(written.written, written.pending, now);
+        let hub = &self.app.hub;
+        conn.wrote(written.written, written.waiting, || hub.pending_bytes(key), now);
         if let Phase::Closing(closing) = &mut conn.phase {
-            if written.pending == 0 && !closing.shut {
+            if !written.waiting && !closing.shut {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 closing.shut = true;
             }
         }
-        let interest = conn.interest(written.pending > 0);
+        let interest = conn.interest(written.waiting);
         if interest != conn.registered {
             if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(key), interest) {
                 return Outcome::Drop(Reason::Io(e.to_string()));
