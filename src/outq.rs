@@ -113,20 +113,16 @@ impl OutQueue {
         false
     }
 
-    /// Queues a ring frame of which the first `written` bytes went out, or
-    /// (with `written` 0) a ring's drop report: it goes before everything
-    /// waiting, except a frame already half written.
+    /// Queues a ring frame (or a ring's drop report) of which the first
+    /// `written` bytes went out: it goes before everything waiting.
     pub fn push_first(&mut self, bytes: Rc<[u8]>, written: usize) {
         let left = bytes.len().saturating_sub(written);
         self.bytes += left;
-        let item = Item { bytes, stamp: 0, kind: Kind::Ring };
-        if self.offset > 0 {
-            self.items.insert(1, item);
-        } else {
-            self.items.push_front(item);
-            // Below the frame's length: fits in u32.
-            self.offset = written as u32;
-        }
+        // Only ever called when what was queued before it went out whole.
+        debug_assert_eq!(self.offset, 0);
+        self.items.push_front(Item { bytes, stamp: 0, kind: Kind::Ring });
+        // Below the frame's length: fits in u32.
+        self.offset = written as u32;
     }
 
     /// Queues ring frames (publish ordinal, frame) in ordinal order, merged

@@ -28,19 +28,22 @@ use crate::ws;
 const IOV_BATCH: usize = 128;
 
 /// One logs subscription with lines to read: its channel, its index among
-/// the channel's subscribers, and its place in the ring.
+/// the channel's subscribers, its place in the ring, and the seqs evicted
+/// before it read them, if any.
 #[derive(Clone, Copy)]
 struct Head {
     channel: usize,
     pos: usize,
     idx: usize,
+    gap: Option<(u64, u64)>,
 }
 
-/// One buffer of a `writev`: a queued item, or a ring frame (head, ring
-/// index, seq).
+/// One buffer of a `writev`: a queued item, a gap's report, or a ring
+/// frame (head, ring index, seq).
 #[derive(Clone, Copy)]
 enum Piece {
     Queued(usize),
+    Report { head: usize, len: usize },
     Ring { head: usize, idx: usize, seq: u64, len: usize },
 }
 
@@ -100,9 +103,13 @@ impl Hub {
     /// them, PROTOCOL.md 12).
     pub fn queue_close(&mut self, key: usize, frame: Rc<[u8]>) {
         if let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) {
-            let heads = catch_up(client, &mut self.channels, &mut self.counters);
             let mut frames: Vec<(u64, Rc<[u8]>)> = Vec::new();
-            for head in heads {
+            for head in heads(client, &self.channels) {
+                if let Some(report) = report_gap(&mut self.channels, &mut self.counters, head) {
+                    // Right before the first line after the gap.
+                    let at = self.channels.get(head.channel).and_then(|e| e.ring.get(head.idx));
+                    frames.push((at.map_or(u64::MAX, |k| k.ord), report));
+                }
                 let Some(entry) = self.channels.get_mut(head.channel) else { continue };
                 frames.extend(entry.ring.range(head.idx..).map(|k| (k.ord, Rc::clone(&k.frame))));
                 if let Some(cursor) = entry.cursors.get_mut(head.pos) {
@@ -126,74 +133,100 @@ fn lagging(client: &Client, channels: &Channels) -> bool {
     })
 }
 
-/// Moves each logs cursor of the client past what was evicted before it
-/// was read, queueing one `MESSAGES_DROPPED` per such gap (first, so it
-/// comes before the line after the gap); returns the subscriptions with
-/// lines to read.
-fn catch_up(client: &mut Client, channels: &mut Channels, counters: &mut Counters) -> SmallVec<[Head; 4]> {
+/// The logs subscriptions of a client with lines to read, or with lines
+/// evicted before it read them.
+fn heads(client: &Client, channels: &Channels) -> SmallVec<[Head; 4]> {
     let mut heads = SmallVec::new();
     let Some(session) = &client.session else { return heads };
     for sub in &session.subs {
         let (channel, pos) = (sub.channel as usize, sub.pos as usize);
-        let Some(entry) = channels.get_mut(channel) else { continue };
+        let Some(entry) = channels.get(channel) else { continue };
         let Some(&next) = entry.cursors.get(pos) else { continue };
         let (idx, gap) = entry.locate(next);
-        if idx < entry.ring.len() {
-            heads.push(Head { channel, pos, idx });
-        }
-        let Some((from_seq, to_seq)) = gap else { continue };
-        if let Some(cursor) = entry.cursors.get_mut(pos) {
-            *cursor = to_seq + 1;
-        }
-        let dropped = to_seq - from_seq + 1;
-        counters.messages_dropped += dropped;
-        let report = DropReport { key: DropKey::Channel(channel), dropped, from_seq, to_seq };
-        for error in drop_errors(channels, vec![report]) {
-            client.out.push_first(ws::text(&error), 0);
+        if idx < entry.ring.len() || gap.is_some() {
+            heads.push(Head { channel, pos, idx, gap });
         }
     }
     heads
 }
 
+/// Moves a cursor past what was evicted before it was read, and counts it:
+/// the `MESSAGES_DROPPED` frame for exactly that range (none without a
+/// gap).
+fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head) -> Option<Rc<[u8]>> {
+    let (from_seq, to_seq) = head.gap?;
+    let cursor = channels.get_mut(head.channel)?.cursors.get_mut(head.pos)?;
+    *cursor = to_seq + 1;
+    let dropped = to_seq - from_seq + 1;
+    counters.messages_dropped += dropped;
+    let report = DropReport { key: DropKey::Channel(head.channel), dropped, from_seq, to_seq };
+    drop_errors(channels, vec![report]).next().map(|error| ws::text(&error))
+}
+
 /// One `writev` of what waits for a client, queued items and ring frames
-/// merged by publish ordinal. Returns the bytes written and whether to try
-/// again (something is left; the next call finds out whether the socket
-/// takes it).
+/// merged by publish ordinal, each gap's report right before the line
+/// after it. Returns the bytes written and whether to try again
+/// (something is left; the next call finds out whether the socket takes
+/// it).
+///
+/// A report is made for the batch and counted only once it is written: a
+/// reader that does not get that far gets one report later, for all that
+/// was evicted by then.
 fn write_batch(
     client: &mut Client,
     channels: &mut Channels,
     counters: &mut Counters,
     w: &mut impl Write,
 ) -> io::Result<(usize, bool)> {
-    let mut heads = catch_up(client, channels, counters);
+    let mut heads = heads(client, channels);
+    let reports: SmallVec<[Option<Rc<[u8]>>; 4]> = heads
+        .iter()
+        .map(|h| {
+            let (from_seq, to_seq) = h.gap?;
+            let report = DropReport { key: DropKey::Channel(h.channel), dropped: to_seq - from_seq + 1, from_seq, to_seq };
+            drop_errors(channels, vec![report]).next().map(|error| ws::text(&error))
+        })
+        .collect();
     let mut slices = [IoSlice::new(&[]); IOV_BATCH];
     let mut plan = [Piece::Queued(0); IOV_BATCH];
     let mut n = 0;
     let mut total = 0;
     let mut queued = client.out.waiting().peekable();
     while let (Some(slice), Some(piece)) = (slices.get_mut(n), plan.get_mut(n)) {
-        // The ring frame published first among the heads.
+        // What comes next among the heads: the one published first (a
+        // gap's report takes the place of the line after it).
         let next = heads
             .iter()
             .enumerate()
-            .filter_map(|(h, head)| Some((channels.get(head.channel)?.ring.get(head.idx)?, h)))
-            .min_by_key(|(k, _)| k.ord);
-        let take_queued = match (queued.peek(), &next) {
-            (Some(&(_, stamp, first)), Some((k, _))) => first || stamp < k.ord,
+            .filter_map(|(h, head)| {
+                let entry = channels.get(head.channel)?;
+                match (head.gap, entry.ring.get(head.idx)) {
+                    (Some(_), k) => Some((k.map_or(u64::MAX, |k| k.ord), h)),
+                    (None, k) => Some((k?.ord, h)),
+                }
+            })
+            .min();
+        let take_queued = match (queued.peek(), next) {
+            (Some(&(_, stamp, first)), Some((ord, _))) => first || stamp < ord,
             (Some(_), None) => true,
             (None, Some(_)) => false,
             (None, None) => break,
         };
-        match next {
-            Some((k, h)) if !take_queued => {
-                *slice = IoSlice::new(&k.frame);
-                let idx = heads.get(h).map_or(0, |head| head.idx);
-                *piece = Piece::Ring { head: h, idx, seq: k.seq, len: k.frame.len() };
-                if let Some(head) = heads.get_mut(h) {
-                    head.idx += 1;
-                }
+        let ring = next.filter(|_| !take_queued).and_then(|(_, h)| Some((h, heads.get_mut(h)?)));
+        match ring {
+            Some((h, head)) if head.gap.is_some() => {
+                head.gap = None;
+                let Some(report) = reports.get(h).and_then(Option::as_ref) else { break };
+                *slice = IoSlice::new(report);
+                *piece = Piece::Report { head: h, len: report.len() };
             }
-            _ => {
+            Some((h, head)) => {
+                let Some(k) = channels.get(head.channel).and_then(|e| e.ring.get(head.idx)) else { break };
+                *slice = IoSlice::new(&k.frame);
+                *piece = Piece::Ring { head: h, idx: head.idx, seq: k.seq, len: k.frame.len() };
+                head.idx += 1;
+            }
+            None => {
                 let Some((bytes, _, _)) = queued.next() else { break };
                 *slice = IoSlice::new(bytes);
                 *piece = Piece::Queued(bytes.len());
@@ -215,12 +248,24 @@ fn write_batch(
             Err(e) => return Err(e),
         }
     };
+    let heads = self::heads(client, channels);
     let mut left = written;
     for piece in plan.iter().take(n) {
         let (len, took) = match *piece {
             Piece::Queued(len) => {
                 let took = left.min(len);
                 client.out.advance(took);
+                (len, took)
+            }
+            Piece::Report { head, len } => {
+                let took = left.min(len);
+                let (Some(&h), true) = (heads.get(head), took > 0) else { break };
+                report_gap(channels, counters, h);
+                if took < len {
+                    if let Some(report) = reports.get(head).and_then(Option::clone) {
+                        client.out.push_first(report, took);
+                    }
+                }
                 (len, took)
             }
             Piece::Ring { head, idx, seq, len } => {
