@@ -584,8 +584,8 @@ mod tests {
             [("FATAL", Level::Error), ("TRACE", Level::Debug), ("WARN", Level::Warn), ("x", Level::Info)]
         {
             e.set_level(given.into());
-            assert_eq!(log_entry(Uuid::nil(), &e).level, want);
+            assert_eq!(log_entry(Uuid::nil(), e.clone()).level, want);
         }
-        assert_eq!(log_entry(Uuid::nil(), &e).source, "server");
+        assert_eq!(log_entry(Uuid::nil(), e).source, "server");
     }
 }

@@ -326,21 +326,19 @@ impl Channels {
     /// than its last `lag_floor` messages.
     fn shed(&mut self) {
         let low = self.max_bytes - self.max_bytes / 64;
-        let mut spent: Vec<usize> = Vec::new();
-        while self.bytes > low {
-            let largest = self
-                .slab
-                .iter()
-                .filter(|(k, c)| c.ring_bytes > 0 && !spent.contains(k))
-                .max_by_key(|(_, c)| c.ring_bytes)
-                .map(|(k, c)| (k, c.evictable_below(self.lag_floor)));
-            let Some((k, below)) = largest else { break };
+        let mut rings: Vec<(usize, usize)> =
+            self.slab.iter().filter(|(_, c)| c.ring_bytes > 0).map(|(k, c)| (c.ring_bytes, k)).collect();
+        rings.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, k) in rings {
+            if self.bytes <= low {
+                break;
+            }
+            let below = self.slab.get(k).map_or(0, |c| c.evictable_below(self.lag_floor));
             while self.bytes > low
                 && self.slab.get(k).and_then(|c| c.ring.front()).is_some_and(|front| front.seq < below)
             {
                 self.evict(k);
             }
-            spent.push(k);
         }
     }
 
