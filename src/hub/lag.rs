@@ -183,7 +183,8 @@ fn write_batch(
         .iter()
         .map(|h| {
             let (from_seq, to_seq) = h.gap?;
-            let report = DropReport { key: DropKey::Channel(h.channel), dropped: to_seq - from_seq + 1, from_seq, to_seq };
+            let report =
+                DropReport { key: DropKey::Channel(h.channel), dropped: to_seq - from_seq + 1, from_seq, to_seq };
             drop_errors(channels, vec![report]).next().map(|error| ws::text(&error))
         })
         .collect();
