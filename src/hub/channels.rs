@@ -35,7 +35,6 @@ pub(super) struct Kept {
 /// One channel.
 pub(super) struct Entry {
     pub channel: Channel,
-    pub name: String,
     /// Client keys; a client's `Sub::pos` is its index here.
     pub subscribers: Vec<usize>,
     /// Logs channels: each subscriber's cursor (the seq it reads next),
@@ -54,8 +53,9 @@ pub(super) struct Entry {
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
     pub latest: Option<Rc<[u8]>>,
-    /// Status channels: the server's name and status in the latest message.
-    pub server: Option<(String, Status)>,
+    /// Status channels: the server's name and status in the latest message
+    /// (boxed: most channels have none).
+    pub server: Option<Box<(String, Status)>>,
     /// When it was last used (the table's clock), for forgetting idle ones.
     used: u64,
 }
@@ -172,7 +172,6 @@ impl Channels {
         self.clock += 1;
         let i = self.slab.insert(Entry {
             channel,
-            name: channel.to_string(),
             subscribers: Vec::new(),
             cursors: Vec::new(),
             listed: false,
@@ -396,14 +395,14 @@ impl Channels {
         self.find(channel).and_then(|i| self.slab.get(i)).into_iter().flat_map(|c| c.ring.iter())
     }
 
-    /// Channel name → subscriber count, for channels with subscribers.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.slab.iter().filter(|(_, c)| !c.subscribers.is_empty()).map(|(_, c)| (c.name.as_str(), c.subscribers.len()))
+    /// Channel → subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (Channel, usize)> + '_ {
+        self.slab.iter().filter(|(_, c)| !c.subscribers.is_empty()).map(|(_, c)| (c.channel, c.subscribers.len()))
     }
 
     /// Every channel's last seq (channels that issued one).
     pub fn seqs(&self) -> Vec<(String, u64)> {
-        self.slab.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.name.clone(), c.seq)).collect()
+        self.slab.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.channel.to_string(), c.seq)).collect()
     }
 
     /// Kept history: (entries, bytes).
@@ -416,6 +415,6 @@ impl Channels {
     pub fn servers(&self) -> impl Iterator<Item = (uuid::Uuid, &str, Status)> {
         self.slab
             .iter()
-            .filter_map(|(_, c)| c.server.as_ref().map(|(name, status)| (c.channel.id, name.as_str(), *status)))
+            .filter_map(|(_, c)| c.server.as_deref().map(|(name, status)| (c.channel.id, name.as_str(), *status)))
     }
 }

@@ -372,7 +372,7 @@ impl Hub {
             ChannelKind::Status => {
                 entry.latest = Some(frame);
                 if let Publish::Status(s) = msg {
-                    entry.server = Some((s.server_name, s.new_status));
+                    entry.server = Some(Box::new((s.server_name, s.new_status)));
                 }
                 self.counters_changed = true;
             }
@@ -411,8 +411,8 @@ impl Hub {
 
     // ---- stats, store ----
 
-    /// Stats: channel name -> subscriber count, for channels with subscribers.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
+    /// Stats: channel -> subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (Channel, usize)> + '_ {
         self.channels.subscriptions()
     }
 
@@ -504,7 +504,7 @@ fn drop_errors(channels: &Channels, reports: Vec<DropReport>) -> impl Iterator<I
     reports.into_iter().map(|r| {
         let details = match r.key {
             DropKey::Channel(i) => json!({
-                "channel": channels.get(i).map(|c| c.name.as_str()),
+                "channel": channels.get(i).map(|c| c.channel.to_string()),
                 "dropped": r.dropped,
                 "from_seq": r.from_seq,
                 "to_seq": r.to_seq,
