@@ -142,11 +142,6 @@ impl Outbox {
         }
     }
 
-    /// Whether messages are kept, not sent yet.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.borrow().is_empty()
-    }
-
     /// Sends what was kept, waiting while the channel is full.
     pub fn flush(&self) {
         let batch = std::mem::take(&mut *self.pending.borrow_mut());

@@ -323,17 +323,9 @@ fn run(agents: Vec<AgentConfig>, dir: Directory, interval: Duration, link: Link)
     // during the turn makes `park` return at once). That last send must not
     // wait: a full channel's send parks this thread itself and could eat
     // the unpark of a wake that came meanwhile, so with the channel full it
-    // tries again shortly instead. A turn that published something is
-    // followed by a short sleep and one more turn before the hand-over:
-    // while lines flow, grpcio gathers those of [`COALESCE`] meanwhile, so
-    // this thread and the reactor wake about once per millisecond rather
-    // than once per line.
+    // tries again shortly instead.
     loop {
         pool.run_until_stalled();
-        if link.has_pending() {
-            std::thread::sleep(COALESCE);
-            pool.run_until_stalled();
-        }
         if link.try_flush() {
             std::thread::park();
         } else {
@@ -380,10 +372,6 @@ async fn wait_or_reconnect(shared: &Shared, wait: Duration) -> bool {
 /// While the reactor's channel is full, the agent thread tries this often
 /// to hand over what its last turn published.
 const FULL_RETRY: Duration = Duration::from_millis(1);
-
-/// How long the agent thread lets published messages gather before it
-/// hands them to the reactor (the latency it adds at most, about).
-const COALESCE: Duration = Duration::from_millis(1);
 
 /// Backoff sleeps wake this often to see whether the agent is back.
 const SLICE: Duration = Duration::from_millis(200);
