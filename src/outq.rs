@@ -259,12 +259,6 @@ impl OutQueue {
         }
     }
 
-    /// The queued frames, oldest first.
-    #[cfg(test)]
-    pub fn frames(&self) -> impl Iterator<Item = &Rc<[u8]>> {
-        self.items.iter().map(|i| &i.bytes)
-    }
-
     /// Frees the queue's buffer when it is empty (idle connections).
     pub fn release(&mut self) {
         if self.items.is_empty() && self.items.capacity() > 0 {
