@@ -24,6 +24,10 @@ use crate::protocol::{Channel, ChannelKind, Since, Status};
 use crate::store::Recovered;
 use crate::ws;
 
+/// After a blocked eviction pass, the next one waits for this many more
+/// bytes at least.
+pub(super) const SHED_STEP: usize = 64 * 1024;
+
 /// A kept message: its seq, the hub's publish ordinal (0 for messages
 /// restored from disk) and its frame.
 pub(super) struct Kept {
@@ -108,6 +112,10 @@ pub(super) struct Channels {
     /// Messages a subscribed logs ring keeps unread at least
     /// (`limits.client_queue`).
     lag_floor: usize,
+    /// After an eviction pass that could not get under the budget (what is
+    /// over it is unread), the next pass waits until the rings hold this
+    /// many bytes, so publishing does not sort the rings for every line.
+    shed_at: usize,
     /// The highest seq of a forgotten channel: a channel created after it
     /// continues above it, so no seq is issued twice in an epoch.
     seq_floor: u64,
@@ -127,6 +135,7 @@ impl Channels {
             max_idle,
             clock: 0,
             lag_floor,
+            shed_at: 0,
             seq_floor: 0,
         }
     }
@@ -298,7 +307,7 @@ impl Channels {
         self.entries += 1;
         entry.ring.push_back(Kept { seq, ord, frame });
         self.trim(i);
-        if self.bytes > self.max_bytes {
+        if self.bytes > self.max_bytes.max(self.shed_at) {
             self.shed();
         }
     }
@@ -339,6 +348,10 @@ impl Channels {
                 self.evict(k);
             }
         }
+        self.shed_at = match self.bytes > low {
+            true => self.bytes + (self.max_bytes / 64).max(SHED_STEP),
+            false => 0,
+        };
     }
 
     fn evict(&mut self, i: usize) {

@@ -240,6 +240,30 @@ fn the_byte_budget_evicts_what_subscribers_read_before_what_they_did_not() {
 }
 
 #[test]
+fn a_zero_byte_budget_loses_nothing_unread_and_keeps_little() {
+    let history = HistoryConfig { max_bytes: 0, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&Limits::default(), &history, None, None), auth };
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    let mut got = Vec::new();
+    for n in 0..50 {
+        f.log(SERVER, &n.to_string());
+        if n % 10 == 9 {
+            got.extend(f.read(1));
+        }
+    }
+    assert_eq!(seqs_of(&got), (1..=50).collect::<Vec<_>>(), "{:?}", codes(&got));
+    f.log(SERVER, "last");
+    f.read(1);
+    f.log(OTHER, "no subscriber");
+    let (_, bytes) = f.hub.history_size();
+    assert!(bytes <= channels::SHED_STEP + 1000, "what was read goes, a step at a time: {bytes}");
+}
+
+#[test]
 fn queued_items_and_ring_lines_go_out_in_publish_order() {
     let mut f = Fixture::new(256, 100);
     f.client(1, Role::Admin, &[]);
