@@ -113,13 +113,13 @@ impl Conn {
                     let upgrade = req.upgrade_websocket && req.connection_upgrade;
                     match (&req.ws_key, req.ws_version.as_deref()) {
                         (Some(key), Some("13")) if upgrade && req.method == "GET" => {
-                            self.out.push_control(http::switching_protocols(key).into());
+                            self.out.push_control(http::switching_protocols(key).into(), 0);
                             self.input.drain(..len);
                             self.phase = Phase::WebSocket { decoder: Decoder::default(), binary: None };
                         }
                         _ => {
                             let extra = [("Sec-WebSocket-Version", "13")];
-                            self.out.push_control(http::error(400, "not a WebSocket upgrade", &extra, true).into());
+                            self.out.push_control(http::error(400, "not a WebSocket upgrade", &extra, true).into(), 0);
                             self.closing();
                             return;
                         }
@@ -127,7 +127,7 @@ impl Conn {
                 }
                 Err(e) => {
                     let status = if e == http::HttpError::TooLarge { 431 } else { 400 };
-                    self.out.push_control(http::error(status, &e.to_string(), &[], true).into());
+                    self.out.push_control(http::error(status, &e.to_string(), &[], true).into(), 0);
                     self.closing();
                     return;
                 }
@@ -174,12 +174,12 @@ impl Conn {
             pos += used;
             match reply {
                 None | Some(Reply::Nothing) => {}
-                Some(Reply::Text(text)) => self.out.push_control(ws::text(&text)),
+                Some(Reply::Text(text)) => self.out.push_control(ws::text(&text), 0),
                 Some(Reply::Binary) => {
                     let payload = binary.take().unwrap_or_default();
-                    self.out.push_control(ws::frame(OpCode::Data(Data::Binary), &payload));
+                    self.out.push_control(ws::frame(OpCode::Data(Data::Binary), &payload), 0);
                 }
-                Some(Reply::Pong(payload)) => self.out.push_control(ws::control(Control::Pong, &payload)),
+                Some(Reply::Pong(payload)) => self.out.push_control(ws::control(Control::Pong, &payload), 0),
                 Some(Reply::Close(code)) => {
                     // The rule of the hub's dispatch.rs.
                     let valid = code.is_none_or(|c| matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999));
@@ -193,7 +193,7 @@ impl Conn {
             }
         }
         if let Some(frame) = close {
-            self.out.push_control(frame);
+            self.out.push_control(frame, 0);
             self.closing();
         }
         pos

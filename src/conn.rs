@@ -259,12 +259,14 @@ impl Conn {
         reply_bytes <= max_reply_bytes && !waiting
     }
 
-    /// Accounts for a write: `written` bytes went out, `pending` still wait.
-    pub fn wrote(&mut self, written: usize, pending: usize, now: Instant) {
+    /// Accounts for a write: `written` bytes went out, and something still
+    /// waits or not; `pending` counts the bytes waiting when a new window
+    /// opens.
+    pub fn wrote(&mut self, written: usize, waiting: bool, pending: impl FnOnce() -> usize, now: Instant) {
         self.stall = match self.stall {
-            _ if pending == 0 => None,
+            _ if !waiting => None,
             Some(s) if s.owed > written => Some(Stall { since: s.since, owed: s.owed - written }),
-            _ => Some(Stall { since: now, owed: pending }),
+            _ => Some(Stall { since: now, owed: pending() }),
         };
     }
 

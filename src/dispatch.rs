@@ -82,7 +82,7 @@ fn frames(
 
 /// Queues a Close frame with `code`; the connection then closes.
 pub fn close(app: &mut App, key: usize, code: u16, text: &str) -> Outcome {
-    app.hub.queue(key, ws::close(code, text));
+    app.hub.queue_close(key, ws::close(code, text));
     Outcome::Close(Reason::Closed(code))
 }
 

@@ -22,7 +22,7 @@
 //! | [`client`] | what a client is: out-queue, session (identity, subscriptions, rate limit, timers) |
 //! | [`pending`] | the connections still sending their request head (slowloris cap) |
 //! | [`outq`] | a client's outgoing queue: shared frames, `writev`, drops |
-//! | [`hub`] | clients and channels: subscriptions, publish (encode once), seq/epoch, history rings; no sockets |
+//! | [`hub`] | clients and channels: subscriptions, publish (encode once), seq/epoch, history rings and the logs subscribers' cursors into them; no sockets |
 //! | [`store`] | on-disk log history (SQLite): writer thread, epoch/seq recovery, retention, search |
 //! | [`protocol`] | envelope, `data` shapes, channel names, error codes, client messages |
 //! | [`auth`] | JWT validation, claims, channel ACL |

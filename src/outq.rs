@@ -6,6 +6,13 @@
 //! client only and remembered as a [`DropReport`] (PROTOCOL.md section 5,
 //! "Drops"). Control replies never count and are never dropped. An idle
 //! queue holds no allocation once [`OutQueue::release`] has run.
+//!
+//! Lines of `logs` channels are not queued here: a subscriber reads them
+//! from the channel's history ring by position (`hub::lag`). Each item
+//! carries the publish ordinal it was queued at, so that writer can put
+//! ring frames and queued items on the wire in the order they were
+//! published; a ring frame half written when the socket filled up, and a
+//! ring's drop report, are queued here (first) to be finished.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::VecDeque;
@@ -34,10 +41,25 @@ pub struct DropReport {
     pub to_seq: u64,
 }
 
+/// What an item is, for the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A reply (response, control reply, replayed copy): counted in
+    /// `reply_bytes`, never dropped.
+    Reply,
+    /// A live message that counts toward the cap.
+    Live,
+    /// The rest of a logs channel's frame (or its drop report), taken from
+    /// the ring: neither counted nor a reply.
+    Ring,
+}
+
 #[derive(Debug)]
 struct Item {
     bytes: Rc<[u8]>,
-    counted: bool,
+    /// The hub's publish ordinal when it was queued (see the module docs).
+    stamp: u64,
+    kind: Kind,
 }
 
 /// How many buffers one `writev` takes at most.
@@ -63,20 +85,20 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Queues bytes that never count and are never dropped (HTTP responses,
-    /// control replies, replayed copies).
-    pub fn push_control(&mut self, bytes: Rc<[u8]>) {
+    /// control replies, replayed copies), at publish ordinal `stamp`.
+    pub fn push_control(&mut self, bytes: Rc<[u8]>, stamp: u64) {
         self.bytes += bytes.len();
         self.reply_bytes += bytes.len();
-        self.items.push_back(Item { bytes, counted: false });
+        self.items.push_back(Item { bytes, stamp, kind: Kind::Reply });
     }
 
-    /// Queues a live message unless `cap` counted messages are queued;
-    /// then records the drop under `key` (with `seq` for channels) and
-    /// returns false.
-    pub fn push_live(&mut self, bytes: &Rc<[u8]>, cap: usize, key: DropKey, seq: u64) -> bool {
+    /// Queues a live message (publish ordinal `stamp`) unless `cap` counted
+    /// messages are queued; then records the drop under `key` (with `seq`
+    /// for channels) and returns false.
+    pub fn push_live(&mut self, bytes: &Rc<[u8]>, cap: usize, key: DropKey, seq: u64, stamp: u64) -> bool {
         if (self.live as usize) < cap {
             self.bytes += bytes.len();
-            self.items.push_back(Item { bytes: Rc::clone(bytes), counted: true });
+            self.items.push_back(Item { bytes: Rc::clone(bytes), stamp, kind: Kind::Live });
             self.live += 1;
             return true;
         }
@@ -89,6 +111,52 @@ impl OutQueue {
             None => drops.push(DropReport { key, dropped: 1, from_seq: seq, to_seq: seq }),
         }
         false
+    }
+
+    /// Queues a ring frame (or a ring's drop report) of which the first
+    /// `written` bytes went out: it goes before everything waiting.
+    pub fn push_first(&mut self, bytes: Rc<[u8]>, written: usize) {
+        let left = bytes.len().saturating_sub(written);
+        self.bytes += left;
+        // Only ever called when what was queued before it went out whole.
+        debug_assert_eq!(self.offset, 0);
+        self.items.push_front(Item { bytes, stamp: 0, kind: Kind::Ring });
+        // Below the frame's length: fits in u32.
+        self.offset = written as u32;
+    }
+
+    /// Queues ring frames (publish ordinal, frame) in ordinal order, merged
+    /// with what waits by ordinal (a connection closing gracefully gets
+    /// the lines it had not read yet before its Close frame).
+    pub fn merge_ring(&mut self, frames: Vec<(u64, Rc<[u8]>)>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut old = std::mem::take(&mut self.items).into_iter().peekable();
+        let mut items = VecDeque::with_capacity(old.len() + frames.len());
+        if self.offset > 0 {
+            items.extend(old.next());
+        }
+        for (ord, bytes) in frames {
+            while let Some(item) = old.next_if(|i| i.stamp < ord) {
+                items.push_back(item);
+            }
+            self.bytes += bytes.len();
+            items.push_back(Item { bytes, stamp: ord, kind: Kind::Ring });
+        }
+        items.extend(old);
+        self.items = items;
+    }
+
+    /// What waits, in order, for a writer that interleaves ring frames:
+    /// each item's unwritten bytes, its stamp, and whether it must go
+    /// first whatever its stamp (it is half written).
+    pub fn waiting(&self) -> impl Iterator<Item = (&[u8], u64, bool)> {
+        let offset = self.offset as usize;
+        self.items.iter().enumerate().map(move |(n, item)| {
+            let skip = if n == 0 { offset } else { 0 };
+            (item.bytes.get(skip..).unwrap_or_default(), item.stamp, skip > 0)
+        })
     }
 
     /// Drop reports to send now: all of them once the count is below `cap`.
@@ -168,12 +236,13 @@ impl OutQueue {
         Ok(total)
     }
 
-    fn advance(&mut self, mut written: usize) {
+    /// Consumes `written` bytes from the front (they went out).
+    pub fn advance(&mut self, mut written: usize) {
         while let Some(front) = self.items.front() {
             let left = front.bytes.len() - self.offset as usize;
             let took = written.min(left);
             self.bytes -= took;
-            if !front.counted {
+            if front.kind == Kind::Reply {
                 self.reply_bytes -= took;
             }
             if written < left {
@@ -183,17 +252,11 @@ impl OutQueue {
             }
             written -= left;
             self.offset = 0;
-            if front.counted {
+            if front.kind == Kind::Live {
                 self.live -= 1;
             }
             self.items.pop_front();
         }
-    }
-
-    /// The queued frames, oldest first.
-    #[cfg(test)]
-    pub fn frames(&self) -> impl Iterator<Item = &Rc<[u8]>> {
-        self.items.iter().map(|i| &i.bytes)
     }
 
     /// Frees the queue's buffer when it is empty (idle connections).
@@ -241,8 +304,8 @@ mod tests {
         let mut q = OutQueue::default();
         let a: Rc<[u8]> = Rc::from(&b"hello "[..]);
         let b: Rc<[u8]> = Rc::from(&b"world"[..]);
-        assert!(q.push_live(&a, 2, DropKey::Alerts, 0));
-        q.push_control(b);
+        assert!(q.push_live(&a, 2, DropKey::Alerts, 0, 1));
+        q.push_control(b, 1);
         let mut pipe = Pipe { got: Vec::new(), room: 8 };
         assert_eq!(q.write_to(&mut pipe).unwrap(), 8);
         assert_eq!(q.live, 0);
@@ -256,10 +319,10 @@ mod tests {
     fn overflow_is_counted_per_key_with_the_seq_range() {
         let mut q = OutQueue::default();
         let m: Rc<[u8]> = Rc::from(&b"m"[..]);
-        assert!(q.push_live(&m, 1, DropKey::Channel(3), 1));
-        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 2));
-        assert!(!q.push_live(&m, 1, DropKey::Alerts, 0));
-        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 3));
+        assert!(q.push_live(&m, 1, DropKey::Channel(3), 1, 1));
+        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 2, 2));
+        assert!(!q.push_live(&m, 1, DropKey::Alerts, 0, 3));
+        assert!(!q.push_live(&m, 1, DropKey::Channel(3), 3, 4));
         assert!(q.take_reports(1).is_empty(), "no report while still full");
         q.write_to(&mut Pipe { got: Vec::new(), room: 10 }).unwrap();
         let reports = q.take_reports(1);

@@ -45,10 +45,12 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 
-/// Agent events waiting for the reactor at most; the agent thread waits
-/// when the queue is full.
-const EVENT_QUEUE: usize = 1024;
-/// Agent events handled per loop turn; the rest wait for the next turn.
+/// Events waiting for the reactor at most (a batch of up to
+/// [`link::BATCH`](crate::link::BATCH) messages is one); the agent thread
+/// waits when the queue is full.
+const EVENT_QUEUE: usize = 256;
+/// Agent events handled per loop turn (a batch counts as its messages);
+/// the rest wait for the next turn.
 const EVENTS_PER_TURN: usize = 16_384;
 
 /// Bytes read from a socket per `read` call, into the one shared buffer.
@@ -276,10 +278,15 @@ impl Reactor {
     fn drain_events(&mut self, now: Instant) {
         self.events_pending = false;
         self.woken.store(false, Ordering::SeqCst);
-        for _ in 0..EVENTS_PER_TURN {
+        let mut budget = EVENTS_PER_TURN;
+        while budget > 0 {
+            budget -= 1;
             match self.events.try_recv() {
-                Ok(Event::Publish(msg)) => {
-                    self.app.publish(msg);
+                Ok(Event::Batch(batch)) => {
+                    budget = budget.saturating_sub(batch.len());
+                    for msg in batch {
+                        self.app.publish(msg);
+                    }
                 }
                 Ok(Event::Reply(reply)) => {
                     let Some(conn) = self.conns.get_mut(reply.key) else { continue };
@@ -454,14 +461,15 @@ impl Reactor {
             Ok(w) => w,
             Err(e) => return Outcome::Drop(Reason::Io(e.to_string())),
         };
-        conn.wrote(written.written, written.pending, now);
+        let hub = &self.app.hub;
+        conn.wrote(written.written, written.waiting, || hub.pending_bytes(key), now);
         if let Phase::Closing(closing) = &mut conn.phase {
-            if written.pending == 0 && !closing.shut {
+            if !written.waiting && !closing.shut {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 closing.shut = true;
             }
         }
-        let interest = conn.interest(written.pending > 0);
+        let interest = conn.interest(written.waiting);
         if interest != conn.registered {
             if let Err(e) = self.poll.registry().reregister(&mut conn.stream, Token(key), interest) {
                 return Outcome::Drop(Reason::Io(e.to_string()));

@@ -34,7 +34,7 @@ use log::{info, warn};
 use uuid::Uuid;
 
 use crate::config::{AgentConfig, Config};
-use crate::link::{AgentState, Event, Link};
+use crate::link::{AgentState, Event, Link, Outbox};
 use crate::protocol::{
     Alert, AlertSource, Level, LogEntry, Metrics, Notification, NotificationType, Publish, Severity, Status,
     StatusChange, Time,
@@ -98,7 +98,7 @@ struct AgentShared {
     cfg: AgentConfig,
     id: Uuid,
     client: AgentServiceClient,
-    link: Link,
+    link: Outbox,
     dir: Rc<Directory>,
     timeout: Duration,
     interval: Duration,
@@ -130,7 +130,7 @@ struct AgentShared {
 type Shared = Rc<RefCell<AgentShared>>;
 
 impl AgentShared {
-    fn new(cfg: AgentConfig, client: AgentServiceClient, link: Link, dir: Rc<Directory>, interval: Duration) -> Self {
+    fn new(cfg: AgentConfig, client: AgentServiceClient, link: Outbox, dir: Rc<Directory>, interval: Duration) -> Self {
         AgentShared {
             id: cfg.id,
             cfg,
@@ -303,6 +303,7 @@ pub fn spawn(
 fn run(agents: Vec<AgentConfig>, dir: Directory, interval: Duration, link: Link) {
     let env: Arc<Environment> = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("aymc-grpc").build());
     let dir = Rc::new(dir);
+    let link = Outbox::new(link);
     let mut pool = LocalPool::new();
     let spawner = pool.spawner();
     for cfg in agents {
@@ -315,7 +316,22 @@ fn run(agents: Vec<AgentConfig>, dir: Directory, interval: Duration, link: Link)
             warn!("cannot start an agent task: {e}");
         }
     }
-    pool.run();
+    // Each turn runs every task that can progress (the log lines grpcio
+    // delivered meanwhile, from all streams), then hands what they
+    // published to the reactor as one batch, then sleeps until a task is
+    // woken (grpcio and the timers unpark this thread; an unpark that came
+    // during the turn makes `park` return at once). That last send must not
+    // wait: a full channel's send parks this thread itself and could eat
+    // the unpark of a wake that came meanwhile, so with the channel full it
+    // tries again shortly instead.
+    loop {
+        pool.run_until_stalled();
+        if link.try_flush() {
+            std::thread::park();
+        } else {
+            std::thread::park_timeout(FULL_RETRY);
+        }
+    }
 }
 
 /// Per agent: Ping, ListServers (starting streams for new servers), then
@@ -352,6 +368,10 @@ async fn wait_or_reconnect(shared: &Shared, wait: Duration) -> bool {
     }
     false
 }
+
+/// While the reactor's channel is full, the agent thread tries this often
+/// to hand over what its last turn published.
+const FULL_RETRY: Duration = Duration::from_millis(1);
 
 /// Backoff sleeps wake this often to see whether the agent is back.
 const SLICE: Duration = Duration::from_millis(200);
@@ -503,7 +523,7 @@ mod tests {
         let poll = mio::Poll::new().expect("poll");
         let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
         let (tx, rx) = std::sync::mpsc::sync_channel(64);
-        let link = Link::new(tx, waker, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let link = Outbox::new(Link::new(tx, waker, Arc::new(std::sync::atomic::AtomicBool::new(false))));
         let env = Arc::new(EnvBuilder::new().cq_count(1).build());
         let client = AgentServiceClient::new(ChannelBuilder::new(env).connect("127.0.0.1:1"));
         let cfg = AgentConfig { id: Uuid::new_v4(), address: "127.0.0.1:1".into() };
@@ -564,8 +584,8 @@ mod tests {
             [("FATAL", Level::Error), ("TRACE", Level::Debug), ("WARN", Level::Warn), ("x", Level::Info)]
         {
             e.set_level(given.into());
-            assert_eq!(log_entry(Uuid::nil(), &e).level, want);
+            assert_eq!(log_entry(Uuid::nil(), e.clone()).level, want);
         }
-        assert_eq!(log_entry(Uuid::nil(), &e).source, "server");
+        assert_eq!(log_entry(Uuid::nil(), e).source, "server");
     }
 }

@@ -132,26 +132,31 @@ pub(super) fn take_entry(shared: &Shared, server: Uuid, entry: pb::LogEntry, fir
         let msg = format!("The agent no longer held some lines of server '{name}' after offset {after}; they are lost");
         s.link.publish(alert(Severity::Warning, "Log lines lost", msg, AlertSource::Server, server));
     }
-    s.link.publish(Publish::Log(log_entry(server, &entry)));
+    s.link.publish(Publish::Log(log_entry(server, entry)));
 }
 
-pub(super) fn log_entry(server: Uuid, e: &pb::LogEntry) -> LogEntry {
-    let level = match e.get_level().to_ascii_uppercase().as_str() {
-        "ERROR" | "FATAL" | "SEVERE" => Level::Error,
-        "WARN" | "WARNING" => Level::Warn,
-        "DEBUG" | "TRACE" => Level::Debug,
-        _ => Level::Info,
+/// The hub's log entry for an agent's (its strings are moved, not copied).
+pub(super) fn log_entry(server: Uuid, mut e: pb::LogEntry) -> LogEntry {
+    let is = |names: &[&str]| names.iter().any(|n| e.get_level().eq_ignore_ascii_case(n));
+    let level = if is(&["ERROR", "FATAL", "SEVERE"]) {
+        Level::Error
+    } else if is(&["WARN", "WARNING"]) {
+        Level::Warn
+    } else if is(&["DEBUG", "TRACE"]) {
+        Level::Debug
+    } else {
+        Level::Info
     };
     LogEntry {
         server_id: server,
         timestamp: Time::from_unix_ms(e.get_timestamp()).filter(|_| e.get_timestamp() > 0),
         level,
-        source: match e.get_source() {
-            "" => "server".to_string(),
-            s => s.to_string(),
+        source: match e.take_source() {
+            s if s.is_empty() => "server".to_string(),
+            s => s,
         },
-        message: e.get_message().to_string(),
-        exception: e.get_exception().to_string(),
+        message: e.take_message(),
+        exception: e.take_exception(),
         offset: e.get_offset(),
     }
 }

@@ -5,6 +5,13 @@
 //! (PROTOCOL.md 5a). Rings are bounded by `history.log_lines` (logs) or
 //! `history.metrics_points` (metrics) each and `history.max_bytes` in all;
 //! over the byte budget the oldest entries of the largest ring go.
+//!
+//! A logs channel's subscribers read its ring by position: each has a
+//! cursor, the seq it reads next (beside its key in the channel). So that
+//! lag costs no more than a queue of `limits.client_queue` would: a logs
+//! ring with subscribers keeps at least that many messages whatever
+//! `log_lines` says, and the byte budget evicts none of its last
+//! `client_queue` messages that a subscriber has not read yet.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};
@@ -17,18 +24,28 @@ use crate::protocol::{Channel, ChannelKind, Since, Status};
 use crate::store::Recovered;
 use crate::ws;
 
-/// A kept message: its seq and its frame.
+/// After a blocked eviction pass, the next one waits for this many more
+/// bytes at least.
+pub(super) const SHED_STEP: usize = 64 * 1024;
+
+/// A kept message: its seq, the hub's publish ordinal (0 for messages
+/// restored from disk) and its frame.
 pub(super) struct Kept {
     pub seq: u64,
+    pub ord: u64,
     pub frame: Rc<[u8]>,
 }
 
 /// One channel.
 pub(super) struct Entry {
     pub channel: Channel,
-    pub name: String,
     /// Client keys; a client's `Sub::pos` is its index here.
     pub subscribers: Vec<usize>,
+    /// Logs channels: each subscriber's cursor (the seq it reads next),
+    /// at the same index as its key; empty for other kinds.
+    pub cursors: Vec<u64>,
+    /// Listed among the channels whose subscribers have lines to read.
+    pub listed: bool,
     /// Last seq issued in this epoch (0: none).
     pub seq: u64,
     /// Logs channels: the last `history.log_lines` messages; metrics
@@ -40,10 +57,41 @@ pub(super) struct Entry {
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
     pub latest: Option<Rc<[u8]>>,
-    /// Status channels: the server's name and status in the latest message.
-    pub server: Option<(String, Status)>,
+    /// Status channels: the server's name and status in the latest message
+    /// (boxed: most channels have none).
+    pub server: Option<Box<(String, Status)>>,
     /// When it was last used (the table's clock), for forgetting idle ones.
     used: u64,
+}
+
+impl Entry {
+    /// Where a logs subscriber whose cursor is `next` reads: the index in
+    /// the ring of the first kept message at or after `next`, and the seqs
+    /// evicted before it read them, if any.
+    pub fn locate(&self, next: u64) -> (usize, Option<(u64, u64)>) {
+        let Some(front) = self.ring.front() else {
+            return (0, (next <= self.seq).then_some((next, self.seq)));
+        };
+        if next < front.seq {
+            return (0, Some((next, front.seq - 1)));
+        }
+        // Seqs are consecutive in a ring filled live; one restored from
+        // disk may have holes.
+        let guess = usize::try_from(next - front.seq).unwrap_or(usize::MAX);
+        if self.ring.get(guess).is_some_and(|k| k.seq == next) {
+            return (guess, None);
+        }
+        (self.ring.partition_point(|k| k.seq < next), None)
+    }
+
+    /// The byte budget may evict the messages with a seq below this: those
+    /// every subscriber has read, and those older than the last `floor`.
+    fn evictable_below(&self, floor: usize) -> u64 {
+        match self.cursors.iter().min() {
+            None => u64::MAX,
+            Some(&min) => min.max((self.seq + 1).saturating_sub(floor as u64)),
+        }
+    }
 }
 
 /// The table. See the module docs.
@@ -61,13 +109,20 @@ pub(super) struct Channels {
     max_idle: usize,
     /// Counts uses (publishes, unsubscribes) to order idle channels.
     clock: u64,
+    /// Messages a subscribed logs ring keeps unread at least
+    /// (`limits.client_queue`).
+    lag_floor: usize,
+    /// After an eviction pass that could not get under the budget (what is
+    /// over it is unread), the next pass waits until the rings hold this
+    /// many bytes, so publishing does not sort the rings for every line.
+    shed_at: usize,
     /// The highest seq of a forgotten channel: a channel created after it
     /// continues above it, so no seq is issued twice in an epoch.
     seq_floor: u64,
 }
 
 impl Channels {
-    pub fn new(history: &HistoryConfig, max_idle: usize) -> Channels {
+    pub fn new(history: &HistoryConfig, max_idle: usize, lag_floor: usize) -> Channels {
         Channels {
             slab: Slab::new(),
             index: HashMap::new(),
@@ -79,8 +134,15 @@ impl Channels {
             idle: 0,
             max_idle,
             clock: 0,
+            lag_floor,
+            shed_at: 0,
             seq_floor: 0,
         }
+    }
+
+    /// Takes a reloaded `limits.client_queue`.
+    pub fn set_lag_floor(&mut self, lag_floor: usize) {
+        self.lag_floor = lag_floor;
     }
 
     /// Goes on from what the on-disk history knows: each channel's last seq
@@ -101,7 +163,7 @@ impl Channels {
             let i = self.index_of(Channel::logs(server));
             let skip = entries.len().saturating_sub(self.log_lines);
             for (seq, envelope) in entries.into_iter().skip(skip) {
-                self.keep(i, seq, ws::text(envelope.as_bytes()));
+                self.keep(i, seq, 0, ws::text(envelope.as_bytes()));
             }
             if let Some(entry) = self.slab.get_mut(i) {
                 entry.seq = entry.seq.max(entry.ring.back().map_or(0, |k| k.seq));
@@ -119,8 +181,9 @@ impl Channels {
         self.clock += 1;
         let i = self.slab.insert(Entry {
             channel,
-            name: channel.to_string(),
             subscribers: Vec::new(),
+            cursors: Vec::new(),
+            listed: false,
             seq: self.seq_floor,
             ring: VecDeque::new(),
             ring_bytes: 0,
@@ -134,13 +197,17 @@ impl Channels {
         i
     }
 
-    /// Adds a subscriber; returns its position in the channel's list.
+    /// Adds a subscriber (on a logs channel, reading from the next
+    /// message); returns its position in the channel's list.
     pub fn subscribe(&mut self, i: usize, key: usize) -> Option<u32> {
         let entry = self.slab.get_mut(i)?;
         if entry.subscribers.is_empty() {
             self.idle -= 1;
         }
         entry.subscribers.push(key);
+        if entry.channel.kind == ChannelKind::Logs {
+            entry.cursors.push(entry.seq + 1);
+        }
         Some(entry.subscribers.len() as u32 - 1)
     }
 
@@ -151,13 +218,20 @@ impl Channels {
             return None;
         }
         entry.subscribers.swap_remove(pos);
+        if pos < entry.cursors.len() {
+            entry.cursors.swap_remove(pos);
+        }
+        let moved = entry.subscribers.get(pos).copied();
         if entry.subscribers.is_empty() {
             entry.subscribers = Vec::new();
+            entry.cursors = Vec::new();
             self.idle += 1;
             self.clock += 1;
             entry.used = self.clock;
+            // Without subscribers the lag floor no longer holds the ring.
+            self.trim(i);
         }
-        entry.subscribers.get(pos).copied()
+        moved
     }
 
     /// Marks a channel used (a message was published on it).
@@ -219,38 +293,65 @@ impl Channels {
         self.slab.len()
     }
 
-    /// Adds a message to a logs or metrics channel's ring, evicting what
-    /// the caps (`history.log_lines` or `history.metrics_points`,
-    /// `history.max_bytes`) no longer allow. Other channels keep no ring.
-    pub fn keep(&mut self, i: usize, seq: u64, frame: Rc<[u8]>) {
+    /// Adds a message (publish ordinal `ord`) to a logs or metrics
+    /// channel's ring, evicting what the caps (`history.log_lines` or
+    /// `history.metrics_points`, `history.max_bytes`) no longer allow.
+    /// Other channels keep no ring.
+    pub fn keep(&mut self, i: usize, seq: u64, ord: u64, frame: Rc<[u8]>) {
         let Some(entry) = self.slab.get_mut(i) else { return };
-        let cap = match entry.channel.kind {
-            ChannelKind::Logs => self.log_lines,
-            ChannelKind::Metrics => self.metrics_points,
-            ChannelKind::Status | ChannelKind::Notifications => return,
-        };
+        if !matches!(entry.channel.kind, ChannelKind::Logs | ChannelKind::Metrics) {
+            return;
+        }
         entry.ring_bytes += frame.len();
         self.bytes += frame.len();
         self.entries += 1;
-        entry.ring.push_back(Kept { seq, frame });
-        if entry.ring.len() > cap {
+        entry.ring.push_back(Kept { seq, ord, frame });
+        self.trim(i);
+        if self.bytes > self.max_bytes.max(self.shed_at) {
+            self.shed();
+        }
+    }
+
+    /// Evicts the oldest messages of a ring over its count cap.
+    fn trim(&mut self, i: usize) {
+        let Some(entry) = self.slab.get(i) else { return };
+        let cap = match entry.channel.kind {
+            ChannelKind::Logs if entry.subscribers.is_empty() => self.log_lines,
+            ChannelKind::Logs => self.log_lines.max(self.lag_floor),
+            ChannelKind::Metrics => self.metrics_points,
+            ChannelKind::Status | ChannelKind::Notifications => return,
+        };
+        let over = entry.ring.len().saturating_sub(cap);
+        for _ in 0..over {
             self.evict(i);
         }
-        if self.bytes > self.max_bytes {
-            // Evict the oldest of the largest ring down to a low-water mark,
-            // so the scan for the largest runs once per 1/64 of the budget
-            // rather than once per published line.
-            let low = self.max_bytes - self.max_bytes / 64;
-            while self.bytes > low {
-                let largest = self.slab.iter().max_by_key(|(_, c)| c.ring_bytes).map(|(k, _)| k);
-                let Some(k) = largest.filter(|&k| self.slab.get(k).is_some_and(|c| c.ring_bytes > 0)) else {
-                    break;
-                };
-                while self.bytes > low && self.slab.get(k).is_some_and(|c| !c.ring.is_empty()) {
-                    self.evict(k);
-                }
+    }
+
+    /// Over the byte budget: evicts the oldest messages of the largest
+    /// rings down to a low-water mark, so the scan for the largest runs
+    /// once per 1/64 of the budget rather than once per published line. A
+    /// ring gives only what its subscribers have read, or what is older
+    /// than its last `lag_floor` messages.
+    fn shed(&mut self) {
+        let low = self.max_bytes - self.max_bytes / 64;
+        let mut rings: Vec<(usize, usize)> =
+            self.slab.iter().filter(|(_, c)| c.ring_bytes > 0).map(|(k, c)| (c.ring_bytes, k)).collect();
+        rings.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, k) in rings {
+            if self.bytes <= low {
+                break;
+            }
+            let below = self.slab.get(k).map_or(0, |c| c.evictable_below(self.lag_floor));
+            while self.bytes > low
+                && self.slab.get(k).and_then(|c| c.ring.front()).is_some_and(|front| front.seq < below)
+            {
+                self.evict(k);
             }
         }
+        self.shed_at = match self.bytes > low {
+            true => self.bytes + (self.max_bytes / 64).max(SHED_STEP),
+            false => 0,
+        };
     }
 
     fn evict(&mut self, i: usize) {
@@ -307,14 +408,14 @@ impl Channels {
         self.find(channel).and_then(|i| self.slab.get(i)).into_iter().flat_map(|c| c.ring.iter())
     }
 
-    /// Channel name → subscriber count, for channels with subscribers.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.slab.iter().filter(|(_, c)| !c.subscribers.is_empty()).map(|(_, c)| (c.name.as_str(), c.subscribers.len()))
+    /// Channel → subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (Channel, usize)> + '_ {
+        self.slab.iter().filter(|(_, c)| !c.subscribers.is_empty()).map(|(_, c)| (c.channel, c.subscribers.len()))
     }
 
     /// Every channel's last seq (channels that issued one).
     pub fn seqs(&self) -> Vec<(String, u64)> {
-        self.slab.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.name.clone(), c.seq)).collect()
+        self.slab.iter().filter(|(_, c)| c.seq > 0).map(|(_, c)| (c.channel.to_string(), c.seq)).collect()
     }
 
     /// Kept history: (entries, bytes).
@@ -327,6 +428,6 @@ impl Channels {
     pub fn servers(&self) -> impl Iterator<Item = (uuid::Uuid, &str, Status)> {
         self.slab
             .iter()
-            .filter_map(|(_, c)| c.server.as_ref().map(|(name, status)| (c.channel.id, name.as_str(), *status)))
+            .filter_map(|(_, c)| c.server.as_deref().map(|(name, status)| (c.channel.id, name.as_str(), *status)))
     }
 }

@@ -4,7 +4,9 @@
 //! history rings and latest values (PROTOCOL.md 5, 5a), and answers the
 //! client requests that act on them (`subscribe`, `unsubscribe`,
 //! `history`, `auth`). [`Hub::publish`] serializes and frames a message
-//! once and shares the bytes with every subscriber's queue.
+//! once and shares the bytes with every subscriber's queue; a `logs`
+//! channel's subscribers read the shared frames from its history ring
+//! instead ([`lag`]).
 //!
 //! It knows queues and sessions, not sockets: output is written through
 //! [`Hub::write_out`] to any `Write`, and the connections to flush are
@@ -12,11 +14,11 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 mod channels;
+mod lag;
 mod requests;
 #[cfg(test)]
 mod tests;
 
-use std::io::{self, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -37,9 +39,11 @@ use channels::Channels;
 pub struct Counters {
     /// Messages published.
     pub messages_in: u64,
-    /// Copies queued to clients.
+    /// Copies queued to clients (on a logs channel: one per subscriber,
+    /// read from the ring).
     pub messages_out: u64,
-    /// Copies dropped for slow clients.
+    /// Copies dropped for slow clients (on a logs channel: evicted from
+    /// the ring before the subscriber read them).
     pub messages_dropped: u64,
 }
 
@@ -48,8 +52,8 @@ pub struct Counters {
 pub struct Written {
     /// Bytes that went out.
     pub written: usize,
-    /// Bytes still waiting.
-    pub pending: usize,
+    /// Something still waits (queued, or unread in a logs ring).
+    pub waiting: bool,
     /// Bytes of replies (uncounted items) still waiting.
     pub reply_bytes: usize,
 }
@@ -72,6 +76,12 @@ pub struct Hub {
     /// Clients with live messages, flushed together in batches (see the
     /// reactor's `FANOUT_DELAY`).
     fanout: Vec<usize>,
+    /// Logs channels with lines their subscribers have not been written
+    /// yet; their subscribers join `fanout` when it is taken.
+    lagging: Vec<usize>,
+    /// Messages published so far: each one's ordinal, and the stamp of
+    /// what is queued (so queued items and ring frames keep their order).
+    ord: u64,
     /// When the oldest live message not yet flushed was published.
     fanout_since: Option<Instant>,
     /// Counters for stats.
@@ -90,7 +100,7 @@ impl Hub {
     /// last seq and the recent log lines to refill the rings, and every log
     /// line published is also handed to `store`.
     pub fn new(limits: &Limits, history: &HistoryConfig, store: Option<Store>, recovered: Option<Recovered>) -> Hub {
-        let mut channels = Channels::new(history, limits.max_idle_channels);
+        let mut channels = Channels::new(history, limits.max_idle_channels, limits.client_queue);
         let epoch = match recovered {
             Some(recovered) => channels.restore(recovered),
             None => crate::store::new_epoch(),
@@ -105,6 +115,8 @@ impl Hub {
             max_reply_bytes: limits.max_reply_bytes,
             dirty: Vec::new(),
             fanout: Vec::new(),
+            lagging: Vec::new(),
+            ord: 0,
             fanout_since: None,
             counters: Counters::default(),
             store,
@@ -118,6 +130,7 @@ impl Hub {
     /// `max_idle_channels` is not reloaded.
     pub fn set_limits(&mut self, limits: &Limits) {
         self.queue_cap = limits.client_queue;
+        self.channels.set_lag_floor(limits.client_queue);
         self.max_subscriptions = limits.max_subscriptions;
         self.max_reply_bytes = limits.max_reply_bytes;
     }
@@ -155,7 +168,7 @@ impl Hub {
         if self.clients.len() < self.clients.capacity() / 4 {
             self.clients.shrink_to_fit();
         }
-        for list in [&mut self.dirty, &mut self.fanout] {
+        for list in [&mut self.dirty, &mut self.fanout, &mut self.lagging] {
             if list.is_empty() {
                 list.shrink_to_fit();
             }
@@ -219,7 +232,7 @@ impl Hub {
     /// a replayed copy) and lists the client for the end of the turn.
     pub fn queue(&mut self, key: usize, bytes: Rc<[u8]>) {
         let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { return };
-        client.out.push_control(bytes);
+        client.out.push_control(bytes, self.ord);
         mark(key, &mut client.dirty, &mut self.dirty);
     }
 
@@ -234,43 +247,25 @@ impl Hub {
         mark(key, &mut client.dirty, &mut self.dirty);
     }
 
-    /// Writes what a client has queued to `w` (its socket) until it would
-    /// block; once live messages have drained below the cap, the pending
-    /// `MESSAGES_DROPPED` reports are queued and written too.
-    ///
-    /// # Errors
-    /// A write error other than WouldBlock/Interrupted: the connection is
-    /// gone.
-    pub fn write_out(&mut self, key: usize, w: &mut impl Write) -> io::Result<Written> {
-        let cap = self.queue_cap;
-        let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else {
-            return Ok(Written { written: 0, pending: 0, reply_bytes: 0 });
-        };
-        client.dirty = false;
-        client.fanout = false;
-        let mut written = 0;
-        loop {
-            written += client.out.write_to(w)?;
-            let reports = client.out.take_reports(cap);
-            if reports.is_empty() {
-                break;
-            }
-            for error in drop_errors(&self.channels, reports) {
-                client.out.push_control(ws::text(&error));
-            }
-        }
-        let out = &client.out;
-        Ok(Written { written, pending: out.pending_bytes(), reply_bytes: out.reply_bytes() })
-    }
-
     /// Takes the list of clients with replies to flush.
     pub fn take_dirty(&mut self, into: &mut Vec<usize>) {
         into.append(&mut self.dirty);
     }
 
-    /// Takes the list of clients with live messages to flush.
+    /// Takes the list of clients with live messages to flush: those with
+    /// queued ones, and the subscribers of the logs channels that had new
+    /// lines.
     pub fn take_fanout(&mut self, into: &mut Vec<usize>) {
         self.fanout_since = None;
+        for i in self.lagging.drain(..) {
+            let Some(entry) = self.channels.get_mut(i) else { continue };
+            entry.listed = false;
+            for &key in &entry.subscribers {
+                if let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) {
+                    mark(key, &mut client.fanout, &mut self.fanout);
+                }
+            }
+        }
         into.append(&mut self.fanout);
     }
 
@@ -313,12 +308,15 @@ impl Hub {
 
     /// Publishes one message: stamps it, gives it its channel's next seq,
     /// serializes and frames it once, and queues the shared bytes for every
-    /// subscriber (alerts: every client the ACL allows). Returns the number
-    /// of clients it was queued for.
+    /// subscriber (alerts: every client the ACL allows; logs channels: its
+    /// subscribers read it from the ring). Returns the number of clients it
+    /// was queued for.
     pub fn publish(&mut self, auth: &Authenticator, mut msg: Publish) -> usize {
         let now = Time::now();
         msg.stamp(now);
         self.counters.messages_in += 1;
+        self.ord += 1;
+        let ord = self.ord;
         let Some(channel) = msg.channel() else {
             return self.publish_alert(auth, &msg, now);
         };
@@ -333,16 +331,24 @@ impl Hub {
         if !entry.subscribers.is_empty() {
             self.fanout_since.get_or_insert_with(Instant::now);
         }
-        for &key in &entry.subscribers {
-            let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { continue };
-            match offer(key, client, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.fanout) {
-                true => queued += 1,
-                false => dropped += 1,
+        if channel.kind == ChannelKind::Logs {
+            // Read from the ring: the subscribers are listed at the flush.
+            queued = entry.subscribers.len() as u64;
+            if queued > 0 && !std::mem::replace(&mut entry.listed, true) {
+                self.lagging.push(i);
+            }
+        } else {
+            for &key in &entry.subscribers {
+                let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { continue };
+                match offer(key, client, &frame, self.queue_cap, (DropKey::Channel(i), seq, ord), &mut self.fanout) {
+                    true => queued += 1,
+                    false => dropped += 1,
+                }
             }
         }
         match channel.kind {
             ChannelKind::Logs => {
-                self.channels.keep(i, seq, frame);
+                self.channels.keep(i, seq, ord, frame);
                 if let (Some(store), Publish::Log(e)) = (&self.store, msg) {
                     store.append(StoredLog {
                         server: e.server_id,
@@ -361,7 +367,7 @@ impl Hub {
             ChannelKind::Metrics => {
                 entry.latest = Some(Rc::clone(&frame));
                 self.counters_changed = true;
-                self.channels.keep(i, seq, frame);
+                self.channels.keep(i, seq, ord, frame);
                 if let (Some(store), Publish::Metrics(m)) = (&self.store, &msg) {
                     store.append_metric(crate::metrics_api::point(m, now));
                 }
@@ -369,7 +375,7 @@ impl Hub {
             ChannelKind::Status => {
                 entry.latest = Some(frame);
                 if let Publish::Status(s) = msg {
-                    entry.server = Some((s.server_name, s.new_status));
+                    entry.server = Some(Box::new((s.server_name, s.new_status)));
                 }
                 self.counters_changed = true;
             }
@@ -381,6 +387,7 @@ impl Hub {
     }
 
     fn publish_alert(&mut self, auth: &Authenticator, msg: &Publish, now: Time) -> usize {
+        let ord = self.ord;
         let Publish::Alert(alert) = msg else { return 0 };
         let frame = ws::text(&msg.encode(now, None));
         let (mut queued, mut dropped) = (0, 0);
@@ -395,7 +402,7 @@ impl Hub {
                 continue;
             }
             self.fanout_since.get_or_insert_with(Instant::now);
-            match offer(key, client, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.fanout) {
+            match offer(key, client, &frame, self.queue_cap, (DropKey::Alerts, 0, ord), &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -407,8 +414,8 @@ impl Hub {
 
     // ---- stats, store ----
 
-    /// Stats: channel name -> subscriber count, for channels with subscribers.
-    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, usize)> {
+    /// Stats: channel -> subscriber count, for channels with subscribers.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (Channel, usize)> + '_ {
         self.channels.subscriptions()
     }
 
@@ -476,18 +483,18 @@ impl Hub {
     }
 }
 
-/// Queues a live message for one client (or counts the drop) and lists the
-/// client for the next fan-out flush. Returns whether it was queued.
+/// Queues a live message for one client (or counts the drop under its key
+/// and seq) at its publish ordinal and lists the client for the next
+/// fan-out flush. Returns whether it was queued.
 fn offer(
     key: usize,
     client: &mut Client,
     frame: &Rc<[u8]>,
     cap: usize,
-    drop: DropKey,
-    seq: u64,
+    (drop, seq, ord): (DropKey, u64, u64),
     fanout: &mut Vec<usize>,
 ) -> bool {
-    let queued = client.out.push_live(frame, cap, drop, seq);
+    let queued = client.out.push_live(frame, cap, drop, seq, ord);
     mark(key, &mut client.fanout, fanout);
     queued
 }
@@ -505,7 +512,7 @@ fn drop_errors(channels: &Channels, reports: Vec<DropReport>) -> impl Iterator<I
     reports.into_iter().map(|r| {
         let details = match r.key {
             DropKey::Channel(i) => json!({
-                "channel": channels.get(i).map(|c| c.name.as_str()),
+                "channel": channels.get(i).map(|c| c.channel.to_string()),
                 "dropped": r.dropped,
                 "from_seq": r.from_seq,
                 "to_seq": r.to_seq,

@@ -67,7 +67,7 @@ impl Hub {
                 ChannelKind::Logs => {
                     if let Some(since) = wanted.get(&entry.channel) {
                         let ok = self.channels.recover(i, since, &self.epoch, &mut replays);
-                        recovered.insert(entry.name.clone(), Value::Bool(ok));
+                        recovered.insert(entry.channel.to_string(), Value::Bool(ok));
                     }
                 }
                 ChannelKind::Metrics | ChannelKind::Status => replays.extend(entry.latest.clone()),
@@ -228,7 +228,7 @@ impl Hub {
             .collect();
         let mut names = Vec::new();
         for i in revoked {
-            names.extend(self.channels.get(i).map(|c| c.name.clone()));
+            names.extend(self.channels.get(i).map(|c| c.channel.to_string()));
             self.unsubscribe_one(key, i);
         }
         let exp = identity.exp;

@@ -92,7 +92,8 @@ fn subscribe_applies_the_acl_and_answers_in_section_4_order() {
     assert_eq!(codes(&got), ["FORBIDDEN", "INVALID_CHANNEL", "SUBSCRIBED"]);
     assert_eq!(got[0]["data"]["data"], json!([other]), "listed once");
     assert_eq!(got[2]["data"]["data"], json!([logs(SERVER)]));
-    assert_eq!(f.hub.subscriptions().collect::<Vec<_>>(), [(logs(SERVER).as_str(), 1)]);
+    let subs: Vec<(String, usize)> = f.hub.subscriptions().map(|(c, n)| (c.to_string(), n)).collect();
+    assert_eq!(subs, [(logs(SERVER), 1)]);
 
     f.hub.unsubscribe(1, &[logs(SERVER), other, "bad".into()]);
     assert_eq!(codes(&f.read(1)), ["INVALID_CHANNEL", "UNSUBSCRIBED"]);
@@ -111,8 +112,10 @@ fn publish_numbers_each_channel_and_shares_one_frame_with_every_subscriber() {
     assert_eq!(f.log(SERVER, "one"), 3);
     assert_eq!(f.log(SERVER, "two"), 3);
     assert_eq!(f.log(OTHER, "elsewhere"), 0, "no subscriber, still a seq");
-    let first: Vec<Rc<[u8]>> = (0..3).map(|k| f.hub.client(k).unwrap().out.frames().next().unwrap().clone()).collect();
-    assert!(first.iter().all(|frame| Rc::ptr_eq(frame, &first[0])), "encoded once, shared");
+    assert!((0..3).all(|k| f.hub.client(k).unwrap().out.is_empty()), "nothing queued per subscriber");
+    let i = f.hub.channels.find(&Channel::parse(&logs(SERVER)).unwrap()).unwrap();
+    let frame = Rc::clone(&f.hub.channels.get(i).unwrap().ring[0].frame);
+    assert_eq!(Rc::strong_count(&frame), 2, "encoded once, held by the ring only");
     for key in 0..3 {
         let got = f.read(key);
         assert_eq!(got.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
@@ -126,24 +129,234 @@ fn publish_numbers_each_channel_and_shares_one_frame_with_every_subscriber() {
 #[test]
 fn overflow_drops_for_the_slow_client_only_and_reports_the_exact_range() {
     let mut f = Fixture::new(2, 1000);
+    let channel = format!("server:{SERVER}:metrics");
+    f.client(1, Role::Admin, &[]);
+    f.client(2, Role::Admin, &[]);
+    for key in [1, 2] {
+        f.subscribe(key, &[&channel], None);
+        f.read(key);
+    }
+    metrics_of(&mut f, SERVER, 1);
+    metrics_of(&mut f, SERVER, 2);
+    let mut fast = f.read(2);
+    for p in 3..=5 {
+        metrics_of(&mut f, SERVER, p);
+        fast.extend(f.read(2));
+    }
+    let slow = f.read(1);
+    assert_eq!(codes(&slow), ["metrics", "metrics", "MESSAGES_DROPPED"]);
+    assert_eq!(slow[2]["data"]["data"], json!({"channel": channel, "dropped": 3, "from_seq": 3, "to_seq": 5}));
+    assert_eq!(fast.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(f.hub.counters.messages_dropped, 3);
+}
+
+fn seqs_of(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter_map(|m| m["seq"].as_u64()).collect()
+}
+
+#[test]
+fn a_logs_subscriber_lags_as_far_as_the_ring_keeps_without_a_drop() {
+    // client_queue 2 caps nothing on a logs channel: the ring (10) does.
+    let mut f = Fixture::new(2, 10);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    for n in 0..10 {
+        assert_eq!(f.log(SERVER, &n.to_string()), 1);
+    }
+    assert!(f.hub.client(1).unwrap().out.is_empty(), "no copy queued");
+    let got = f.read(1);
+    assert_eq!(codes(&got), vec!["log_entry"; 10]);
+    assert_eq!(seqs_of(&got), (1..=10).collect::<Vec<_>>());
+    assert_eq!(f.hub.counters.messages_dropped, 0);
+}
+
+#[test]
+fn a_cursor_behind_an_eviction_gets_one_report_for_exactly_that_range_then_the_rest() {
+    let mut f = Fixture::new(2, 5);
     f.client(1, Role::Admin, &[]);
     f.client(2, Role::Admin, &[]);
     for key in [1, 2] {
         f.subscribe(key, &[&logs(SERVER)], None);
         f.read(key);
     }
+    f.log(SERVER, "1");
+    assert_eq!(seqs_of(&f.read(1)), [1]);
+    for n in 2..=9 {
+        f.log(SERVER, &n.to_string());
+    }
+    // The ring keeps 5..=9: client 1 missed 2..=4, client 2 missed 1..=4.
+    let both = [f.read(1), f.read(2)];
+    for (from, got) in [(2, &both[0]), (1, &both[1])] {
+        assert_eq!(codes(&got[..1]), ["MESSAGES_DROPPED"], "the report comes where the gap is");
+        let dropped = 5 - from;
+        let want = json!({"channel": logs(SERVER), "dropped": dropped, "from_seq": from, "to_seq": 4});
+        assert_eq!(got[0]["data"]["data"], want);
+        assert_eq!(seqs_of(&got[1..]), [5, 6, 7, 8, 9]);
+    }
+    f.log(SERVER, "more");
+    for key in [1, 2] {
+        assert_eq!(codes(&f.read(key)), ["log_entry"], "caught up: no second report");
+    }
+    assert_eq!(f.hub.counters.messages_dropped, 3 + 4);
+}
+
+#[test]
+fn a_ring_with_subscribers_keeps_client_queue_lines_whatever_log_lines_says() {
+    let mut f = Fixture::new(4, 0);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    for n in 0..6 {
+        f.log(SERVER, &n.to_string());
+    }
+    let got = f.read(1);
+    assert_eq!(got[0]["data"]["data"]["to_seq"], 2, "{got:?}");
+    assert_eq!(seqs_of(&got[1..]), [3, 4, 5, 6]);
+    f.hub.unsubscribe(1, &[logs(SERVER)]);
+    assert_eq!(f.hub.history_size().0, 0, "without subscribers log_lines = 0 keeps nothing");
+}
+
+#[test]
+fn the_byte_budget_evicts_what_subscribers_read_before_what_they_did_not() {
+    let history = HistoryConfig { log_lines: 1000, max_bytes: 6000, ..HistoryConfig::default() };
+    let limits = Limits { client_queue: 20, ..Limits::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    // OTHER's ring (no subscriber) is the largest: it goes first.
+    for n in 0..40 {
+        f.log(OTHER, &format!("{n} {}", "x".repeat(200)));
+    }
+    for n in 0..15 {
+        f.log(SERVER, &format!("{n} {}", "y".repeat(200)));
+    }
+    let got = f.read(1);
+    assert_eq!(seqs_of(&got), (1..=15).collect::<Vec<_>>(), "nothing unread was evicted: {:?}", codes(&got));
+    assert!(f.hub.history_size().1 <= 6000 + 15 * 400);
+}
+
+#[test]
+fn a_zero_byte_budget_loses_nothing_unread_and_keeps_little() {
+    let history = HistoryConfig { max_bytes: 0, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&Limits::default(), &history, None, None), auth };
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    let mut got = Vec::new();
+    for n in 0..50 {
+        f.log(SERVER, &n.to_string());
+        if n % 10 == 9 {
+            got.extend(f.read(1));
+        }
+    }
+    assert_eq!(seqs_of(&got), (1..=50).collect::<Vec<_>>(), "{:?}", codes(&got));
+    f.log(SERVER, "last");
+    f.read(1);
+    f.log(OTHER, "no subscriber");
+    let (_, bytes) = f.hub.history_size();
+    assert!(bytes <= channels::SHED_STEP + 1000, "what was read goes, a step at a time: {bytes}");
+}
+
+#[test]
+fn queued_items_and_ring_lines_go_out_in_publish_order() {
+    let mut f = Fixture::new(256, 100);
+    f.client(1, Role::Admin, &[]);
+    let metrics = format!("server:{SERVER}:metrics");
+    f.subscribe(1, &[&logs(SERVER), &logs(OTHER), &metrics], None);
+    f.read(1);
+    f.log(SERVER, "a");
+    metrics_of(&mut f, SERVER, 1);
+    f.log(OTHER, "b");
+    f.log(SERVER, "c");
+    f.hub.reply(1, br#"{"type":"pong"}"#);
+    f.log(OTHER, "d");
+    let got = f.read(1);
+    let order = lines_and_codes(&got);
+    assert_eq!(order, ["a", "metrics", "b", "c", "pong", "d"]);
+}
+
+/// Each log line's message, and the code or type of anything else.
+fn lines_and_codes(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| match m["type"].as_str() {
+            Some("log_entry") => m["data"]["message"].as_str().unwrap().to_string(),
+            _ => codes(std::slice::from_ref(m))[0].clone(),
+        })
+        .collect()
+}
+
+/// A socket that takes `room` bytes, then blocks.
+struct Narrow {
+    got: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Narrow {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.room);
+        if n == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.got.extend_from_slice(&buf[..n]);
+        self.room -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_half_written_ring_line_is_finished_first_even_after_its_eviction() {
+    let mut f = Fixture::new(1, 2);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    let mut sock = Narrow { got: Vec::new(), room: 0 };
+    f.hub.write_out(1, &mut Vec::new()).unwrap();
+    f.log(SERVER, "first line");
+    sock.room = 20;
+    let w = f.hub.write_out(1, &mut sock).unwrap();
+    assert!(w.waiting && w.written == 20);
+    // Evicted from the ring meanwhile, and a reply queued after it.
+    for m in ["2", "3", "4"] {
+        f.log(SERVER, m);
+    }
+    f.hub.reply(1, br#"{"type":"pong"}"#);
+    sock.room = usize::MAX;
+    let w = f.hub.write_out(1, &mut sock).unwrap();
+    assert!(!w.waiting);
+    let mut rest = Vec::new();
+    std::mem::swap(&mut rest, &mut sock.got);
+    f.hub.queue(1, Rc::from(rest));
+    let got = f.read(1);
+    let order = lines_and_codes(&got);
+    assert_eq!(order, ["first line", "MESSAGES_DROPPED", "3", "4", "pong"]);
+    assert_eq!(got[1]["data"]["data"]["from_seq"], 2);
+}
+
+#[test]
+fn a_graceful_close_comes_after_the_lines_not_read_yet() {
+    let mut f = Fixture::new(256, 100);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
     f.log(SERVER, "a");
     f.log(SERVER, "b");
-    let mut fast = f.read(2);
-    for m in ["c", "d", "e"] {
-        f.log(SERVER, m);
-        fast.extend(f.read(2));
-    }
-    let slow = f.read(1);
-    assert_eq!(codes(&slow), ["log_entry", "log_entry", "MESSAGES_DROPPED"]);
-    assert_eq!(slow[2]["data"]["data"], json!({"channel": logs(SERVER), "dropped": 3, "from_seq": 3, "to_seq": 5}));
-    assert_eq!(fast.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-    assert_eq!(f.hub.counters.messages_dropped, 3);
+    f.hub.queue_close(1, ws::close(1001, "going away"));
+    f.hub.end_session(1);
+    let mut wire = Vec::new();
+    f.hub.write_out(1, &mut wire).unwrap();
+    let close = ws::close(1001, "going away");
+    assert!(wire.ends_with(&close), "the Close frame comes last");
+    let text = String::from_utf8_lossy(&wire);
+    assert!(text.find("\"a\"").unwrap() < text.find("\"b\"").unwrap());
 }
 
 #[test]

@@ -1,6 +1,8 @@
-//! PROTOCOL.md sections 5 ("Drops"), 5b and 6: keep-alive Pings, the pong
-//! timeout, frame-level closes (1009, 1007, 1002), the write timeout of a
-//! client that never reads, and `MESSAGES_DROPPED` after a queue overflow.
+//! PROTOCOL.md sections 5 ("Lag", "Drops"), 5b and 6: keep-alive Pings,
+//! the pong timeout, frame-level closes (1009, 1007, 1002), the write
+//! timeout of a client that never reads, `MESSAGES_DROPPED` after a queue
+//! overflow (status channels, alerts), and a logs subscriber that lags
+//! within, or beyond, what the channel's ring keeps.
 
 use std::sync::mpsc;
 use std::thread;
@@ -107,6 +109,11 @@ fn protocol_errors_close_1002() {
 /// A 20 KB log line.
 fn big_log(i: usize) -> Value {
     log_body(SERVER_A, &format!("{i:06} {}", "x".repeat(20_000)))
+}
+
+/// A 20 KB status message on `server:S:status`.
+fn big_status(server: &str, i: usize) -> Value {
+    status_body(server, "running", "running", Some(&format!("{i:06} {}", "x".repeat(20_000))))
 }
 
 /// A 20 KB system alert (admins only).
@@ -235,18 +242,18 @@ fn a_client_that_never_reads_is_dropped_and_others_keep_receiving() {
 fn queue_overflow_reports_messages_dropped_with_the_exact_gap() {
     const N: usize = 400;
     let hub = Hub::start("client_queue = 4\nwrite_timeout_s = 30");
-    let channel = logs(SERVER_A);
+    let channel = status(SERVER_A);
     let mut slow = small_buffer_client(&hub);
     slow.subscribe_ok(&[&channel]);
 
     // The slow client does not read while N big messages are published.
-    let got = publish_many(&hub, N);
+    let got = publish_each(&hub, N, |i| big_status(SERVER_A, i));
     let refused = got.iter().filter(|&&r| r == 0).count() as u64;
     assert!(refused > 0, "no message was dropped; kernel buffers were not filled (test setup too small)");
 
     // Now it reads everything, then one more live message.
     let mut stream_seen = read_all(&mut slow);
-    assert_eq!(hub.publish(&log_body(SERVER_A, "after the drain")), 1);
+    assert_eq!(hub.publish(&status_body(SERVER_A, "running", "stopping", None)), 1);
     stream_seen.push(slow.recv_json());
     slow.expect_no_message(QUIET);
 
@@ -254,7 +261,7 @@ fn queue_overflow_reports_messages_dropped_with_the_exact_gap() {
     let mut received = Vec::new();
     let mut reports = Vec::new();
     for (pos, msg) in stream_seen.iter().enumerate() {
-        if msg["type"] == "log_entry" {
+        if msg["type"] == "server_status" {
             received.push((msg["seq"].as_u64().unwrap(), pos));
         } else {
             assert_json(
@@ -338,7 +345,7 @@ fn dropped_alerts_are_reported_with_a_null_channel() {
 fn unsubscribing_discards_a_pending_drop_report() {
     const STREAK: usize = 20;
     let hub = Hub::start("client_queue = 4\nwrite_timeout_s = 30");
-    let channel = logs(SERVER_A);
+    let channel = status(SERVER_A);
     let mut slow = small_buffer_client(&hub);
     slow.subscribe_ok(&[&channel]);
     // Publish until the last STREAK messages were all dropped: the queue is
@@ -349,7 +356,7 @@ fn unsubscribing_discards_a_pending_drop_report() {
     let mut published = 0u64;
     while refused_in_a_row < STREAK {
         assert!(published < 1500, "the queue never stayed full (test setup too small)");
-        let body = big_log(published as usize);
+        let body = big_status(SERVER_A, published as usize);
         let r = recipients(&conn.request(&publish_request(Some(&token), body.to_string().as_bytes())), &body);
         published += 1;
         refused_in_a_row = if r == 0 { refused_in_a_row + 1 } else { 0 };
@@ -365,10 +372,10 @@ fn unsubscribing_discards_a_pending_drop_report() {
         let to = m["data"]["data"]["to_seq"].as_u64().unwrap_or(0);
         assert!(to < streak_start, "report {m} covers drops {streak_start}..={published} pending at the unsubscribe");
     }
-    let answers: Vec<&Value> = seen.iter().filter(|m| m["type"] != "log_entry" && !is_drop_report(m)).collect();
+    let answers: Vec<&Value> = seen.iter().filter(|m| m["type"] != "server_status" && !is_drop_report(m)).collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_json(answers[0], &unsubscribed(&[&channel]));
-    assert_eq!(hub.publish(&log_body(SERVER_A, "after")), 0);
+    assert_eq!(hub.publish(&status_body(SERVER_A, "running", "stopping", None)), 0);
     slow.expect_no_message(QUIET);
 }
 
@@ -376,7 +383,7 @@ fn unsubscribing_discards_a_pending_drop_report() {
 fn drop_reports_come_in_order_of_first_drop() {
     const N: usize = 400;
     let hub = Hub::start("client_queue = 4\nwrite_timeout_s = 30");
-    let (la, lb) = (logs(SERVER_A), logs(SERVER_B));
+    let (la, lb) = (status(SERVER_A), status(SERVER_B));
     let mut slow = small_buffer_client(&hub);
     slow.subscribe_ok(&[&la, &lb]);
     // Alternate the two channels; remember which publish got which seq.
@@ -386,8 +393,8 @@ fn drop_reports_come_in_order_of_first_drop() {
         let server = if i % 2 == 0 { SERVER_A } else { SERVER_B };
         let seq = seqs.entry(server).or_insert(0u64);
         *seq += 1;
-        index_of.insert((logs(server), *seq), i);
-        log_body(server, &format!("{i:06} {}", "x".repeat(20_000)))
+        index_of.insert((status(server), *seq), i);
+        big_status(server, i)
     });
     assert!(got.contains(&0), "no message was dropped (test setup too small)");
     let seen = read_all(&mut slow);
@@ -428,9 +435,9 @@ fn control_replies_and_latest_values_are_never_dropped() {
         assert_eq!(hub.publish(&status_body(server, "starting", "running", None)), 0);
     }
     let mut slow = small_buffer_client(&hub);
-    slow.subscribe_ok(&[&logs(SERVER_A)]);
+    slow.ping_pong();
     // Fill the kernel buffers and the queue with live messages.
-    let got = publish_many(&hub, 400);
+    let got = publish_each(&hub, 400, big_alert);
     assert!(got.ends_with(&[0, 0, 0]), "the queue is not full (test setup too small)");
     // While full: a subscribe with six latest values and a ping.
     let channels: Vec<String> = servers.iter().flat_map(|s| [metrics(s), status(s)]).collect();
@@ -438,7 +445,7 @@ fn control_replies_and_latest_values_are_never_dropped() {
     slow.subscribe(&refs);
     slow.send_text(r#"{"type":"ping"}"#);
     let seen = read_all(&mut slow);
-    let others: Vec<&Value> = seen.iter().filter(|m| m["type"] != "log_entry" && !is_drop_report(m)).collect();
+    let others: Vec<&Value> = seen.iter().filter(|m| m["type"] != "alert" && !is_drop_report(m)).collect();
     assert_eq!(others.len(), 8, "SUBSCRIBED, six latest values and a pong: {others:?}");
     assert_json(others[0], &subscribed(&refs));
     for (msg, channel) in others[1..7].iter().zip(&channels) {
@@ -446,10 +453,10 @@ fn control_replies_and_latest_values_are_never_dropped() {
         assert_eq!(msg["seq"], 1, "{msg}");
     }
     assert_eq!(others[7]["type"], "pong", "{}", others[7]);
-    // Only the live log lines were dropped and reported.
+    // Only the live alerts were dropped and reported.
     let reports: Vec<&Value> = seen.iter().filter(|m| is_drop_report(m)).collect();
     assert!(!reports.is_empty());
-    assert!(reports.iter().all(|r| r["data"]["data"]["channel"] == json!(logs(SERVER_A))), "{reports:?}");
+    assert!(reports.iter().all(|r| r["data"]["data"]["channel"].is_null()), "{reports:?}");
 }
 
 #[test]
@@ -479,4 +486,57 @@ fn pings_are_ponged_and_a_client_close_is_answered() {
         RawEvent::Eof | RawEvent::Reset(_) => {}
         other => panic!("expected the hub to close the connection, got {other:?}"),
     }
+}
+
+/// Publishes `n` 20 KB lines to `server:A:logs` while `slow` reads nothing,
+/// then reads what it gets: log lines' seqs and drop reports' ranges, with
+/// their positions.
+fn lag_behind(n: usize) -> (Vec<u64>, Vec<(u64, u64, usize)>) {
+    let hub = Hub::start("write_timeout_s = 60");
+    let channel = logs(SERVER_A);
+    let mut slow = small_buffer_client(&hub);
+    slow.subscribe_ok(&[&channel]);
+    let got = publish_many(&hub, n);
+    assert!(got.iter().all(|&r| r == 1), "a logs line is owed to its subscriber: {got:?}");
+    let stats = hub.stats();
+    let queued = stats["queued_bytes"].as_u64().unwrap();
+    assert!(queued < 100_000, "lines are read from the ring, not queued per client: {stats}");
+    let seen = read_all(&mut slow);
+    let mut lines = Vec::new();
+    let mut reports = Vec::new();
+    for (pos, m) in seen.iter().enumerate() {
+        if m["type"] == "log_entry" {
+            lines.push(m["seq"].as_u64().unwrap());
+        } else {
+            assert!(is_drop_report(m), "{m}");
+            let d = &m["data"]["data"];
+            assert_eq!(d["channel"], json!(channel));
+            let (a, b) = (d["from_seq"].as_u64().unwrap(), d["to_seq"].as_u64().unwrap());
+            assert_eq!(d["dropped"].as_u64(), Some(b - a + 1), "{d}");
+            reports.push((a, b, pos));
+        }
+    }
+    (lines, reports)
+}
+
+#[test]
+fn a_logs_reader_that_falls_behind_within_the_ring_loses_nothing() {
+    // 1,000 lines of 20 KB into the default ring of 1,000: the kernel holds
+    // a few dozen of them, the reader is ~950 behind in the hub.
+    let (lines, reports) = lag_behind(1000);
+    assert!(reports.is_empty(), "no drop report: {reports:?}");
+    assert_eq!(lines, (1..=1000).collect::<Vec<u64>>(), "every line, in order");
+}
+
+#[test]
+fn a_logs_reader_that_falls_behind_the_ring_gets_one_report_for_the_evicted_range_then_the_rest() {
+    let (lines, reports) = lag_behind(1100);
+    assert_eq!(reports.len(), 1, "exactly one report: {reports:?}");
+    let (a, b, pos) = reports[0];
+    // What reached the kernel before the reader stopped, then the gap, then
+    // the ring's 1,000 (seqs 101..=1100).
+    assert_eq!(b, 100, "the evicted range ends where the ring starts");
+    assert_eq!(pos, (a - 1) as usize, "the report comes where the gap is");
+    let want: Vec<u64> = (1..a).chain(101..=1100).collect();
+    assert_eq!(lines, want, "everything else, in order, once");
 }

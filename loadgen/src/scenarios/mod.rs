@@ -316,6 +316,8 @@ fn measure(
         "hub_cpu_s": round3(hub_cpu_s),
         "hub_cpu_core": round3(hub_core),
         "frames_per_hub_cpu_s": ((frames1 - frames0) as f64 / hub_cpu_s.max(1e-6)).round(),
+        // Hub CPU per line taken in: the frames delivered in the window, per reader.
+        "hub_cpu_us_per_line": round3(hub_cpu_s * 1e6 * s.readers as f64 / (frames1 - frames0).max(1) as f64),
         "loadgen_cpu_core": round3(my_core),
         "hub_core_busy": hub_core_busy,
         "loadgen_core_busy": my_core_busy,

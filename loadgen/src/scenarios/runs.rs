@@ -112,6 +112,7 @@ pub(super) fn many_channels(o: &Opts) -> Result<Value, Error> {
         "latency": step["latency"],
         "clean": outcome.clean,
         "hub_cpu_core": step["hub_cpu_core"],
+        "hub_cpu_us_per_line": step["hub_cpu_us_per_line"],
         "hub_peak_rss": bench.hub.peak_rss(),
     });
     if rates.len() > 1 {
