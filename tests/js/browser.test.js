@@ -242,8 +242,11 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   const pad = "y".repeat(1500);
   let burst = "";
   for (let i = 1; i <= 4000; i++) burst += `[${stamp}] [Server thread/INFO]: burst ${i} ${pad}\n`;
+  const before = (await demo.hub.stats()).messages.in;
   fs.appendFileSync(path.join(demo.survival, "logs", "latest.log"), burst);
-  await waitFor("drops", async () => (await demo.hub.stats()).messages.dropped > 100, 20000, 100);
+  // The hub has taken the whole burst (a drop is counted only once its
+  // report reaches the socket, so the paused tab cannot be waited on).
+  await waitFor("the burst", async () => (await demo.hub.stats()).messages.in >= before + 4000, 30000, 100);
   await cdp.send("Debugger.resume");
 
   await page.waitForFunction(
@@ -268,7 +271,8 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   assert.equal(seqs.length + total, seqs[seqs.length - 1] - seqs[0] + 1, `${missing.length} markers stay`);
   const numbered = lines.map((l) => /^burst (\d+) /.exec(l.text)).filter(Boolean).map((m) => Number(m[1]));
   for (let i = 1; i < numbered.length; i++) assert.ok(numbered[i] > numbered[i - 1]);
-  assert.ok(numbered.length >= 1000, `the kept lines came back: ${numbered.length} of 4000`);
+  // The ring's 1,000 lines, less the few the demo server wrote meanwhile.
+  assert.ok(numbered.length >= 950, `the kept lines came back: ${numbered.length} of 4000`);
 });
 
 test("a token about to expire: the page asks for a new one and the connection stays", {
