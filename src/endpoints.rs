@@ -393,6 +393,18 @@ fn start_publish(app: &mut App, key: usize, http: &mut HttpState, req: Request, 
     Next::Parse
 }
 
+/// The token of a stored-data request, allowed to subscribe to `channel`
+/// (`401` without a valid one, `403` naming `what` otherwise).
+fn may_read(app: &mut App, key: usize, req: &Request, channel: &Channel, what: &str) -> Result<(), Next> {
+    match identify(app, req.token()) {
+        Err(e) => Err(refuse(app, key, 401, &e.to_string(), &[])),
+        Ok(who) if !app.auth.may_subscribe(&who, channel) => {
+            Err(refuse(app, key, 403, &format!("this token may not read this server's {what}"), &[]))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 /// `GET /api/v1/servers/{id}/logs`: token and ACL as for the logs channel;
 /// the query runs on the query thread (on-disk history) or here (the
 /// rings).
@@ -406,12 +418,8 @@ fn stored_logs(
     now: Instant,
 ) -> Next {
     let close = req.wants_close();
-    match identify(app, req.token()) {
-        Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),
-        Ok(who) if !app.auth.may_subscribe(&who, &Channel::logs(server)) => {
-            return refuse(app, key, 403, "this token may not read this server's logs", &[])
-        }
-        Ok(_) => {}
+    if let Err(refused) = may_read(app, key, req, &Channel::logs(server), "logs") {
+        return refused;
     }
     let query = match LogQuery::from_params(server, |n| req.query_param(n)) {
         Ok(q) => q,
@@ -438,12 +446,8 @@ fn stored_metrics(
     now: Instant,
 ) -> Next {
     let close = req.wants_close();
-    match identify(app, req.token()) {
-        Err(e) => return refuse(app, key, 401, &e.to_string(), &[]),
-        Ok(who) if !app.auth.may_subscribe(&who, &Channel::metrics(server)) => {
-            return refuse(app, key, 403, "this token may not read this server's metrics", &[])
-        }
-        Ok(_) => {}
+    if let Err(refused) = may_read(app, key, req, &Channel::metrics(server), "metrics") {
+        return refused;
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     let query = match MetricsQuery::from_params(server, now_ms, |n| req.query_param(n)) {

@@ -24,13 +24,7 @@ pub(super) fn publish_burst(o: &Opts) -> Result<Value, Error> {
     let rate = o.rates.first().copied().unwrap_or(4000.0);
     let secs = o.duration.unwrap_or(5.0);
     let caps = [o.publishers, o.burst.unwrap_or(128)];
-    let mut bench = Bench::start(o, None)?;
-    let base = baseline(&bench);
-    let server = Uuid::new_v4();
-    let specs = bench.clients(o, &vec![vec![server]; n], |_| vec![logs(&server)])?;
-    let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
-    let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &connect, n)?;
+    let (mut bench, base, server, mut engine, connect) = one_logs_channel(o, n)?;
     let mut steps = Vec::new();
     let mut figures = Vec::new();
     for cap in caps {

@@ -145,6 +145,19 @@ fn logs(server: &Uuid) -> String {
     format!("server:{server}:logs")
 }
 
+/// A hub with `n` clients subscribed to the logs channel of one new server:
+/// the hub, its idle RSS, the server, the engine and the connect figures.
+fn one_logs_channel(o: &Opts, n: usize) -> Result<(Bench, u64, Uuid, Engine, Value), Error> {
+    let bench = Bench::start(o, None)?;
+    let base = baseline(&bench);
+    let server = Uuid::new_v4();
+    let specs = bench.clients(o, &vec![vec![server]; n], |_| vec![logs(&server)])?;
+    let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
+    let connect = connect_all(&mut engine, specs, 120)?;
+    require_all(&bench, &connect, n)?;
+    Ok((bench, base, server, engine, connect))
+}
+
 /// Connects `specs` (at most `engine.window` handshakes in flight) and waits
 /// for every `SUBSCRIBED`, `timeout_s` at most. Returns the connect figures.
 fn connect_all(engine: &mut Engine, specs: Vec<ClientSpec>, timeout_s: u64) -> Result<Value, Error> {

@@ -8,13 +8,7 @@ pub(super) fn fanout(o: &Opts, clients: usize, rates: &[f64], secs: f64, ramp: b
     let n = o.clients.unwrap_or(clients);
     let rates = if o.rates.is_empty() { rates.to_vec() } else { o.rates.clone() };
     let secs = o.duration.unwrap_or(secs);
-    let mut bench = Bench::start(o, None)?;
-    let base = baseline(&bench);
-    let server = Uuid::new_v4();
-    let specs = bench.clients(o, &vec![vec![server]; n], |_| vec![logs(&server)])?;
-    let mut engine = Engine::new(bench.hub.addr, o.sample, o.window.unwrap_or(1000))?;
-    let connect = connect_all(&mut engine, specs, 120)?;
-    require_all(&bench, &connect, n)?;
+    let (mut bench, base, server, mut engine, connect) = one_logs_channel(o, n)?;
     add_publisher(&mut engine, &bench, &server, o.publishers)?;
     let mut steps = Vec::new();
     let mut best: Option<(f64, Outcome)> = None;
