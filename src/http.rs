@@ -35,6 +35,8 @@ pub struct Request {
     pub ws_key: Option<String>,
     /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// `Sec-WebSocket-Extensions` (all of them, joined with `, `).
+    pub ws_extensions: Option<String>,
     /// `Origin`.
     pub origin: Option<String>,
     /// `Host`.
@@ -105,6 +107,11 @@ pub fn parse_head(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Op
             out.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            out.ws_extensions = Some(match out.ws_extensions.take() {
+                Some(prev) => format!("{prev}, {value}"),
+                None => value.to_string(),
+            });
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("host") {
@@ -340,10 +347,12 @@ pub fn error(status: u16, message: &str, extra: &[(&str, &str)], close: bool) ->
     response(status, "application/json", extra, body.to_string().as_bytes(), close)
 }
 
-/// The `101` answer to a WebSocket upgrade (no subprotocol, no extension).
-pub fn switching_protocols(key: &str) -> Vec<u8> {
+/// The `101` answer to a WebSocket upgrade: no subprotocol, and the
+/// `Sec-WebSocket-Extensions` value of an accepted extension, if any.
+pub fn switching_protocols(key: &str, extensions: Option<&str>) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+    let ext = extensions.map(|e| format!("Sec-WebSocket-Extensions: {e}\r\n")).unwrap_or_default();
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n")
         .into_bytes()
 }
 

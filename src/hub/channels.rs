@@ -15,12 +15,13 @@ use slab::Slab;
 use crate::config::HistoryConfig;
 use crate::protocol::{Channel, ChannelKind, Since, Status};
 use crate::store::Recovered;
-use crate::ws;
+use crate::ws::Shared;
 
-/// A kept message: its seq and its frame.
+/// A kept message: its seq and its frame (with the compressed variants
+/// made for it; the byte budget counts the plain frame).
 pub(super) struct Kept {
     pub seq: u64,
-    pub frame: Rc<[u8]>,
+    pub frame: Rc<Shared>,
 }
 
 /// One channel.
@@ -39,7 +40,7 @@ pub(super) struct Entry {
     /// Something was evicted from `ring` in this epoch.
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
-    pub latest: Option<Rc<[u8]>>,
+    pub latest: Option<Rc<Shared>>,
     /// Status channels: the server's name and status in the latest message.
     pub server: Option<(String, Status)>,
     /// When it was last used (the table's clock), for forgetting idle ones.
@@ -101,7 +102,7 @@ impl Channels {
             let i = self.index_of(Channel::logs(server));
             let skip = entries.len().saturating_sub(self.log_lines);
             for (seq, envelope) in entries.into_iter().skip(skip) {
-                self.keep(i, seq, ws::text(envelope.as_bytes()));
+                self.keep(i, seq, Shared::text(envelope.as_bytes()));
             }
             if let Some(entry) = self.slab.get_mut(i) {
                 entry.seq = entry.seq.max(entry.ring.back().map_or(0, |k| k.seq));
@@ -222,15 +223,16 @@ impl Channels {
     /// Adds a message to a logs or metrics channel's ring, evicting what
     /// the caps (`history.log_lines` or `history.metrics_points`,
     /// `history.max_bytes`) no longer allow. Other channels keep no ring.
-    pub fn keep(&mut self, i: usize, seq: u64, frame: Rc<[u8]>) {
+    pub fn keep(&mut self, i: usize, seq: u64, frame: Rc<Shared>) {
         let Some(entry) = self.slab.get_mut(i) else { return };
         let cap = match entry.channel.kind {
             ChannelKind::Logs => self.log_lines,
             ChannelKind::Metrics => self.metrics_points,
             ChannelKind::Status | ChannelKind::Notifications => return,
         };
-        entry.ring_bytes += frame.len();
-        self.bytes += frame.len();
+        let len = frame.plain().len();
+        entry.ring_bytes += len;
+        self.bytes += len;
         self.entries += 1;
         entry.ring.push_back(Kept { seq, frame });
         if entry.ring.len() > cap {
@@ -256,16 +258,17 @@ impl Channels {
     fn evict(&mut self, i: usize) {
         let Some(entry) = self.slab.get_mut(i) else { return };
         if let Some(old) = entry.ring.pop_front() {
-            entry.ring_bytes -= old.frame.len();
+            let len = old.frame.plain().len();
+            entry.ring_bytes -= len;
             entry.evicted = true;
-            self.bytes -= old.frame.len();
+            self.bytes -= len;
             self.entries -= 1;
         }
     }
 
     /// The kept messages after `since` (appended to `out`), or false when
     /// they cannot all be given (5a).
-    pub fn recover(&self, i: usize, since: &Since, epoch: &str, out: &mut Vec<Rc<[u8]>>) -> bool {
+    pub fn recover(&self, i: usize, since: &Since, epoch: &str, out: &mut Vec<Rc<Shared>>) -> bool {
         let Some(entry) = self.slab.get(i) else { return false };
         if since.epoch != epoch || since.seq > entry.seq {
             return false;

@@ -4,7 +4,9 @@
 //! history rings and latest values (PROTOCOL.md 5, 5a), and answers the
 //! client requests that act on them (`subscribe`, `unsubscribe`,
 //! `history`, `auth`). [`Hub::publish`] serializes and frames a message
-//! once and shares the bytes with every subscriber's queue.
+//! once and shares the bytes with every subscriber's queue; a subscriber
+//! that negotiated permessage-deflate gets the frame's compressed variant,
+//! made once per window size ([`ws::Shared`]).
 //!
 //! It knows queues and sessions, not sockets: output is written through
 //! [`Hub::write_out`] to any `Write`, and the connections to flush are
@@ -21,7 +23,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tungstenite::protocol::frame::coding::Control;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::{Authenticator, Role};
 use crate::client::{Client, Session};
@@ -29,7 +31,7 @@ use crate::config::{HistoryConfig, Limits};
 use crate::outq::{DropKey, DropReport};
 use crate::protocol::{self, AlertSource, Channel, ChannelKind, ErrorCode, Publish, Time};
 use crate::store::{LogQuery, Page, Recovered, Store, StoreStats, StoredLog};
-use crate::ws;
+use crate::ws::{self, Shared};
 use channels::Channels;
 
 /// Counters for `/api/v1/stats` and `/metrics`.
@@ -67,6 +69,8 @@ pub struct Hub {
     max_subscriptions: usize,
     /// A `history` reply's size at most (`limits.max_reply_bytes`).
     max_reply_bytes: usize,
+    /// Shorter messages go uncompressed (`limits.compress_min_bytes`).
+    compress_min_bytes: usize,
     /// Clients with replies to flush at the end of the loop turn.
     dirty: Vec<usize>,
     /// Clients with live messages, flushed together in batches (see the
@@ -103,6 +107,7 @@ impl Hub {
             queue_cap: limits.client_queue,
             max_subscriptions: limits.max_subscriptions,
             max_reply_bytes: limits.max_reply_bytes,
+            compress_min_bytes: limits.compress_min_bytes,
             dirty: Vec::new(),
             fanout: Vec::new(),
             fanout_since: None,
@@ -114,12 +119,13 @@ impl Hub {
 
     /// Takes reloaded caps (SIGHUP): `client_queue`, `max_subscriptions`
     /// and `max_reply_bytes` apply to what comes next; queues and
-    /// subscriptions already over a lowered cap are left as they are.
-    /// `max_idle_channels` is not reloaded.
+    /// subscriptions already over a lowered cap are left as they are
+    /// (`compress_min_bytes` too). `max_idle_channels` is not reloaded.
     pub fn set_limits(&mut self, limits: &Limits) {
         self.queue_cap = limits.client_queue;
         self.max_subscriptions = limits.max_subscriptions;
         self.max_reply_bytes = limits.max_reply_bytes;
+        self.compress_min_bytes = limits.compress_min_bytes;
     }
 
     /// The current epoch.
@@ -223,9 +229,18 @@ impl Hub {
         mark(key, &mut client.dirty, &mut self.dirty);
     }
 
-    /// Queues a control reply (a text frame, never dropped, not counted).
+    /// Queues a control reply (a text frame, never dropped, not counted),
+    /// compressed for a client that negotiated it.
     pub fn reply(&mut self, key: usize, payload: &[u8]) {
-        self.queue(key, ws::text(payload));
+        let deflate = self.session(key).and_then(|s| s.deflate);
+        self.queue(key, ws::message(OpCode::Data(Data::Text), payload, deflate, self.compress_min_bytes));
+    }
+
+    /// Queues a shared frame (a replay or a latest value) as the client
+    /// takes it: compressed or not.
+    fn queue_shared(&mut self, key: usize, frame: &Shared) {
+        let deflate = self.session(key).and_then(|s| s.deflate);
+        self.queue(key, frame.for_client(deflate, self.compress_min_bytes));
     }
 
     /// Lists a client for the end of the turn (its socket became writable).
@@ -328,14 +343,15 @@ impl Hub {
         entry.seq += 1;
         let seq = entry.seq;
         let json = msg.encode(now, Some((seq, &self.epoch)));
-        let frame = ws::text(&json);
+        let frame = Shared::text(&json);
         let (mut queued, mut dropped) = (0, 0);
         if !entry.subscribers.is_empty() {
             self.fanout_since.get_or_insert_with(Instant::now);
         }
+        let out = Out { cap: self.queue_cap, min_bytes: self.compress_min_bytes };
         for &key in &entry.subscribers {
             let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { continue };
-            match offer(key, client, &frame, self.queue_cap, DropKey::Channel(i), seq, &mut self.fanout) {
+            match offer(key, client, &frame, out, DropKey::Channel(i), seq, &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -379,7 +395,8 @@ impl Hub {
 
     fn publish_alert(&mut self, auth: &Authenticator, msg: &Publish, now: Time) -> usize {
         let Publish::Alert(alert) = msg else { return 0 };
-        let frame = ws::text(&msg.encode(now, None));
+        let frame = Shared::text(&msg.encode(now, None));
+        let out = Out { cap: self.queue_cap, min_bytes: self.compress_min_bytes };
         let (mut queued, mut dropped) = (0, 0);
         for (key, slot) in self.clients.iter_mut().enumerate() {
             let Some(client) = slot else { continue };
@@ -392,7 +409,7 @@ impl Hub {
                 continue;
             }
             self.fanout_since.get_or_insert_with(Instant::now);
-            match offer(key, client, &frame, self.queue_cap, DropKey::Alerts, 0, &mut self.fanout) {
+            match offer(key, client, &frame, out, DropKey::Alerts, 0, &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -436,7 +453,7 @@ impl Hub {
 
     /// A page of a server's kept log lines (no on-disk history).
     pub fn memory_page(&self, query: &LogQuery) -> Page {
-        let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, frame_payload(&k.frame)));
+        let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, k.frame.payload()));
         crate::store::memory_page(query, ring)
     }
 
@@ -468,18 +485,28 @@ impl Hub {
     }
 }
 
-/// Queues a live message for one client (or counts the drop) and lists the
-/// client for the next fan-out flush. Returns whether it was queued.
+/// How live messages are queued: the queue cap (`limits.client_queue`)
+/// and the compression threshold (`limits.compress_min_bytes`).
+#[derive(Clone, Copy)]
+struct Out {
+    cap: usize,
+    min_bytes: usize,
+}
+
+/// Queues a live message for one client (or counts the drop), compressed
+/// when the client negotiated it, and lists the client for the next fan-out
+/// flush. Returns whether it was queued.
 fn offer(
     key: usize,
     client: &mut Client,
-    frame: &Rc<[u8]>,
-    cap: usize,
+    frame: &Shared,
+    out: Out,
     drop: DropKey,
     seq: u64,
     fanout: &mut Vec<usize>,
 ) -> bool {
-    let queued = client.out.push_live(frame, cap, drop, seq);
+    let deflate = client.session.as_ref().and_then(|s| s.deflate);
+    let queued = client.out.push_live(&frame.for_client(deflate, out.min_bytes), out.cap, drop, seq);
     mark(key, &mut client.fanout, fanout);
     queued
 }
@@ -510,14 +537,4 @@ fn drop_errors(channels: &Channels, reports: Vec<DropReport>) -> impl Iterator<I
             Some(details),
         )
     })
-}
-
-/// The payload of an unmasked server frame.
-fn frame_payload(frame: &[u8]) -> &[u8] {
-    let header = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.get(header..).unwrap_or_default()
 }
