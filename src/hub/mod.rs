@@ -270,8 +270,9 @@ impl Hub {
             if reports.is_empty() {
                 break;
             }
+            let deflate = client.session.as_ref().and_then(|s| s.deflate);
             for error in drop_errors(&self.channels, reports) {
-                client.out.push_control(ws::text(&error));
+                client.out.push_control(ws::message(OpCode::Data(Data::Text), &error, deflate, self.compress_min_bytes));
             }
         }
         let out = &client.out;
