@@ -150,6 +150,34 @@ proptest! {
     }
 
     #[test]
+    fn compressed_messages_decode_back_at_every_window_and_the_limit_holds_on_the_inflated_size(
+        words in prop::collection::vec("[a-e ]{0,12}", 0..400),
+        bits in 8u8..=15,
+        mask in any::<[u8; 4]>(),
+        max in 0usize..6000,
+    ) {
+        let text = words.concat();
+        let frame = ws::message(OpCode::Data(Data::Text), text.as_bytes(), Some(bits), 0);
+        let mut client = mask_server_frame(&frame, mask);
+        let n = client.len();
+        let compressed = frame[0] & 0x40 != 0;
+        match Decoder::default().next_frame(&mut client, 1 << 20, true) {
+            Ok(Some((used, msg))) => {
+                prop_assert_eq!(used, n);
+                prop_assert_eq!(msg.map(own), Some(Got::Text(text.clone().into_bytes())));
+            }
+            other => prop_assert!(false, "{:?}", other.map(|o| o.map(|(u, _)| u))),
+        }
+        let mut client = mask_server_frame(&frame, mask);
+        let result = Decoder::default().next_frame(&mut client, max, true).map(|o| o.map(|(u, m)| (u, m.map(own))));
+        if text.len() > max || (compressed && ws::payload(&frame).len() > max) {
+            prop_assert_eq!(result.err().map(WsError::close_code), Some(1009));
+        } else {
+            prop_assert_eq!(result, Ok(Some((n, Some(Got::Text(text.into_bytes()))))));
+        }
+    }
+
+    #[test]
     fn a_message_over_the_limit_is_1009(len in 1usize..400, max in 0usize..400, split in any::<prop::sample::Index>()) {
         let payload = vec![b'a'; len];
         let at = split.index(len + 1);
