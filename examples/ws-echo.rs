@@ -29,8 +29,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use aymc_hub::outq::OutQueue;
-use aymc_hub::{deflate, http};
 use aymc_hub::ws::{self, Decoder, Incoming};
+use aymc_hub::{deflate, http};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;

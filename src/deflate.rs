@@ -247,13 +247,16 @@ mod tests {
         let r = negotiate("permessage-deflate; server_max_window_bits=9").map(Accepted::response);
         assert_eq!(
             r.as_deref(),
-            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9")
+            Some(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
+            )
         );
     }
 
     #[test]
     fn round_trips_at_every_window() {
-        let text: Vec<u8> = (0..5000).flat_map(|i| format!("[12:00:{:02} INFO]: line {i} ", i % 60).into_bytes()).collect();
+        let text: Vec<u8> =
+            (0..5000).flat_map(|i| format!("[12:00:{:02} INFO]: line {i} ", i % 60).into_bytes()).collect();
         for bits in 8..=15 {
             let z = compress(&text, bits);
             assert!(z.len() < text.len() / 3, "{bits}: {} of {}", z.len(), text.len());

@@ -297,7 +297,11 @@ impl Shared {
             return Rc::clone(f);
         }
         let z = deflate::compress(self.payload(), bits);
-        let f = if z.len() < self.payload().len() { framed(OpCode::Data(Data::Text), true, &z) } else { Rc::clone(&self.plain) };
+        let f = if z.len() < self.payload().len() {
+            framed(OpCode::Data(Data::Text), true, &z)
+        } else {
+            Rc::clone(&self.plain)
+        };
         self.deflated.borrow_mut().push((bits, Rc::clone(&f)));
         f
     }
@@ -389,7 +393,11 @@ mod tests {
         assert_eq!(code(&mut masked(0xC1, &[0xff; 8]), 1024), 1002, "not deflate");
         let mut d = Decoder::default();
         d.next_frame(&mut masked(0x01, b"ab"), 1024, true).unwrap();
-        assert_eq!(d.next_frame(&mut masked(0xC0, b"c"), 1024, true).unwrap_err().close_code(), 1002, "rsv1 on a continuation");
+        assert_eq!(
+            d.next_frame(&mut masked(0xC0, b"c"), 1024, true).unwrap_err().close_code(),
+            1002,
+            "rsv1 on a continuation"
+        );
     }
 
     #[test]

@@ -248,11 +248,24 @@ fn complete(opcode: u8, payload: &[u8], h: &mut impl Handler) {
 
 /// Hands a compressed frame's payload to `h`, inflating only what it
 /// needs: the first bytes of a `log_entry` nobody samples, all of the rest.
+/// Every subscriber gets the same compressed bytes of a message (the hub
+/// compresses once), so whether a payload is a `log_entry` is remembered
+/// by its hash for the clients that follow.
 fn compressed(opcode: u8, payload: &[u8], h: &mut impl Handler) {
     if opcode != 1 {
         return complete(opcode, &inflate(payload, usize::MAX), h);
     }
-    if inflate(payload, LOG_PREFIX.len()) != LOG_PREFIX {
+    let hash = hash(payload);
+    let slot = (hash % KNOWN_SLOTS as u64) as usize;
+    let is_log = match KNOWN.with(|k| k.borrow()[slot]) {
+        (h, is_log) if h == hash => is_log,
+        _ => {
+            let is_log = inflate(payload, LOG_PREFIX.len()) == LOG_PREFIX;
+            KNOWN.with(|k| k.borrow_mut()[slot] = (hash, is_log));
+            is_log
+        }
+    };
+    if !is_log {
         return h.other_text(&inflate(payload, usize::MAX));
     }
     let flags = h.want();
@@ -262,7 +275,25 @@ fn compressed(opcode: u8, payload: &[u8], h: &mut impl Handler) {
     h.log_entry(Some(&inflate(payload, usize::MAX)), flags);
 }
 
+/// Compressed payloads remembered as `log_entry` or not.
+const KNOWN_SLOTS: usize = 4096;
+
+/// FNV-1a over 8-byte words: fast enough per frame, and collisions only
+/// mislabel a frame that has the same length and hash.
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or_default())).wrapping_mul(0x0100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
 thread_local! {
+    static KNOWN: std::cell::RefCell<Vec<(u64, bool)>> = std::cell::RefCell::new(vec![(0, false); KNOWN_SLOTS]);
     static INFLATER: std::cell::RefCell<flate2::Decompress> = std::cell::RefCell::new(flate2::Decompress::new(false));
 }
 

@@ -272,7 +272,12 @@ impl Hub {
             }
             let deflate = client.session.as_ref().and_then(|s| s.deflate);
             for error in drop_errors(&self.channels, reports) {
-                client.out.push_control(ws::message(OpCode::Data(Data::Text), &error, deflate, self.compress_min_bytes));
+                client.out.push_control(ws::message(
+                    OpCode::Data(Data::Text),
+                    &error,
+                    deflate,
+                    self.compress_min_bytes,
+                ));
             }
         }
         let out = &client.out;

@@ -57,7 +57,9 @@ fn recv(ws: &mut RawWs) -> (bool, Value) {
                 let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
                 return (f.rsv1, json);
             }
-            RawEvent::Frame(f) if matches!(f.opcode, OP_PING | OP_PONG) => assert!(!f.rsv1, "control frames are never compressed"),
+            RawEvent::Frame(f) if matches!(f.opcode, OP_PING | OP_PONG) => {
+                assert!(!f.rsv1, "control frames are never compressed")
+            }
             other => panic!("expected a text frame, got {other:?}"),
         }
     }
@@ -76,7 +78,8 @@ fn subscribe_raw(ws: &mut RawWs, channel: &str) {
 
 /// A log line with a stack trace: well over the 256-byte threshold.
 fn trace_body(message: &str) -> Value {
-    let trace: String = (0..30).map(|i| format!("\tat net.minecraft.server.level.ServerLevel.tick(ServerLevel.java:{i})\n")).collect();
+    let trace: String =
+        (0..30).map(|i| format!("\tat net.minecraft.server.level.ServerLevel.tick(ServerLevel.java:{i})\n")).collect();
     let mut body = log_body(SERVER_A, message);
     body["data"]["level"] = json!("ERROR");
     body["data"]["exception"] = json!(format!("java.lang.NullPointerException: boom\n{trace}"));
@@ -227,4 +230,50 @@ fn offers_with_bad_parameters_are_declined_and_the_first_good_one_is_taken() {
         "permessage-deflate; server_max_window_bits=20, permessage-deflate; server_max_window_bits=10, permessage-deflate",
     );
     assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=10"));
+}
+
+/// Node's built-in WebSocket (undici, the WHATWG API browsers have) as an
+/// independent client: it negotiates the extension and reads the same JSON
+/// as a plain client. Skipped, with a note, where `node` is not installed.
+#[test]
+fn nodes_websocket_negotiates_deflate_and_reads_the_same_json() {
+    let Ok(version) = std::process::Command::new("node").arg("--version").output() else {
+        eprintln!("skipped: no node on PATH");
+        return;
+    };
+    let major: u32 = String::from_utf8_lossy(&version.stdout)
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 20 {
+        eprintln!("skipped: node {major} has no built-in WebSocket");
+        return;
+    }
+    let hub = Hub::start("");
+    let l = logs(SERVER_A);
+    let mut plain = hub.connect_admin();
+    plain.subscribe_ok(&[&l]);
+    let script = format!(
+        r#"const ws = new WebSocket("ws://{}/api/v1/ws?token={}");
+ws.onopen = () => {{ console.log(JSON.stringify({{extensions: ws.extensions}})); ws.send(JSON.stringify({{type: "subscribe", data: {{channels: ["{l}"]}}}})); }};
+ws.onmessage = (e) => {{ console.log(e.data); if (JSON.parse(e.data).type === "log_entry") ws.close(1000); }};
+ws.onclose = (e) => {{ console.log(JSON.stringify({{closed: e.code}})); }};"#,
+        hub.addr,
+        admin_token()
+    );
+    let mut child = std::process::Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings", "-e", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut next = || -> Value { serde_json::from_str(&lines.next().expect("a line from node").unwrap()).unwrap() };
+    assert_eq!(next(), json!({"extensions": ANSWER}));
+    assert_eq!(next()["data"]["code"], "SUBSCRIBED");
+    assert_eq!(hub.publish(&trace_body("Exception ticking world")), 2);
+    assert_eq!(next(), plain.recv_json());
+    assert_eq!(next(), json!({"closed": 1000}));
+    assert!(child.wait().unwrap().success());
 }
