@@ -6,7 +6,7 @@
 //! drains to WouldBlock the way the hub's reactor does.
 //!
 //! It accepts an upgrade on any path, negotiates permessage-deflate as the
-//! hub does ([`deflate::negotiate`]), echoes every text and binary message
+//! hub does (`Request::deflate`, [`http::switching_protocols`]), echoes every text and binary message
 //! with its opcode (compressed with [`ws::message`] when negotiated and at
 //! least 256 bytes long, the hub's default threshold), answers Ping with
 //! Pong and Close with Close, and fails the connection with the decoder's
@@ -28,9 +28,9 @@ use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use aymc_hub::http;
 use aymc_hub::outq::OutQueue;
 use aymc_hub::ws::{self, Decoder, Incoming};
-use aymc_hub::{deflate, http};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -116,11 +116,9 @@ impl Conn {
                     let upgrade = req.upgrade_websocket && req.connection_upgrade;
                     match (&req.ws_key, req.ws_version.as_deref()) {
                         (Some(key), Some("13")) if upgrade && req.method == "GET" => {
-                            let accepted = req.ws_extensions.as_deref().and_then(deflate::negotiate);
-                            let extensions = accepted.map(deflate::Accepted::response);
-                            self.out.push_control(http::switching_protocols(key, extensions.as_deref()).into());
+                            self.out.push_control(http::switching_protocols(key, req.deflate));
                             self.input.drain(..len);
-                            let deflate = accepted.map(|a| a.bits);
+                            let deflate = req.deflate.map(|a| a.bits);
                             self.phase = Phase::WebSocket { decoder: Decoder::default(), deflate };
                         }
                         _ => {

@@ -39,17 +39,23 @@ pub struct Accepted {
 
 impl Accepted {
     /// The `Sec-WebSocket-Extensions` value of the `101` answer.
-    pub fn response(self) -> String {
-        let mut out = format!("{NAME}; server_no_context_takeover; client_no_context_takeover");
-        if self.bits < MAX_BITS {
-            out.push_str(&format!("; server_max_window_bits={}", self.bits));
-        }
-        out
+    pub fn response(self) -> &'static str {
+        const BASE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        const SMALLER: [&str; 7] = [
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=8",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=11",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=13",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=14",
+        ];
+        self.bits.checked_sub(8).and_then(|i| SMALLER.get(usize::from(i))).copied().unwrap_or(BASE)
     }
 }
 
-/// Picks the first acceptable `permessage-deflate` offer of the
-/// `Sec-WebSocket-Extensions` header (all of them joined with `,`).
+/// Picks the first acceptable `permessage-deflate` offer of a
+/// `Sec-WebSocket-Extensions` header.
 /// An offer with an unknown parameter, a parameter given twice or a value
 /// out of place or out of range is declined (RFC 7692 7.1); other
 /// extensions are ignored. `None`: no compression.
@@ -246,7 +252,7 @@ mod tests {
         }
         let r = negotiate("permessage-deflate; server_max_window_bits=9").map(Accepted::response);
         assert_eq!(
-            r.as_deref(),
+            r,
             Some(
                 "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
             )

@@ -23,7 +23,7 @@ use crate::logs_api;
 use crate::protocol::{Channel, Publish, Status};
 use crate::proxy::{self, Preamble, ProxyError, Source, Via};
 use crate::store::LogQuery;
-use crate::{console, deflate, dispatch, stats};
+use crate::{console, dispatch, stats};
 
 /// Bytes arrived on a connection in the HTTP phase.
 pub fn on_bytes(app: &mut App, key: usize, conn: &mut Conn, bytes: &[u8], now: Instant) -> Outcome {
@@ -454,12 +454,11 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
     let mut session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
-    let deflate = req.ws_extensions.as_deref().filter(|_| app.cfg.limits.compression).and_then(deflate::negotiate);
+    let deflate = req.deflate.filter(|_| app.cfg.limits.compression);
     session.deflate = deflate.map(|d| d.bits);
     let remote = conn.remote();
     app.connlog.connected(now, || format!("client connected: user {} from {remote}", session.describe()));
-    let extensions = deflate.map(deflate::Accepted::response);
-    app.hub.queue(key, Rc::from(http::switching_protocols(&ws_key, extensions.as_deref())));
+    app.hub.queue(key, http::switching_protocols(&ws_key, deflate));
     app.hub.open_session(key, session);
     conn.phase = Phase::WebSocket(WsState::default());
     if let Some(outcome) = dispatch::check_token(app, key, chrono::Utc::now().timestamp()) {
