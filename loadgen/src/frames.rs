@@ -3,9 +3,8 @@
 //! parsing only the 2-10 byte headers, and copies a payload only when the
 //! [`Handler`] asks for it (sampled or tracked frames) or when the frame is
 //! not a `log_entry` (control replies, errors). A compressed frame
-//! (permessage-deflate, RSV1) is always captured; only its first bytes are
-//! inflated to tell a `log_entry`, unless the handler wants the payload or
-//! it is not one. A frame whose bytes are all
+//! (permessage-deflate, RSV1) is always captured and inflated, once per
+//! distinct payload (every client gets the same bytes). A frame whose bytes are all
 //! in the read buffer is handed over in place, without a copy. Also the
 //! frame encoder (the masked frames a client sends; the hub's integration
 //! tests use it too), and the few byte searches that pull the send stamp and
@@ -246,40 +245,30 @@ fn complete(opcode: u8, payload: &[u8], h: &mut impl Handler) {
     }
 }
 
-/// Hands a compressed frame's payload to `h`, inflating only what it
-/// needs: the first bytes of a `log_entry` nobody samples, all of the rest.
-/// Every subscriber gets the same compressed bytes of a message (the hub
-/// compresses once), so whether a payload is a `log_entry` is remembered
-/// by its hash for the clients that follow.
+/// Hands a compressed frame's payload to `h`, inflated. Every subscriber
+/// gets the same compressed bytes of a message (the hub compresses once),
+/// so a payload is inflated once and remembered by its hash for the
+/// clients that follow.
 fn compressed(opcode: u8, payload: &[u8], h: &mut impl Handler) {
-    if opcode != 1 {
-        return complete(opcode, &inflate(payload, usize::MAX), h);
-    }
     let hash = hash(payload);
     let slot = (hash % KNOWN_SLOTS as u64) as usize;
-    let is_log = match KNOWN.with(|k| k.borrow()[slot]) {
-        (h, is_log) if h == hash => is_log,
-        _ => {
-            let is_log = inflate(payload, LOG_PREFIX.len()) == LOG_PREFIX;
-            KNOWN.with(|k| k.borrow_mut()[slot] = (hash, is_log));
-            is_log
-        }
-    };
-    if !is_log {
-        return h.other_text(&inflate(payload, usize::MAX));
-    }
-    let flags = h.want();
-    if flags == 0 {
-        return h.log_entry(None, 0);
-    }
-    h.log_entry(Some(&inflate(payload, usize::MAX)), flags);
+    let known = KNOWN.with(|k| match &k.borrow()[slot] {
+        (h, bytes) if *h == hash => Some(std::rc::Rc::clone(bytes)),
+        _ => None,
+    });
+    let inflated = known.unwrap_or_else(|| {
+        let bytes: std::rc::Rc<[u8]> = inflate(payload, usize::MAX).into();
+        KNOWN.with(|k| k.borrow_mut()[slot] = (hash, std::rc::Rc::clone(&bytes)));
+        bytes
+    });
+    complete(opcode, &inflated, h);
 }
 
-/// Compressed payloads remembered as `log_entry` or not.
+/// Compressed payloads remembered with their inflated bytes.
 const KNOWN_SLOTS: usize = 4096;
 
-/// FNV-1a over 8-byte words: fast enough per frame, and collisions only
-/// mislabel a frame that has the same length and hash.
+/// FNV-1a over 8-byte words, seeded with the length: fast enough per
+/// frame; a collision would need the same length and hash.
 fn hash(bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ bytes.len() as u64;
     let mut words = bytes.chunks_exact(8);
@@ -293,7 +282,8 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 thread_local! {
-    static KNOWN: std::cell::RefCell<Vec<(u64, bool)>> = std::cell::RefCell::new(vec![(0, false); KNOWN_SLOTS]);
+    static KNOWN: std::cell::RefCell<Vec<(u64, std::rc::Rc<[u8]>)>> =
+        std::cell::RefCell::new(vec![(0, std::rc::Rc::from(&[][..])); KNOWN_SLOTS]);
     static INFLATER: std::cell::RefCell<flate2::Decompress> = std::cell::RefCell::new(flate2::Decompress::new(false));
 }
 
