@@ -26,8 +26,10 @@ pub const MAX_BITS: u8 = 15;
 /// What a sync flush ends with; removed from every compressed message and
 /// put back before inflating one (RFC 7692 7.2.1, 7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
-/// Compression level: 6, zlib's default.
-const LEVEL: u32 = 6;
+/// Compression level 1, the fastest: one log message compressed on its own
+/// comes out about as small as at zlib's default 6 (scripts/bench-compression
+/// corpora: within 1.2 points), at a fraction of the time on the reactor.
+const LEVEL: u32 = 1;
 
 /// An accepted offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +276,7 @@ mod tests {
     #[test]
     fn inflating_stops_at_the_limit() {
         let bomb = compress(&vec![0u8; 10 << 20], 15);
-        assert!(bomb.len() < 20_000);
+        assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
         assert_eq!(inflate(&bomb, 512 * 1024), Err(InflateError::TooBig));
         assert_eq!(inflate(&compress(&[7; 1000], 15), 1000).unwrap().len(), 1000);
         assert_eq!(inflate(&compress(&[7; 1001], 15), 1000), Err(InflateError::TooBig));
