@@ -332,3 +332,27 @@ fn the_latest_status_message_names_the_server() {
     let servers: Vec<_> = f.hub.servers().map(|(id, name, status)| (id, name.to_string(), status)).collect();
     assert_eq!(servers, [(SERVER, "Lobby 2".to_string(), crate::protocol::Status::Running)]);
 }
+
+#[test]
+fn a_message_is_compressed_once_per_window_and_shared_by_every_such_subscriber() {
+    let mut f = Fixture::new(16, 10);
+    for (key, deflate) in [(1, None), (2, Some(15)), (3, Some(15)), (4, Some(10))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    assert_eq!(f.log(SERVER, &"Can't keep up! Is the server overloaded? ".repeat(10)), 4);
+    let last = |f: &Fixture, key: usize| Rc::clone(f.hub.client(key).unwrap().out.frames().last().unwrap());
+    let (plain, a, b, small) = (last(&f, 1), last(&f, 2), last(&f, 3), last(&f, 4));
+    assert!(Rc::ptr_eq(&a, &b), "one compressed frame for both 15-bit clients");
+    assert!(!Rc::ptr_eq(&a, &small) && !Rc::ptr_eq(&a, &plain));
+    assert_eq!((plain[0], a[0], small[0]), (0x81, 0xC1, 0xC1));
+    let ring = f.hub.channels.ring(&Channel::logs(SERVER)).last().unwrap();
+    assert!(Rc::ptr_eq(&ring.frame.for_client(Some(15), 256), &a), "the ring keeps the same compressed frame");
+    assert_eq!(crate::deflate::inflate(ws::payload(&a), 1 << 20).unwrap(), ws::payload(&plain));
+    // Under the threshold (a reload raised it): plain to everybody.
+    f.hub.set_limits(&Limits { client_queue: 16, compress_min_bytes: 1000, ..Limits::default() });
+    f.log(SERVER, "Done");
+    assert!(Rc::ptr_eq(&last(&f, 1), &last(&f, 2)));
+}
