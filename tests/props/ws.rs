@@ -91,6 +91,42 @@ proptest! {
     }
 
     #[test]
+    fn compressed_frames_of_any_payload_give_a_message_or_a_close_code(
+        frames in prop::collection::vec(
+            (prop::sample::select(vec![0x41u8, 0x42, 0x01, 0x00, 0x40, 0x49, 0x09]), any::<bool>(),
+             prop_oneof![prop::collection::vec(any::<u8>(), 0..300), "[a-c ]{0,300}".prop_map(|t| {
+                 let f = ws::message(OpCode::Data(Data::Text), t.as_bytes(), Some(15), 0);
+                 ws::payload(&f).to_vec()
+             })], any::<[u8; 4]>()),
+            1..5,
+        ),
+        max in prop_oneof![Just(512 * 1024), 0usize..200],
+    ) {
+        // Frames with RSV1 (or not) and any payload: garbage, truncated or
+        // valid deflate data all end in a message, "not yet" or
+        // 1002/1007/1009, never a panic.
+        let mut stream = Vec::new();
+        for (op, fin, payload, mask) in &frames {
+            stream.extend(masked(*fin, *op, *mask, payload));
+        }
+        let (mut d, mut buf, mut pos) = (Decoder::default(), stream, 0);
+        loop {
+            let left = buf.len() - pos;
+            match d.next_frame(&mut buf[pos..], max, true) {
+                Ok(None) => break,
+                Ok(Some((used, _))) => {
+                    prop_assert!(used > 0 && used <= left);
+                    pos += used;
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{:?}", e);
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn masked_messages_round_trip_in_any_fragmentation(
         messages in prop::collection::vec(
             (any::<bool>(), payload(), prop::collection::vec(any::<prop::sample::Index>(), 0..4), any::<[u8; 4]>(), any::<Option<Vec<u8>>>()),
