@@ -37,13 +37,16 @@ pub struct Accepted {
     /// The window the hub compresses with (`server_max_window_bits`, 15
     /// when the offer named none).
     pub bits: u8,
+    /// The offer named `server_max_window_bits`: the answer repeats it
+    /// (RFC 7692 7.1.2.1).
+    pub named: bool,
 }
 
 impl Accepted {
     /// The `Sec-WebSocket-Extensions` value of the `101` answer.
     pub fn response(self) -> &'static str {
         const BASE: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
-        const SMALLER: [&str; 7] = [
+        const NAMED: [&str; 8] = [
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=8",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10",
@@ -51,8 +54,12 @@ impl Accepted {
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=13",
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=14",
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15",
         ];
-        self.bits.checked_sub(8).and_then(|i| SMALLER.get(usize::from(i))).copied().unwrap_or(BASE)
+        match self.bits.checked_sub(8).and_then(|i| NAMED.get(usize::from(i))) {
+            Some(answer) if self.named => answer,
+            _ => BASE,
+        }
     }
 }
 
@@ -72,7 +79,7 @@ fn offer(text: &str) -> Option<Accepted> {
         return None;
     }
     let mut seen: Vec<&str> = Vec::new();
-    let mut bits = MAX_BITS;
+    let (mut bits, mut named) = (MAX_BITS, false);
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((n, v)) => (n.trim(), Some(unquote(v.trim())?)),
@@ -84,7 +91,7 @@ fn offer(text: &str) -> Option<Accepted> {
         seen.push(name);
         match (name, value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
-            ("server_max_window_bits", Some(v)) => bits = window_bits(v)?,
+            ("server_max_window_bits", Some(v)) => (bits, named) = (window_bits(v)?, true),
             // The hub inflates any window up to 15 bits; a value only says
             // what the client will use.
             ("client_max_window_bits", None) => {}
@@ -94,7 +101,7 @@ fn offer(text: &str) -> Option<Accepted> {
             _ => return None,
         }
     }
-    Some(Accepted { bits })
+    Some(Accepted { bits, named })
 }
 
 /// A quoted-string value without its quotes (RFC 7692 allows either form).
@@ -259,6 +266,13 @@ mod tests {
                 "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
             )
         );
+        for bits in 8..=15 {
+            let answer = Accepted { bits, named: true }.response();
+            assert_eq!(negotiate(answer), Some(Accepted { bits, named: true }), "{answer}");
+        }
+        let plain = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+        assert_eq!(negotiate("permessage-deflate").map(Accepted::response), Some(plain));
+        assert_eq!(negotiate(plain).map(Accepted::response), Some(plain));
     }
 
     #[test]

@@ -230,6 +230,9 @@ fn offers_with_bad_parameters_are_declined_and_the_first_good_one_is_taken() {
         "permessage-deflate; server_max_window_bits=20, permessage-deflate; server_max_window_bits=10, permessage-deflate",
     );
     assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=10"));
+    // A window the offer names is repeated, the largest too (RFC 7692 7.1.2.1).
+    let (_, answer) = deflate_client(&hub, "permessage-deflate; server_max_window_bits=15; client_max_window_bits=12");
+    assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=15"));
 }
 
 /// Node's built-in WebSocket (undici, the WHATWG API browsers have) as an
