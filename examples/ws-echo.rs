@@ -5,24 +5,25 @@
 //! `ws` encoders, writes through an [`OutQueue`], on one mio loop that
 //! drains to WouldBlock the way the hub's reactor does.
 //!
-//! It accepts an upgrade on any path, echoes every text and binary message
-//! with its opcode, answers Ping with Pong and Close with Close, and fails
-//! the connection with the decoder's close code (1002, 1007, 1009). The
-//! message limit is 16 MiB instead of the hub's 512 KiB (Autobahn's case 9
-//! sends up to 16 MiB). After a Close it shuts its write side and waits up
-//! to [`LINGER`] for the peer to close, as the hub does.
+//! It accepts an upgrade on any path, negotiates permessage-deflate as the
+//! hub does (`Request::deflate`, [`http::switching_protocols`]), echoes every text and binary message
+//! with its opcode (compressed with [`ws::message`] when negotiated and at
+//! least 256 bytes long, the hub's default threshold), answers Ping with
+//! Pong and Close with Close, and fails the connection with the decoder's
+//! close code (1002, 1007, 1009). The message limit is 16 MiB instead of
+//! the hub's 512 KiB (Autobahn's case 9 sends up to 16 MiB). After a Close
+//! it shuts its write side and waits up to [`LINGER`] for the peer to
+//! close, as the hub does.
 //!
 //! ```text
 //! cargo run --release --example ws-echo -- 127.0.0.1:9001
 //! ```
 //!
-//! Two things are the example's own: a Close code is checked with the rule
-//! of `dispatch.rs` (which the hub keeps private), and binary payloads are
-//! copied out of the read buffer after the decoder has unmasked them in
-//! place, because the hub's [`Incoming::Binary`] carries no payload (the hub
-//! answers binary frames with `INVALID_MESSAGE`, never echoes them).
+//! One thing is the example's own: a Close code is checked with the rule
+//! of `dispatch.rs` (which the hub keeps private); and binary messages are
+//! echoed, where the hub answers them with `INVALID_MESSAGE`.
 
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -34,7 +35,6 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
 
 /// The listener's token (connections use their slab key).
 const LISTENER: Token = Token(usize::MAX);
@@ -47,12 +47,15 @@ const HEAD_MAX_HEADERS: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Shorter messages are echoed uncompressed (the hub's default
+/// `limits.compress_min_bytes`).
+const COMPRESS_MIN: usize = 256;
 
 enum Phase {
     /// Reading the upgrade request.
     Http,
-    /// Upgraded. `binary` holds a fragmented binary message so far.
-    WebSocket { decoder: Decoder, binary: Option<Vec<u8>> },
+    /// Upgraded; `deflate`: the negotiated window, if any.
+    WebSocket { decoder: Decoder, deflate: Option<u8> },
     /// Our last frame is queued; after it the write side is shut and the
     /// socket dropped when the peer closes or `deadline` passes.
     Closing { deadline: Option<Instant> },
@@ -113,9 +116,10 @@ impl Conn {
                     let upgrade = req.upgrade_websocket && req.connection_upgrade;
                     match (&req.ws_key, req.ws_version.as_deref()) {
                         (Some(key), Some("13")) if upgrade && req.method == "GET" => {
-                            self.out.push_control(http::switching_protocols(key).into(), 0);
+                            self.out.push_control(http::switching_protocols(key, req.deflate), 0);
                             self.input.drain(..len);
-                            self.phase = Phase::WebSocket { decoder: Decoder::default(), binary: None };
+                            let deflate = req.deflate.map(|a| a.bits);
+                            self.phase = Phase::WebSocket { decoder: Decoder::default(), deflate };
                         }
                         _ => {
                             let extra = [("Sec-WebSocket-Version", "13")];
@@ -140,18 +144,12 @@ impl Conn {
     /// Decodes and answers the whole frames in `input`; returns the bytes
     /// used.
     fn frames(&mut self) -> usize {
-        let Phase::WebSocket { decoder, binary } = &mut self.phase else { return 0 };
+        let Phase::WebSocket { decoder, deflate } = &mut self.phase else { return 0 };
+        let deflate = *deflate;
         let mut pos = 0;
         let mut close = None;
         loop {
-            // Where this frame's payload starts, to copy a binary one out
-            // after the decoder has unmasked it in place.
-            let mut cursor = Cursor::new(&self.input[pos..]);
-            let peek = match FrameHeader::parse(&mut cursor) {
-                Ok(Some((h, _))) => Some((h.opcode, cursor.position() as usize)),
-                _ => None,
-            };
-            let (used, reply) = match decoder.next(&mut self.input[pos..], MAX_MESSAGE) {
+            let (used, reply) = match decoder.next_frame(&mut self.input[pos..], MAX_MESSAGE, deflate.is_some()) {
                 Ok(None) => break,
                 Ok(Some((used, message))) => (used, message.map(Reply::from)),
                 Err(e) => {
@@ -159,25 +157,11 @@ impl Conn {
                     break;
                 }
             };
-            if let Some((opcode, start)) = peek {
-                let payload = &self.input[pos + start..pos + used];
-                match opcode {
-                    OpCode::Data(Data::Binary) => *binary = Some(payload.to_vec()),
-                    OpCode::Data(Data::Continue) => {
-                        if let Some(b) = binary.as_mut() {
-                            b.extend_from_slice(payload);
-                        }
-                    }
-                    _ => {}
-                }
-            }
             pos += used;
             match reply {
                 None | Some(Reply::Nothing) => {}
-                Some(Reply::Text(text)) => self.out.push_control(ws::text(&text), 0),
-                Some(Reply::Binary) => {
-                    let payload = binary.take().unwrap_or_default();
-                    self.out.push_control(ws::frame(OpCode::Data(Data::Binary), &payload), 0);
+                Some(Reply::Data(opcode, payload)) => {
+                    self.out.push_control(ws::message(opcode, &payload, deflate, COMPRESS_MIN), 0);
                 }
                 Some(Reply::Pong(payload)) => self.out.push_control(ws::control(Control::Pong, &payload), 0),
                 Some(Reply::Close(code)) => {
@@ -202,8 +186,7 @@ impl Conn {
 
 /// What a decoded message asks for, owned (the message borrows the input).
 enum Reply {
-    Text(Vec<u8>),
-    Binary,
+    Data(OpCode, Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<u16>),
     Nothing,
@@ -212,8 +195,8 @@ enum Reply {
 impl From<Incoming<'_>> for Reply {
     fn from(m: Incoming<'_>) -> Reply {
         match m {
-            Incoming::Text(t) => Reply::Text(t.into_owned()),
-            Incoming::Binary => Reply::Binary,
+            Incoming::Text(t) => Reply::Data(OpCode::Data(Data::Text), t.into_owned()),
+            Incoming::Binary(b) => Reply::Data(OpCode::Data(Data::Binary), b.into_owned()),
             Incoming::Ping(p) => Reply::Pong(p.to_vec()),
             Incoming::Pong => Reply::Nothing,
             Incoming::Close(c) => Reply::Close(c),

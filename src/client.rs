@@ -106,6 +106,9 @@ pub struct Session {
     /// When `TOKEN_EXPIRING` is due (unix s); `None` once sent.
     pub notice_at: Option<i64>,
     expiry_notice_s: i64,
+    /// permessage-deflate was negotiated: the window (bits) the hub
+    /// compresses with.
+    pub deflate: Option<u8>,
 }
 
 impl Session {
@@ -118,6 +121,7 @@ impl Session {
             next_ping: now + Duration::from_secs(limits.ping_interval_s),
             notice_at: None,
             expiry_notice_s: i64::try_from(expiry_notice_s).unwrap_or(i64::MAX),
+            deflate: None,
         };
         s.schedule_notice();
         s

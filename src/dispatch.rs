@@ -53,6 +53,7 @@ fn frames(
     now: Instant,
 ) -> Result<usize, Outcome> {
     let max = app.cfg.limits.max_message_bytes;
+    let inflate = app.hub.session(key).is_some_and(|s| s.deflate.is_some());
     let mut pos = 0;
     loop {
         if app.hub.reply_bytes(key) > app.cfg.limits.max_reply_bytes {
@@ -61,7 +62,7 @@ fn frames(
             return Ok(pos);
         }
         let Some(rest) = buf.get_mut(pos..) else { return Ok(pos) };
-        match decoder.next(rest, max) {
+        match decoder.next_frame(rest, max, inflate) {
             Ok(None) => return Ok(pos),
             Ok(Some((used, message))) => {
                 pos += used;
@@ -117,7 +118,7 @@ fn on_message(app: &mut App, key: usize, remote: Remote, message: Incoming<'_>, 
             return Outcome::Close(Reason::Closed(code.unwrap_or(1005)));
         }
         Incoming::Text(text) => Some(text),
-        Incoming::Binary => None,
+        Incoming::Binary(_) => None,
     };
     let l = &app.cfg.limits;
     let Some(session) = app.hub.session_mut(key) else { return Outcome::Keep };

@@ -521,10 +521,12 @@ fn upgrade(app: &mut App, key: usize, conn: &mut Conn, req: Request, head_len: u
     };
     let Phase::Http(http) = &mut conn.phase else { return Outcome::Keep };
     let mut leftover = http.buf.get(head_len..).unwrap_or_default().to_vec();
-    let session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
+    let mut session = Session::new(identity, &app.cfg.limits, app.cfg.auth.expiry_notice_s, now);
+    let deflate = req.deflate.filter(|_| app.cfg.limits.compression);
+    session.deflate = deflate.map(|d| d.bits);
     let remote = conn.remote();
     app.connlog.connected(now, || format!("client connected: user {} from {remote}", session.describe()));
-    app.hub.queue(key, Rc::from(http::switching_protocols(&ws_key)));
+    app.hub.queue(key, http::switching_protocols(&ws_key, deflate));
     app.hub.open_session(key, session);
     conn.phase = Phase::WebSocket(WsState::default());
     if let Some(outcome) = dispatch::check_token(app, key, chrono::Utc::now().timestamp()) {

@@ -4,6 +4,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::fmt::Write as _;
+use std::rc::Rc;
+
+use crate::deflate;
 
 /// A refusal of a request head, with the status it answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +38,9 @@ pub struct Request {
     pub ws_key: Option<String>,
     /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// The first acceptable `permessage-deflate` offer of the
+    /// `Sec-WebSocket-Extensions` headers, in order.
+    pub deflate: Option<deflate::Accepted>,
     /// `Origin`.
     pub origin: Option<String>,
     /// `Host`.
@@ -105,6 +111,8 @@ pub fn parse_head(buf: &[u8], max_bytes: usize, max_headers: usize) -> Result<Op
             out.ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             out.ws_version = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            out.deflate = out.deflate.or_else(|| deflate::negotiate(value));
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("host") {
@@ -343,11 +351,32 @@ pub fn error(status: u16, message: &str, extra: &[(&str, &str)], close: bool) ->
     response(status, "application/json", extra, body.to_string().as_bytes(), close)
 }
 
-/// The `101` answer to a WebSocket upgrade (no subprotocol, no extension).
-pub fn switching_protocols(key: &str) -> Vec<u8> {
+/// The `101` answer to a WebSocket upgrade: no subprotocol, and
+/// permessage-deflate when an offer was accepted. One allocation, the
+/// answer itself (an upgrade storm leaves no scraps on the heap).
+pub fn switching_protocols(key: &str, deflate: Option<deflate::Accepted>) -> Rc<[u8]> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
-        .into_bytes()
+    let parts = [
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        &accept,
+        "\r\n",
+        if deflate.is_some() { "Sec-WebSocket-Extensions: " } else { "" },
+        deflate.map_or("", deflate::Accepted::response),
+        if deflate.is_some() { "\r\n" } else { "" },
+        "\r\n",
+    ];
+    let mut buf = [0u8; 320];
+    let mut n = 0;
+    for p in parts {
+        if let Some(slot) = buf.get_mut(n..n + p.len()) {
+            slot.copy_from_slice(p.as_bytes());
+        }
+        n += p.len();
+    }
+    match buf.get(..n) {
+        Some(bytes) => Rc::from(bytes),
+        None => Rc::from(parts.concat().into_bytes()),
+    }
 }
 
 #[cfg(test)]
@@ -356,6 +385,23 @@ mod tests {
 
     fn parse(s: &str) -> Result<Option<(Request, usize)>, HttpError> {
         parse_head(s.as_bytes(), 8192, 64)
+    }
+
+    #[test]
+    fn the_first_acceptable_deflate_offer_of_any_extensions_header_is_kept() {
+        let head = "GET / HTTP/1.1\r\nSec-WebSocket-Extensions: foo, permessage-deflate; x=1\r\n\
+                    Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=12\r\n\
+                    Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
+        let (r, _) = parse(head).unwrap().unwrap();
+        assert_eq!(r.deflate.map(|a| a.bits), Some(12));
+        let answer = switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", r.deflate);
+        assert_eq!(
+            std::str::from_utf8(&answer).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate; \
+             server_no_context_takeover; client_no_context_takeover; server_max_window_bits=12\r\n\r\n"
+        );
+        assert!(!switching_protocols("dGhlIHNhbXBsZSBub25jZQ==", None).windows(9).any(|w| w == b"Extension"));
     }
 
     #[test]

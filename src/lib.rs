@@ -50,6 +50,7 @@ pub mod config;
 pub mod conn;
 pub mod connlog;
 pub mod console;
+pub mod deflate;
 pub mod dispatch;
 pub mod endpoints;
 pub mod es256;

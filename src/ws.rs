@@ -3,15 +3,20 @@
 //! of the reactor's shared read buffer, so an idle connection holds no read
 //! buffer; only an incomplete frame or a fragmented message is kept, in a
 //! `Vec` that is released as soon as it is complete. Outgoing frames are
-//! encoded once into shared bytes. No IO here.
+//! encoded once into shared bytes; a [`Shared`] frame also carries its
+//! compressed variants (permessage-deflate, [`crate::deflate`]), made on
+//! first need. No IO here.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::io::Cursor;
 use std::rc::Rc;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
+
+use crate::deflate;
 
 /// A violation that RFC 6455 answers with a Close; the variant gives the code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -44,8 +49,8 @@ impl WsError {
 pub enum Incoming<'a> {
     /// A text message (valid UTF-8).
     Text(Cow<'a, [u8]>),
-    /// A binary message (answered `INVALID_MESSAGE`).
-    Binary,
+    /// A binary message (the hub answers `INVALID_MESSAGE`).
+    Binary(Cow<'a, [u8]>),
     /// A Ping with its payload (answered with a Pong).
     Ping(&'a [u8]),
     /// A Pong.
@@ -58,8 +63,9 @@ pub enum Incoming<'a> {
 /// Empty (no allocation) between messages.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    /// `Some((is_text, bytes so far))` while a fragmented message arrives.
-    fragments: Option<Box<(bool, Vec<u8>)>>,
+    /// While a fragmented message arrives: whether it is text, whether it
+    /// is compressed (RSV1 on its first frame), the bytes so far.
+    fragments: Option<Box<(bool, bool, Vec<u8>)>>,
 }
 
 impl Decoder {
@@ -79,6 +85,22 @@ impl Decoder {
         buf: &'a mut [u8],
         max: usize,
     ) -> Result<Option<(usize, Option<Incoming<'a>>)>, WsError> {
+        self.next_frame(buf, max, false)
+    }
+
+    /// [`Decoder::next`] on a connection that negotiated permessage-deflate
+    /// when `inflate` is true: a data message whose first frame has RSV1 set
+    /// is inflated, and `max` applies to its inflated size too (`1009` as
+    /// soon as inflating passes it).
+    ///
+    /// # Errors
+    /// [`WsError`], after which the connection is closed with its code.
+    pub fn next_frame<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+        max: usize,
+        inflate: bool,
+    ) -> Result<Option<(usize, Option<Incoming<'a>>)>, WsError> {
         let mut cursor = Cursor::new(&*buf);
         let (header, len) = match FrameHeader::parse(&mut cursor) {
             Ok(Some(h)) => h,
@@ -90,14 +112,16 @@ impl Decoder {
         let Some(mask) = header.mask else {
             return Err(WsError::Protocol("client frames must be masked"));
         };
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        let is_control = matches!(header.opcode, OpCode::Control(_));
+        let starts_message = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        // RSV1 marks a compressed message, on its first frame only.
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(inflate && starts_message)) {
             return Err(WsError::Protocol("reserved bits set"));
         }
-        let is_control = matches!(header.opcode, OpCode::Control(_));
         if is_control && (len > 125 || !header.is_final) {
             return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
         }
-        let pending = self.fragments.as_ref().map_or(0, |f| f.1.len());
+        let pending = self.fragments.as_ref().map_or(0, |f| f.2.len());
         if !is_control && len.saturating_add(pending) > max {
             return Err(WsError::TooBig);
         }
@@ -117,9 +141,9 @@ impl Decoder {
                 }
                 let is_text = header.opcode == OpCode::Data(Data::Text);
                 if header.is_final {
-                    Some(complete(is_text, Cow::Borrowed(payload))?)
+                    Some(complete(is_text, header.rsv1, Cow::Borrowed(payload), max)?)
                 } else {
-                    self.fragments = Some(Box::new((is_text, payload.to_vec())));
+                    self.fragments = Some(Box::new((is_text, header.rsv1, payload.to_vec())));
                     None
                 }
             }
@@ -127,10 +151,10 @@ impl Decoder {
                 let Some(fragments) = self.fragments.as_mut() else {
                     return Err(WsError::Protocol("continuation without a message"));
                 };
-                fragments.1.extend_from_slice(payload);
+                fragments.2.extend_from_slice(payload);
                 if header.is_final {
-                    let (is_text, bytes) = *self.fragments.take().unwrap_or_default();
-                    Some(complete(is_text, Cow::Owned(bytes))?)
+                    let (is_text, compressed, bytes) = *self.fragments.take().unwrap_or_default();
+                    Some(complete(is_text, compressed, Cow::Owned(bytes), max)?)
                 } else {
                     None
                 }
@@ -141,9 +165,18 @@ impl Decoder {
     }
 }
 
-fn complete(is_text: bool, bytes: Cow<'_, [u8]>) -> Result<Incoming<'_>, WsError> {
+fn complete(is_text: bool, compressed: bool, bytes: Cow<'_, [u8]>, max: usize) -> Result<Incoming<'_>, WsError> {
+    let bytes = if compressed {
+        match deflate::inflate(&bytes, max) {
+            Ok(inflated) => Cow::Owned(inflated),
+            Err(deflate::InflateError::TooBig) => return Err(WsError::TooBig),
+            Err(deflate::InflateError::Corrupt) => return Err(WsError::Protocol("invalid compressed data")),
+        }
+    } else {
+        bytes
+    };
     if !is_text {
-        return Ok(Incoming::Binary);
+        return Ok(Incoming::Binary(bytes));
     }
     if std::str::from_utf8(&bytes).is_err() {
         return Err(WsError::Utf8);
@@ -179,7 +212,28 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
 
 /// Frames `payload` as one unmasked server frame, in shared bytes.
 pub fn frame(opcode: OpCode, payload: &[u8]) -> Rc<[u8]> {
-    let header = FrameHeader { opcode, ..FrameHeader::default() };
+    framed(opcode, false, payload)
+}
+
+/// Frames a message, compressing it for a client that negotiated
+/// permessage-deflate with window `bits` when it is at least `min_bytes`
+/// long and compressing makes it smaller (RSV1 set then).
+pub fn message(opcode: OpCode, payload: &[u8], deflate: Option<u8>, min_bytes: usize) -> Rc<[u8]> {
+    match deflate {
+        Some(bits) if payload.len() >= min_bytes => {
+            let z = deflate::compress(payload, bits);
+            if z.len() < payload.len() {
+                framed(opcode, true, &z)
+            } else {
+                frame(opcode, payload)
+            }
+        }
+        _ => frame(opcode, payload),
+    }
+}
+
+fn framed(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Rc<[u8]> {
+    let header = FrameHeader { opcode, rsv1, ..FrameHeader::default() };
     let mut out = Vec::with_capacity(header.len(payload.len() as u64) + payload.len());
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, &mut out);
@@ -202,6 +256,74 @@ pub fn close(code: u16, reason: &str) -> Rc<[u8]> {
 /// A Ping (empty) or Pong (echoing `payload`).
 pub fn control(op: Control, payload: &[u8]) -> Rc<[u8]> {
     frame(OpCode::Control(op), payload)
+}
+
+/// A text frame shared by every client that gets it (subscribers, history
+/// rings): the plain frame, and the message compressed for each window
+/// size some client needed, made once on first need (PROTOCOL.md 1,
+/// "Compression"; DESIGN.md rule 3).
+#[derive(Debug)]
+pub struct Shared {
+    plain: Rc<[u8]>,
+    /// Per window size (8 to 15 bits), the message compressed with it, made
+    /// on first need (the plain frame when compressing did not make it
+    /// smaller); the table is allocated only once some client needs one.
+    deflated: OnceCell<Box<Variants>>,
+}
+
+/// A frame per window size, 8 to 15 bits.
+type Variants = [OnceCell<Rc<[u8]>>; 8];
+
+impl Shared {
+    /// Frames a text message once.
+    pub fn text(payload: &[u8]) -> Rc<Shared> {
+        Rc::new(Shared { plain: text(payload), deflated: OnceCell::new() })
+    }
+
+    /// The plain frame.
+    pub fn plain(&self) -> &Rc<[u8]> {
+        &self.plain
+    }
+
+    /// The plain frame's payload.
+    pub fn payload(&self) -> &[u8] {
+        payload(&self.plain)
+    }
+
+    /// The frame for a client: plain without compression (`deflate`
+    /// `None`) or under `min_bytes`, else compressed with window `bits`,
+    /// compressed at most once per window size.
+    pub fn variant(&self, deflate: Option<u8>, min_bytes: usize) -> &Rc<[u8]> {
+        let Some(bits) = deflate.filter(|_| self.payload().len() >= min_bytes) else {
+            return &self.plain;
+        };
+        let table = self.deflated.get_or_init(Box::default);
+        let Some(slot) = table.get(usize::from(bits).wrapping_sub(8)) else {
+            return &self.plain;
+        };
+        slot.get_or_init(|| {
+            let z = deflate::compress(self.payload(), bits);
+            match z.len() < self.payload().len() {
+                true => framed(OpCode::Data(Data::Text), true, &z),
+                false => Rc::clone(&self.plain),
+            }
+        })
+    }
+
+    /// [`Shared::variant`], shared.
+    pub fn for_client(&self, deflate: Option<u8>, min_bytes: usize) -> Rc<[u8]> {
+        Rc::clone(self.variant(deflate, min_bytes))
+    }
+}
+
+/// The payload of an unmasked server frame.
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -251,12 +373,54 @@ mod tests {
     fn violations_have_their_close_codes() {
         let code = |bytes: &mut Vec<u8>, max| Decoder::default().next(bytes, max).unwrap_err().close_code();
         assert_eq!(code(&mut vec![0x81, 0x01, b'a'], 1024), 1002, "unmasked");
-        assert_eq!(code(&mut masked(0xC1, b"a"), 1024), 1002, "rsv1");
+        assert_eq!(code(&mut masked(0xC1, b"a"), 1024), 1002, "rsv1 without deflate");
         assert_eq!(code(&mut masked(0x83, b"a"), 1024), 1002, "reserved opcode");
         assert_eq!(code(&mut masked(0x80, b"a"), 1024), 1002, "lone continuation");
         assert_eq!(code(&mut masked(0x09, b"a"), 1024), 1002, "fragmented ping");
         assert_eq!(code(&mut masked(0x81, &[0xff, 0xfe]), 1024), 1007);
         assert_eq!(code(&mut masked(0x81, &[b'a'; 300]), 200), 1009);
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_within_the_limit() {
+        let text = br#"{"type":"subscribe","data":{"channels":["a","a","a","a","a","a","a"]}}"#;
+        let z = deflate::compress(text, 15);
+        let mut d = Decoder::default();
+        let mut whole = masked(0xC1, &z);
+        let msg = d.next_frame(&mut whole, 1024, true).unwrap().unwrap().1;
+        assert_eq!(msg, Some(Incoming::Text(Cow::Owned(text.to_vec()))));
+        // Fragmented: RSV1 on the first frame only.
+        let (a, b) = z.split_at(z.len() / 2);
+        assert_eq!(d.next_frame(&mut masked(0x41, a), 1024, true).unwrap().unwrap().1, None);
+        let mut last = masked(0x80, b);
+        let msg = d.next_frame(&mut last, 1024, true).unwrap().unwrap().1;
+        assert_eq!(msg, Some(Incoming::Text(Cow::Owned(text.to_vec()))));
+        let code = |bytes: &mut Vec<u8>, max| Decoder::default().next_frame(bytes, max, true).unwrap_err().close_code();
+        assert_eq!(code(&mut masked(0xC1, &z), text.len() - 1), 1009, "over the limit once inflated");
+        assert_eq!(code(&mut masked(0xC1, &deflate::compress(&[b' '; 1 << 20], 15)), 512 * 1024), 1009, "bomb");
+        assert_eq!(code(&mut masked(0xC9, b""), 1024), 1002, "compressed ping");
+        assert_eq!(code(&mut masked(0xC1, &[0xff; 8]), 1024), 1002, "not deflate");
+        let mut d = Decoder::default();
+        d.next_frame(&mut masked(0x01, b"ab"), 1024, true).unwrap();
+        assert_eq!(
+            d.next_frame(&mut masked(0xC0, b"c"), 1024, true).unwrap_err().close_code(),
+            1002,
+            "rsv1 on a continuation"
+        );
+    }
+
+    #[test]
+    fn a_shared_frame_is_compressed_once_per_window() {
+        let json = format!("{{\"type\":\"log_entry\",\"data\":\"{}\"}}", "Can't keep up! ".repeat(40));
+        let s = Shared::text(json.as_bytes());
+        assert!(Rc::ptr_eq(&s.for_client(None, 256), s.plain()));
+        let a = s.for_client(Some(15), 256);
+        assert!(Rc::ptr_eq(&a, &s.for_client(Some(15), 256)), "compressed once");
+        assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
+        assert!(a.len() < s.plain().len() / 4);
+        assert_eq!(deflate::inflate(payload(&a), 1 << 20).unwrap(), json.as_bytes());
+        assert!(!Rc::ptr_eq(&a, &s.for_client(Some(9), 256)));
+        assert!(Rc::ptr_eq(&s.for_client(Some(15), 1 << 20), s.plain()), "under the threshold");
     }
 
     #[test]

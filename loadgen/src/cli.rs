@@ -29,6 +29,7 @@ options:
   --clients N  --rate R[,R..]  --duration S  --warmup S [1]  --channels N  --per-channel N  --settle S
   --window N  --alg hs256|es256  --burst N  --slow N  --slow-duration S  --fill-duration S  --p99-limit MS [50]
   --publishers N [32]  --sample N [64] (one latency sample per N frames)  --tracked N [20] (seq-checked clients)
+  --deflate (clients offer permessage-deflate)
   --hub PATH [aymc-hub beside this binary]  --hub-cpu N [0]  --cpu N [1]  --no-pin
   --hub-set SECTION.KEY=VALUE (a hub config line, e.g. history.max_bytes=1e9 → [history] max_bytes = 1e9;
   sections limits, history, monitor; repeatable)  --keep (keep the temp dir)  --out FILE (JSON copy)
@@ -95,6 +96,8 @@ pub struct Opts {
     pub hub_set: Vec<(String, String)>,
     /// `--keep`
     pub keep: bool,
+    /// `--deflate`: clients offer permessage-deflate.
+    pub deflate: bool,
     /// `--out`
     pub out: Option<PathBuf>,
 }
@@ -142,6 +145,7 @@ impl Opts {
             tracked: 20,
             hub_set: Vec::new(),
             keep: false,
+            deflate: false,
             out: None,
         };
         while let Some(flag) = args.next() {
@@ -191,6 +195,7 @@ impl Opts {
                     o.hub_set.push((section.to_string(), format!("{key} = {}", v.trim())));
                 }
                 "--keep" => o.keep = true,
+                "--deflate" => o.deflate = true,
                 "--out" => o.out = Some(PathBuf::from(value().ok_or("--out needs a path")?)),
                 "-h" | "--help" => return Ok(None),
                 other => return Err(format!("unknown option '{other}'").into()),

@@ -42,6 +42,8 @@ pub struct ClientSpec {
     /// so that a client that stops reading fills up within a second
     /// instead of the megabytes loopback autotuning allows).
     pub rcvbuf: Option<u32>,
+    /// Offer permessage-deflate (`--deflate`).
+    pub deflate: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,9 +273,10 @@ impl Engine {
     /// clients added is the `i`th queued.
     pub fn add_clients(&mut self, specs: Vec<ClientSpec>) {
         for spec in specs {
+            let offer = if spec.deflate { "Sec-WebSocket-Extensions: permessage-deflate\r\n" } else { "" };
             let request = format!(
                 "GET /api/v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                 Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                 Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
                 spec.token, self.addr
             );
             let body = serde_json::json!({ "type": "subscribe", "data": { "channels": spec.channels } });

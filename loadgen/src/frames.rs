@@ -2,7 +2,9 @@
 //! [`FrameReader`] walks the hub's (unmasked) frames through large reads,
 //! parsing only the 2-10 byte headers, and copies a payload only when the
 //! [`Handler`] asks for it (sampled or tracked frames) or when the frame is
-//! not a `log_entry` (control replies, errors). A frame whose bytes are all
+//! not a `log_entry` (control replies, errors). A compressed frame
+//! (permessage-deflate, RSV1) is always captured and inflated, once per
+//! distinct payload (every client gets the same bytes). A frame whose bytes are all
 //! in the read buffer is handed over in place, without a copy. Also the
 //! frame encoder (the masked frames a client sends; the hub's integration
 //! tests use it too), and the few byte searches that pull the send stamp and
@@ -14,6 +16,8 @@ const LOG_PREFIX: &[u8] = b"{\"type\":\"log_entry\"";
 const MAX_FRAME: u64 = 64 * 1024 * 1024;
 /// A captured payload buffer above this size is released after use.
 const KEEP_CAPTURE: usize = 64 * 1024;
+/// Bit of the opcode byte [`parse_header`] returns for RSV1 (compressed).
+const COMPRESSED: u8 = 0x40;
 
 /// Flags a [`Handler`] returns from [`Handler::want`] for a text frame.
 pub mod want {
@@ -88,7 +92,7 @@ fn parse_header(b: &[u8]) -> Result<Option<(u8, usize, usize)>, &'static str> {
     if b[1] & 0x80 != 0 {
         return Err("the hub sent a masked frame");
     }
-    let opcode = b[0] & 0x0f;
+    let opcode = b[0] & (0x0f | COMPRESSED);
     let (hlen, len) = match b[1] & 0x7f {
         126 => {
             if b.len() < 4 {
@@ -173,6 +177,8 @@ impl FrameReader {
         self.buf.clear();
         self.flags = 0;
         self.capture = match opcode {
+            // Compressed: decided on the whole payload.
+            op if op & COMPRESSED != 0 => Capture::Full,
             1 => {
                 self.flags = h.want();
                 if self.flags != 0 {
@@ -224,6 +230,9 @@ impl FrameReader {
 /// Hands one whole frame's payload to `h`.
 #[inline]
 fn complete(opcode: u8, payload: &[u8], h: &mut impl Handler) {
+    if opcode & COMPRESSED != 0 {
+        return compressed(opcode & 0x0f, payload, h);
+    }
     match opcode {
         1 if payload.starts_with(LOG_PREFIX) => {
             let flags = h.want();
@@ -234,6 +243,76 @@ fn complete(opcode: u8, payload: &[u8], h: &mut impl Handler) {
         9 => h.ping(payload),
         _ => {}
     }
+}
+
+/// Hands a compressed frame's payload to `h`, inflated. Every subscriber
+/// gets the same compressed bytes of a message (the hub compresses once),
+/// so a payload is inflated once and remembered by its hash for the
+/// clients that follow.
+fn compressed(opcode: u8, payload: &[u8], h: &mut impl Handler) {
+    let hash = hash(payload);
+    let slot = (hash % KNOWN_SLOTS as u64) as usize;
+    let known = KNOWN.with(|k| match &k.borrow()[slot] {
+        (h, bytes) if *h == hash => Some(std::rc::Rc::clone(bytes)),
+        _ => None,
+    });
+    let inflated = known.unwrap_or_else(|| {
+        let bytes: std::rc::Rc<[u8]> = inflate(payload, usize::MAX).into();
+        KNOWN.with(|k| k.borrow_mut()[slot] = (hash, std::rc::Rc::clone(&bytes)));
+        bytes
+    });
+    complete(opcode, &inflated, h);
+}
+
+/// Compressed payloads remembered with their inflated bytes.
+const KNOWN_SLOTS: usize = 4096;
+
+/// FNV-1a over 8-byte words, seeded with the length: fast enough per
+/// frame; a collision would need the same length and hash.
+fn hash(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64 ^ bytes.len() as u64;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap_or_default())).wrapping_mul(0x0100_0000_01b3);
+    }
+    for &b in words.remainder() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
+thread_local! {
+    static KNOWN: std::cell::RefCell<Vec<(u64, std::rc::Rc<[u8]>)>> =
+        std::cell::RefCell::new(vec![(0, std::rc::Rc::from(&[][..])); KNOWN_SLOTS]);
+    static INFLATER: std::cell::RefCell<flate2::Decompress> = std::cell::RefCell::new(flate2::Decompress::new(false));
+}
+
+/// The first `limit` bytes of a compressed message (RFC 7692: raw deflate
+/// without its `00 00 ff ff` tail); what inflates before an error when the
+/// data is corrupt.
+pub fn inflate(payload: &[u8], limit: usize) -> Vec<u8> {
+    INFLATER.with(|d| {
+        let mut d = d.borrow_mut();
+        d.reset(false);
+        let mut out = Vec::with_capacity(limit.min(payload.len() * 8 + 64));
+        for mut input in [payload, &[0, 0, 0xff, 0xff][..]] {
+            while out.len() < limit {
+                if out.len() == out.capacity() {
+                    out.reserve(out.capacity().min(limit - out.len()));
+                }
+                let (before, had) = (d.total_in(), out.len());
+                if d.decompress_vec(input, &mut out, flate2::FlushDecompress::Sync).is_err() {
+                    return out;
+                }
+                input = &input[(d.total_in() - before) as usize..];
+                if (input.is_empty() && out.len() < out.capacity()) || (out.len() == had && d.total_in() == before) {
+                    break;
+                }
+            }
+        }
+        out.truncate(limit);
+        out
+    })
 }
 
 /// Appends one frame to `out`: FIN set when `fin`, the payload masked with
@@ -383,6 +462,43 @@ mod tests {
                     assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 9]);
                 } else {
                     assert!(seen.logs.iter().all(Option::is_none));
+                }
+            }
+        }
+    }
+
+    /// A compressed server text frame (RSV1), as the hub sends them.
+    fn deflated(out: &mut Vec<u8>, payload: &[u8]) {
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut z = Vec::with_capacity(payload.len() + 64);
+        c.compress_vec(payload, &mut z, flate2::FlushCompress::Sync).unwrap();
+        z.truncate(z.len() - 4);
+        let at = out.len();
+        encode_frame(out, true, 1, &z, None);
+        out[at] |= 0x40;
+    }
+
+    #[test]
+    fn compressed_frames_are_counted_and_inflated_when_wanted() {
+        let mut bytes = Vec::new();
+        for (i, size) in [300, 70_000, 1000].into_iter().enumerate() {
+            deflated(&mut bytes, &log(i + 1, size));
+        }
+        deflated(&mut bytes, format!("{{\"type\":\"error\",\"data\":\"{}\"}}", "y".repeat(400)).as_bytes());
+        for every in [0, want::SAMPLE] {
+            for chunk in [1, 5, 64, bytes.len()] {
+                let mut r = FrameReader::default();
+                let mut seen = Seen { every, ..Seen::default() };
+                for part in bytes.chunks(chunk) {
+                    r.feed(part, &mut seen).unwrap();
+                }
+                assert_eq!(seen.logs.len(), 3, "chunk {chunk}");
+                assert_eq!(seen.others.len(), 1);
+                assert!(seen.others[0].starts_with(b"{\"type\":\"error\""));
+                if every != 0 {
+                    let seqs: Vec<u64> = seen.logs.iter().map(|p| seq(p.as_ref().unwrap()).unwrap()).collect();
+                    assert_eq!(seqs, vec![1, 2, 3]);
+                    assert_eq!(seen.logs[1].as_deref(), Some(&log(2, 70_000)[..]));
                 }
             }
         }

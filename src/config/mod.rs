@@ -220,6 +220,10 @@ pub struct Limits {
     /// Channels without subscribers the hub keeps (their seq and latest
     /// value); over it the least recently used are forgotten.
     pub max_idle_channels: usize,
+    /// permessage-deflate is negotiated with clients that offer it.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed.
+    pub compress_min_bytes: usize,
 }
 
 impl Default for Limits {
@@ -245,6 +249,8 @@ impl Default for Limits {
             max_pending: 1000,
             message_timeout_s: 30,
             max_idle_channels: 100_000,
+            compression: true,
+            compress_min_bytes: 256,
         }
     }
 }
@@ -442,7 +448,7 @@ impl Config {
 
     /// Every numeric key with its valid range (docs/CONFIG.md says the
     /// same), in the order of the file's tables.
-    fn ranges(&self) -> [Range; 28] {
+    fn ranges(&self) -> [Range; 29] {
         const DAY: &str = "seconds, a day at most";
         let (a, l, h) = (&self.auth, &self.limits, &self.history);
         [
@@ -468,6 +474,7 @@ impl Config {
             Range::new("limits.max_pending", l.max_pending, 1, MAX_COUNT, "connections"),
             Range::new("limits.message_timeout_s", l.message_timeout_s, 1, MAX_DURATION_S, DAY),
             Range::new("limits.max_idle_channels", l.max_idle_channels, 1, MAX_COUNT, "channels"),
+            Range::new("limits.compress_min_bytes", l.compress_min_bytes, 0, MAX_BODY_BYTES, "bytes, 64 MiB at most"),
             Range::new("monitor.health_interval_s", self.monitor.health_interval_s, 1, MAX_DURATION_S, DAY),
             Range::new("history.log_lines", h.log_lines, 0, MAX_COUNT, "messages per channel"),
             Range::new("history.metrics_points", h.metrics_points, 0, 100_000, "messages per channel"),

@@ -22,18 +22,19 @@ use slab::Slab;
 use crate::config::HistoryConfig;
 use crate::protocol::{Channel, ChannelKind, Since, Status};
 use crate::store::Recovered;
-use crate::ws;
+use crate::ws::Shared;
 
 /// After a blocked eviction pass, the next one waits for this many more
 /// bytes at least.
 pub(super) const SHED_STEP: usize = 64 * 1024;
 
 /// A kept message: its seq, the hub's publish ordinal (0 for messages
-/// restored from disk) and its frame.
+/// restored from disk) and its frame (with the compressed variants made
+/// for it; the byte budget counts the plain frame).
 pub(super) struct Kept {
     pub seq: u64,
     pub ord: u64,
-    pub frame: Rc<[u8]>,
+    pub frame: Rc<Shared>,
 }
 
 /// One channel.
@@ -56,7 +57,7 @@ pub(super) struct Entry {
     /// Something was evicted from `ring` in this epoch.
     pub evicted: bool,
     /// Metrics and status channels: the latest message.
-    pub latest: Option<Rc<[u8]>>,
+    pub latest: Option<Rc<Shared>>,
     /// Status channels: the server's name and status in the latest message
     /// (boxed: most channels have none).
     pub server: Option<Box<(String, Status)>>,
@@ -163,7 +164,7 @@ impl Channels {
             let i = self.index_of(Channel::logs(server));
             let skip = entries.len().saturating_sub(self.log_lines);
             for (seq, envelope) in entries.into_iter().skip(skip) {
-                self.keep(i, seq, 0, ws::text(envelope.as_bytes()));
+                self.keep(i, seq, 0, Shared::text(envelope.as_bytes()));
             }
             if let Some(entry) = self.slab.get_mut(i) {
                 entry.seq = entry.seq.max(entry.ring.back().map_or(0, |k| k.seq));
@@ -297,13 +298,14 @@ impl Channels {
     /// channel's ring, evicting what the caps (`history.log_lines` or
     /// `history.metrics_points`, `history.max_bytes`) no longer allow.
     /// Other channels keep no ring.
-    pub fn keep(&mut self, i: usize, seq: u64, ord: u64, frame: Rc<[u8]>) {
+    pub fn keep(&mut self, i: usize, seq: u64, ord: u64, frame: Rc<Shared>) {
         let Some(entry) = self.slab.get_mut(i) else { return };
         if !matches!(entry.channel.kind, ChannelKind::Logs | ChannelKind::Metrics) {
             return;
         }
-        entry.ring_bytes += frame.len();
-        self.bytes += frame.len();
+        let len = frame.plain().len();
+        entry.ring_bytes += len;
+        self.bytes += len;
         self.entries += 1;
         entry.ring.push_back(Kept { seq, ord, frame });
         self.trim(i);
@@ -357,16 +359,17 @@ impl Channels {
     fn evict(&mut self, i: usize) {
         let Some(entry) = self.slab.get_mut(i) else { return };
         if let Some(old) = entry.ring.pop_front() {
-            entry.ring_bytes -= old.frame.len();
+            let len = old.frame.plain().len();
+            entry.ring_bytes -= len;
             entry.evicted = true;
-            self.bytes -= old.frame.len();
+            self.bytes -= len;
             self.entries -= 1;
         }
     }
 
     /// The kept messages after `since` (appended to `out`), or false when
     /// they cannot all be given (5a).
-    pub fn recover(&self, i: usize, since: &Since, epoch: &str, out: &mut Vec<Rc<[u8]>>) -> bool {
+    pub fn recover(&self, i: usize, since: &Since, epoch: &str, out: &mut Vec<Rc<Shared>>) -> bool {
         let Some(entry) = self.slab.get(i) else { return false };
         if since.epoch != epoch || since.seq > entry.seq {
             return false;

@@ -18,11 +18,12 @@ use std::rc::Rc;
 
 use smallvec::SmallVec;
 
-use super::channels::Channels;
+use super::channels::{Channels, Kept};
 use super::{drop_errors, Counters, Hub, Written};
 use crate::client::Client;
 use crate::outq::{DropKey, DropReport};
 use crate::ws;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// How many buffers one `writev` takes at most.
 const IOV_BATCH: usize = 128;
@@ -47,6 +48,31 @@ enum Piece {
     Ring { head: usize, idx: usize, seq: u64, len: usize },
 }
 
+/// How a client takes frames: compressed with its window (when it
+/// negotiated permessage-deflate) from `min_bytes` on, else plain.
+#[derive(Clone, Copy)]
+struct Wire {
+    deflate: Option<u8>,
+    min_bytes: usize,
+}
+
+impl Wire {
+    fn of(client: &Client, min_bytes: usize) -> Wire {
+        Wire { deflate: client.session.as_ref().and_then(|s| s.deflate), min_bytes }
+    }
+
+    /// A text frame made for this client alone (a drop report).
+    fn text(self, payload: &[u8]) -> Rc<[u8]> {
+        ws::message(OpCode::Data(Data::Text), payload, self.deflate, self.min_bytes)
+    }
+
+    /// The frame of a kept message this client gets (compressed once per
+    /// window size, shared).
+    fn ring(self, k: &Kept) -> &Rc<[u8]> {
+        k.frame.variant(self.deflate, self.min_bytes)
+    }
+}
+
 impl Hub {
     /// Writes what waits for a client to `w` (its socket) until it would
     /// block: queued items and the lines its logs subscriptions have not
@@ -64,9 +90,10 @@ impl Hub {
         };
         client.dirty = false;
         client.fanout = false;
+        let wire = Wire::of(client, self.compress_min_bytes);
         let mut written = 0;
         loop {
-            let (n, more) = write_batch(client, &mut self.channels, &mut self.counters, w)?;
+            let (n, more) = write_batch(client, wire, &mut self.channels, &mut self.counters, w)?;
             written += n;
             if more {
                 continue;
@@ -76,7 +103,7 @@ impl Hub {
                 break;
             }
             for error in drop_errors(&self.channels, reports) {
-                client.out.push_control(ws::text(&error), self.ord);
+                client.out.push_control(wire.text(&error), self.ord);
             }
         }
         let waiting = !client.out.is_empty() || lagging(client, &self.channels);
@@ -93,7 +120,7 @@ impl Hub {
             let entry = self.channels.get(sub.channel as usize)?;
             let &next = entry.cursors.get(sub.pos as usize)?;
             let (idx, _) = entry.locate(next);
-            Some(entry.ring.range(idx..).map(|k| k.frame.len()).sum::<usize>())
+            Some(entry.ring.range(idx..).map(|k| k.frame.plain().len()).sum::<usize>())
         });
         client.out.pending_bytes() + unread.sum::<usize>()
     }
@@ -103,15 +130,16 @@ impl Hub {
     /// them, PROTOCOL.md 12).
     pub fn queue_close(&mut self, key: usize, frame: Rc<[u8]>) {
         if let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) {
+            let wire = Wire::of(client, self.compress_min_bytes);
             let mut frames: Vec<(u64, Rc<[u8]>)> = Vec::new();
             for head in heads(client, &self.channels) {
-                if let Some(report) = report_gap(&mut self.channels, &mut self.counters, head) {
+                if let Some(report) = report_gap(&mut self.channels, &mut self.counters, head, wire) {
                     // Right before the first line after the gap.
                     let at = self.channels.get(head.channel).and_then(|e| e.ring.get(head.idx));
                     frames.push((at.map_or(u64::MAX, |k| k.ord), report));
                 }
                 let Some(entry) = self.channels.get_mut(head.channel) else { continue };
-                frames.extend(entry.ring.range(head.idx..).map(|k| (k.ord, Rc::clone(&k.frame))));
+                frames.extend(entry.ring.range(head.idx..).map(|k| (k.ord, Rc::clone(wire.ring(k)))));
                 if let Some(cursor) = entry.cursors.get_mut(head.pos) {
                     *cursor = entry.seq + 1;
                 }
@@ -153,14 +181,14 @@ fn heads(client: &Client, channels: &Channels) -> SmallVec<[Head; 4]> {
 /// Moves a cursor past what was evicted before it was read, and counts it:
 /// the `MESSAGES_DROPPED` frame for exactly that range (none without a
 /// gap).
-fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head) -> Option<Rc<[u8]>> {
+fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head, wire: Wire) -> Option<Rc<[u8]>> {
     let (from_seq, to_seq) = head.gap?;
     let cursor = channels.get_mut(head.channel)?.cursors.get_mut(head.pos)?;
     *cursor = to_seq + 1;
     let dropped = to_seq - from_seq + 1;
     counters.messages_dropped += dropped;
     let report = DropReport { key: DropKey::Channel(head.channel), dropped, from_seq, to_seq };
-    drop_errors(channels, vec![report]).next().map(|error| ws::text(&error))
+    drop_errors(channels, vec![report]).next().map(|error| wire.text(&error))
 }
 
 /// One `writev` of what waits for a client, queued items and ring frames
@@ -174,6 +202,7 @@ fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head) -> O
 /// was evicted by then.
 fn write_batch(
     client: &mut Client,
+    wire: Wire,
     channels: &mut Channels,
     counters: &mut Counters,
     w: &mut impl Write,
@@ -185,7 +214,7 @@ fn write_batch(
             let (from_seq, to_seq) = h.gap?;
             let report =
                 DropReport { key: DropKey::Channel(h.channel), dropped: to_seq - from_seq + 1, from_seq, to_seq };
-            drop_errors(channels, vec![report]).next().map(|error| ws::text(&error))
+            drop_errors(channels, vec![report]).next().map(|error| wire.text(&error))
         })
         .collect();
     let mut slices = [IoSlice::new(&[]); IOV_BATCH];
@@ -223,8 +252,9 @@ fn write_batch(
             }
             Some((h, head)) => {
                 let Some(k) = channels.get(head.channel).and_then(|e| e.ring.get(head.idx)) else { break };
-                *slice = IoSlice::new(&k.frame);
-                *piece = Piece::Ring { head: h, idx: head.idx, seq: k.seq, len: k.frame.len() };
+                let frame = wire.ring(k);
+                *slice = IoSlice::new(frame);
+                *piece = Piece::Ring { head: h, idx: head.idx, seq: k.seq, len: frame.len() };
                 head.idx += 1;
             }
             None => {
@@ -261,7 +291,7 @@ fn write_batch(
             Piece::Report { head, len } => {
                 let took = left.min(len);
                 let (Some(&h), true) = (heads.get(head), took > 0) else { break };
-                report_gap(channels, counters, h);
+                report_gap(channels, counters, h, wire);
                 if took < len {
                     if let Some(report) = reports.get(head).and_then(Option::clone) {
                         client.out.push_first(report, took);
@@ -278,7 +308,7 @@ fn write_batch(
                 }
                 if took < len {
                     if let Some(k) = entry.ring.get(idx) {
-                        client.out.push_first(Rc::clone(&k.frame), took);
+                        client.out.push_first(Rc::clone(wire.ring(k)), took);
                     }
                 }
                 (len, took)

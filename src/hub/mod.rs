@@ -6,7 +6,9 @@
 //! `history`, `auth`). [`Hub::publish`] serializes and frames a message
 //! once and shares the bytes with every subscriber's queue; a `logs`
 //! channel's subscribers read the shared frames from its history ring
-//! instead ([`lag`]).
+//! instead ([`lag`]). A subscriber that negotiated permessage-deflate gets
+//! the frame's compressed variant, made once per window size
+//! ([`ws::Shared`]).
 //!
 //! It knows queues and sessions, not sockets: output is written through
 //! [`Hub::write_out`] to any `Write`, and the connections to flush are
@@ -23,7 +25,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tungstenite::protocol::frame::coding::Control;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::auth::{Authenticator, Role};
 use crate::client::{Client, Session};
@@ -31,7 +33,7 @@ use crate::config::{HistoryConfig, Limits};
 use crate::outq::{DropKey, DropReport};
 use crate::protocol::{self, AlertSource, Channel, ChannelKind, ErrorCode, Publish, Time};
 use crate::store::{LogQuery, Page, Recovered, Store, StoreStats, StoredLog};
-use crate::ws;
+use crate::ws::{self, Shared};
 use channels::Channels;
 
 /// Counters for `/api/v1/stats` and `/metrics`.
@@ -71,6 +73,8 @@ pub struct Hub {
     max_subscriptions: usize,
     /// A `history` reply's size at most (`limits.max_reply_bytes`).
     max_reply_bytes: usize,
+    /// Shorter messages go uncompressed (`limits.compress_min_bytes`).
+    compress_min_bytes: usize,
     /// Clients with replies to flush at the end of the loop turn.
     dirty: Vec<usize>,
     /// Clients with live messages, flushed together in batches (see the
@@ -113,6 +117,7 @@ impl Hub {
             queue_cap: limits.client_queue,
             max_subscriptions: limits.max_subscriptions,
             max_reply_bytes: limits.max_reply_bytes,
+            compress_min_bytes: limits.compress_min_bytes,
             dirty: Vec::new(),
             fanout: Vec::new(),
             lagging: Vec::new(),
@@ -126,13 +131,14 @@ impl Hub {
 
     /// Takes reloaded caps (SIGHUP): `client_queue`, `max_subscriptions`
     /// and `max_reply_bytes` apply to what comes next; queues and
-    /// subscriptions already over a lowered cap are left as they are.
-    /// `max_idle_channels` is not reloaded.
+    /// subscriptions already over a lowered cap are left as they are
+    /// (`compress_min_bytes` too). `max_idle_channels` is not reloaded.
     pub fn set_limits(&mut self, limits: &Limits) {
         self.queue_cap = limits.client_queue;
         self.channels.set_lag_floor(limits.client_queue);
         self.max_subscriptions = limits.max_subscriptions;
         self.max_reply_bytes = limits.max_reply_bytes;
+        self.compress_min_bytes = limits.compress_min_bytes;
     }
 
     /// The current epoch.
@@ -236,9 +242,18 @@ impl Hub {
         mark(key, &mut client.dirty, &mut self.dirty);
     }
 
-    /// Queues a control reply (a text frame, never dropped, not counted).
+    /// Queues a control reply (a text frame, never dropped, not counted),
+    /// compressed for a client that negotiated it.
     pub fn reply(&mut self, key: usize, payload: &[u8]) {
-        self.queue(key, ws::text(payload));
+        let deflate = self.session(key).and_then(|s| s.deflate);
+        self.queue(key, ws::message(OpCode::Data(Data::Text), payload, deflate, self.compress_min_bytes));
+    }
+
+    /// Queues a shared frame (a replay or a latest value) as the client
+    /// takes it: compressed or not.
+    fn queue_shared(&mut self, key: usize, frame: &Shared) {
+        let deflate = self.session(key).and_then(|s| s.deflate);
+        self.queue(key, frame.for_client(deflate, self.compress_min_bytes));
     }
 
     /// Lists a client for the end of the turn (its socket became writable).
@@ -326,11 +341,12 @@ impl Hub {
         entry.seq += 1;
         let seq = entry.seq;
         let json = msg.encode(now, Some((seq, &self.epoch)));
-        let frame = ws::text(&json);
+        let frame = Shared::text(&json);
         let (mut queued, mut dropped) = (0, 0);
         if !entry.subscribers.is_empty() {
             self.fanout_since.get_or_insert_with(Instant::now);
         }
+        let out = Out { cap: self.queue_cap, min_bytes: self.compress_min_bytes };
         if channel.kind == ChannelKind::Logs {
             // Read from the ring: the subscribers are listed at the flush.
             queued = entry.subscribers.len() as u64;
@@ -340,7 +356,7 @@ impl Hub {
         } else {
             for &key in &entry.subscribers {
                 let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) else { continue };
-                match offer(key, client, &frame, self.queue_cap, (DropKey::Channel(i), seq, ord), &mut self.fanout) {
+                match offer(key, client, &frame, out, (DropKey::Channel(i), seq, ord), &mut self.fanout) {
                     true => queued += 1,
                     false => dropped += 1,
                 }
@@ -389,7 +405,8 @@ impl Hub {
     fn publish_alert(&mut self, auth: &Authenticator, msg: &Publish, now: Time) -> usize {
         let ord = self.ord;
         let Publish::Alert(alert) = msg else { return 0 };
-        let frame = ws::text(&msg.encode(now, None));
+        let frame = Shared::text(&msg.encode(now, None));
+        let out = Out { cap: self.queue_cap, min_bytes: self.compress_min_bytes };
         let (mut queued, mut dropped) = (0, 0);
         for (key, slot) in self.clients.iter_mut().enumerate() {
             let Some(client) = slot else { continue };
@@ -402,7 +419,7 @@ impl Hub {
                 continue;
             }
             self.fanout_since.get_or_insert_with(Instant::now);
-            match offer(key, client, &frame, self.queue_cap, (DropKey::Alerts, 0, ord), &mut self.fanout) {
+            match offer(key, client, &frame, out, (DropKey::Alerts, 0, ord), &mut self.fanout) {
                 true => queued += 1,
                 false => dropped += 1,
             }
@@ -446,13 +463,13 @@ impl Hub {
 
     /// A page of a server's kept log lines (no on-disk history).
     pub fn memory_page(&self, query: &LogQuery) -> Page {
-        let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, frame_payload(&k.frame)));
+        let ring = self.channels.ring(&Channel::logs(query.server)).map(|k| (k.seq, k.frame.payload()));
         crate::store::memory_page(query, ring)
     }
 
     /// The JSON envelopes kept in a server's metrics ring, oldest first.
     pub fn metrics_ring(&self, server: uuid::Uuid) -> impl Iterator<Item = &[u8]> {
-        self.channels.ring(&Channel::metrics(server)).map(|k| frame_payload(&k.frame))
+        self.channels.ring(&Channel::metrics(server)).map(|k| k.frame.payload())
     }
 
     /// Forgets the least recently used channels without subscribers over
@@ -483,18 +500,28 @@ impl Hub {
     }
 }
 
+/// How live messages are queued: the queue cap (`limits.client_queue`)
+/// and the compression threshold (`limits.compress_min_bytes`).
+#[derive(Clone, Copy)]
+struct Out {
+    cap: usize,
+    min_bytes: usize,
+}
+
 /// Queues a live message for one client (or counts the drop under its key
-/// and seq) at its publish ordinal and lists the client for the next
-/// fan-out flush. Returns whether it was queued.
+/// and seq) at its publish ordinal, compressed when the client negotiated
+/// it, and lists the client for the next fan-out flush. Returns whether it
+/// was queued.
 fn offer(
     key: usize,
     client: &mut Client,
-    frame: &Rc<[u8]>,
-    cap: usize,
+    frame: &Shared,
+    out: Out,
     (drop, seq, ord): (DropKey, u64, u64),
     fanout: &mut Vec<usize>,
 ) -> bool {
-    let queued = client.out.push_live(frame, cap, drop, seq, ord);
+    let deflate = client.session.as_ref().and_then(|s| s.deflate);
+    let queued = client.out.push_live(&frame.for_client(deflate, out.min_bytes), out.cap, drop, seq, ord);
     mark(key, &mut client.fanout, fanout);
     queued
 }
@@ -525,14 +552,4 @@ fn drop_errors(channels: &Channels, reports: Vec<DropReport>) -> impl Iterator<I
             Some(details),
         )
     })
-}
-
-/// The payload of an unmasked server frame.
-fn frame_payload(frame: &[u8]) -> &[u8] {
-    let header = match frame.get(1).map(|b| b & 0x7f) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.get(header..).unwrap_or_default()
 }

@@ -7,11 +7,12 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use super::{frame_payload, Hub};
+use super::Hub;
 use crate::auth::Authenticator;
 use crate::client::Sub;
 use crate::outq::DropKey;
 use crate::protocol::{self, Channel, ChannelKind, ErrorCode, Since, Time};
+use crate::ws::Shared;
 
 impl Hub {
     /// Handles `subscribe` (section 4 order: errors, `SUBSCRIBED`, replays).
@@ -60,7 +61,7 @@ impl Hub {
             }
         }
         let mut recovered = serde_json::Map::new();
-        let mut replays: Vec<Rc<[u8]>> = Vec::new();
+        let mut replays: Vec<Rc<Shared>> = Vec::new();
         for &i in &newly {
             let Some(entry) = self.channels.get(i) else { continue };
             match entry.channel.kind {
@@ -79,7 +80,7 @@ impl Hub {
         let answer = protocol::control("SUBSCRIBED", "Successfully subscribed to channels", json!(listed), extra);
         self.reply(key, &answer);
         for frame in replays {
-            self.queue(key, frame);
+            self.queue_shared(key, &frame);
         }
     }
 
@@ -187,10 +188,10 @@ impl Hub {
         let (mut kept, mut complete) = self.channels.page(&channel, limit, before_seq);
         // One reply stays within the reply cap: the oldest go first (the
         // client pages back with `before_seq`); one message always fits.
-        let mut size: usize = kept.iter().map(|k| k.frame.len()).sum();
+        let mut size: usize = kept.iter().map(|k| k.frame.plain().len()).sum();
         let drop = kept.iter().take_while(|k| {
             let over = size > self.max_reply_bytes;
-            size -= k.frame.len();
+            size -= k.frame.plain().len();
             over
         });
         let drop = drop.count().min(kept.len().saturating_sub(1));
@@ -205,7 +206,7 @@ impl Hub {
             if n > 0 {
                 body.push(',');
             }
-            body.push_str(std::str::from_utf8(frame_payload(&k.frame)).unwrap_or("null"));
+            body.push_str(std::str::from_utf8(k.frame.payload()).unwrap_or("null"));
         }
         body.push_str(&format!("],\"complete\":{complete}}},\"timestamp\":\"{}\"}}", Time::now()));
         self.reply(key, body.as_bytes());

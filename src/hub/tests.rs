@@ -545,3 +545,37 @@ fn the_latest_status_message_names_the_server() {
     let servers: Vec<_> = f.hub.servers().map(|(id, name, status)| (id, name.to_string(), status)).collect();
     assert_eq!(servers, [(SERVER, "Lobby 2".to_string(), crate::protocol::Status::Running)]);
 }
+
+#[test]
+fn a_message_is_compressed_once_per_window_and_every_such_subscriber_gets_that_frame() {
+    let mut f = Fixture::new(16, 10);
+    for (key, deflate) in [(1, None), (2, Some(15)), (3, Some(15)), (4, Some(10))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    assert_eq!(f.log(SERVER, &"Can't keep up! Is the server overloaded? ".repeat(10)), 4);
+    // Logs subscribers read the ring's frame (lag cursor): each gets the
+    // variant of its window, made once and kept with the ring's entry.
+    let wire = |f: &mut Fixture, key: usize| {
+        let mut out = Vec::new();
+        f.hub.write_out(key, &mut out).unwrap();
+        out
+    };
+    let (plain, a, b, small) = (wire(&mut f, 1), wire(&mut f, 2), wire(&mut f, 3), wire(&mut f, 4));
+    let ring = f.hub.channels.ring(&Channel::logs(SERVER)).last().unwrap();
+    let shared = ring.frame.for_client(Some(15), 256);
+    assert!(Rc::ptr_eq(&shared, &ring.frame.for_client(Some(15), 256)), "compressed once per window size");
+    assert_eq!((&a, &b), (&shared.to_vec(), &shared.to_vec()), "both 15-bit clients got that frame");
+    let ten = ring.frame.for_client(Some(10), 256);
+    assert_eq!(small, ten.to_vec());
+    assert!(!Rc::ptr_eq(&ten, &shared), "another window size, another variant");
+    assert_eq!(plain, ring.frame.plain().to_vec());
+    assert_eq!((plain[0], a[0], small[0]), (0x81, 0xC1, 0xC1));
+    assert_eq!(crate::deflate::inflate(ws::payload(&a), 1 << 20).unwrap(), ws::payload(&plain));
+    // Under the threshold (a reload raised it): plain to everybody.
+    f.hub.set_limits(&Limits { client_queue: 16, compress_min_bytes: 1000, ..Limits::default() });
+    f.log(SERVER, "Done");
+    assert_eq!(wire(&mut f, 1), wire(&mut f, 2));
+}

@@ -23,12 +23,19 @@ fn assert_401(resp: &HttpResponse, message: &str, token: &str) {
 }
 
 #[test]
-fn query_token_upgrades_without_protocol_or_extensions() {
+fn query_token_upgrades_without_protocol_or_other_extensions() {
     let hub = Hub::start("");
     let token = admin_token();
     let resp = upgrade(&hub, &ws_path(&token), &[]);
     assert_upgraded(&resp);
-    // An offered extension and subprotocol are not negotiated.
+    // A subprotocol is never negotiated; of the extensions, only
+    // permessage-deflate is (see `compression`).
+    let resp = upgrade(
+        &hub,
+        &ws_path(&token),
+        &[("Sec-WebSocket-Extensions", "x-webkit-deflate-frame"), ("Sec-WebSocket-Protocol", "aymc")],
+    );
+    assert_upgraded(&resp);
     let resp = upgrade(
         &hub,
         &ws_path(&token),
@@ -37,7 +44,11 @@ fn query_token_upgrades_without_protocol_or_extensions() {
             ("Sec-WebSocket-Protocol", "aymc"),
         ],
     );
-    assert_upgraded(&resp);
+    assert_switched(&resp);
+    assert_eq!(
+        resp.header("sec-websocket-extensions"),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
     let mut client = hub.connect(&token);
     client.ping_pong();
 }
@@ -303,7 +314,11 @@ fn firefox_connection_header_and_mixed_case_tokens_upgrade() {
     ]);
     let mut conn = HttpConn::connect(hub.addr);
     let resp = conn.request(req.as_bytes());
-    assert_upgraded(&resp);
+    assert_switched(&resp);
+    assert_eq!(
+        resp.header("sec-websocket-extensions"),
+        Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
+    );
     let mut ws = RawWs { conn };
     ws.send_text(r#"{"type":"ping"}"#);
     let pong = ws.recv_json(WAIT);

@@ -126,6 +126,7 @@ const RANGES: &[(&str, &str, u64, u64)] = &[
     ("limits", "max_connections", 1, 1_000_000),
     ("limits", "max_connections_per_ip", 0, 1_000_000),
     ("limits", "max_subscriptions", 1, 1_000_000),
+    ("limits", "compress_min_bytes", 0, 64 << 20),
     ("history", "log_lines", 0, 1_000_000),
     ("history", "max_bytes", 0, 16 << 30),
     ("history", "retention_mb_per_server", 0, 1 << 20),

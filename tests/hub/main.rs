@@ -5,6 +5,7 @@
 //! the exact codes, messages and shapes the protocol fixes. One file per area:
 //!
 //! - `connect`: the upgrade, token sources and every refusal of section 1
+//! - `compression`: permessage-deflate (section 1, "Compression"): negotiation, compressed frames both ways, bombs
 //! - `keys`: RS256 / ES256 / EdDSA public keys
 //! - `subscribe`: subscribe, unsubscribe, ping, message errors, rate limits
 //! - `broadcast`: the publish API and what subscribers receive (5, 8)
@@ -38,6 +39,7 @@ mod agent_link;
 mod agent_trust;
 mod alerts;
 mod broadcast;
+mod compression;
 mod config_cli;
 mod connect;
 mod console;

@@ -1094,6 +1094,13 @@ pub fn ws_path(token: &str) -> String {
 /// Asserts a `101` that completes the RFC 6455 handshake without a
 /// subprotocol or extension.
 pub fn assert_upgraded(resp: &HttpResponse) {
+    assert_switched(resp);
+    assert!(!resp.has_header("sec-websocket-extensions"), "101 carries extensions: {:?}", resp.headers);
+}
+
+/// Asserts a `101` that completes the RFC 6455 handshake without a
+/// subprotocol (extensions are the caller's to check).
+pub fn assert_switched(resp: &HttpResponse) {
     assert_eq!(resp.status, 101, "expected 101, got {} {:?} {}", resp.status, resp.headers, resp.text());
     assert!(resp.header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")), "{:?}", resp.headers);
     assert!(
@@ -1103,7 +1110,6 @@ pub fn assert_upgraded(resp: &HttpResponse) {
     );
     assert_eq!(resp.header("sec-websocket-accept"), Some(WS_ACCEPT), "{:?}", resp.headers);
     assert!(!resp.has_header("sec-websocket-protocol"), "101 carries a subprotocol: {:?}", resp.headers);
-    assert!(!resp.has_header("sec-websocket-extensions"), "101 carries extensions: {:?}", resp.headers);
 }
 
 // ---------------------------------------------------------------------------
@@ -1295,6 +1301,8 @@ pub fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct RawFrame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub masked: bool,
     pub payload: Vec<u8>,
@@ -1340,6 +1348,15 @@ impl RawWs {
         RawWs { conn }
     }
 
+    /// Upgrades with `?token=` and `Sec-WebSocket-Extensions: {offer}`;
+    /// panics unless `101`. Returns the hub's answer too.
+    pub fn connect_offering(addr: SocketAddr, token: &str, offer: &str) -> (RawWs, HttpResponse) {
+        let mut conn = HttpConn::connect(addr);
+        let resp = conn.request(upgrade_request(&ws_path(token), &[("Sec-WebSocket-Extensions", offer)]).as_bytes());
+        assert_switched(&resp);
+        (RawWs { conn }, resp)
+    }
+
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         self.conn.send(bytes);
     }
@@ -1374,6 +1391,7 @@ impl RawWs {
             return None;
         }
         let fin = b[0] & 0x80 != 0;
+        let rsv1 = b[0] & 0x40 != 0;
         let opcode = b[0] & 0x0f;
         let is_masked = b[1] & 0x80 != 0;
         let (len, mut pos) = match b[1] & 0x7f {
@@ -1402,7 +1420,7 @@ impl RawWs {
             }
         }
         self.conn.buf.drain(..pos + len);
-        Some(RawFrame { fin, opcode, masked: is_masked, payload })
+        Some(RawFrame { fin, rsv1, opcode, masked: is_masked, payload })
     }
 
     /// Reads frames until a Close frame and returns its code; panics if the

@@ -17,7 +17,7 @@ pub enum Got {
 pub fn own(m: Incoming<'_>) -> Got {
     match m {
         Incoming::Text(t) => Got::Text(t.into_owned()),
-        Incoming::Binary => Got::Binary,
+        Incoming::Binary(_) => Got::Binary,
         Incoming::Ping(p) => Got::Ping(p.to_vec()),
         Incoming::Pong => Got::Pong,
         Incoming::Close(c) => Got::Close(c),

@@ -91,6 +91,42 @@ proptest! {
     }
 
     #[test]
+    fn compressed_frames_of_any_payload_give_a_message_or_a_close_code(
+        frames in prop::collection::vec(
+            (prop::sample::select(vec![0x41u8, 0x42, 0x01, 0x00, 0x40, 0x49, 0x09]), any::<bool>(),
+             prop_oneof![prop::collection::vec(any::<u8>(), 0..300), "[a-c ]{0,300}".prop_map(|t| {
+                 let f = ws::message(OpCode::Data(Data::Text), t.as_bytes(), Some(15), 0);
+                 ws::payload(&f).to_vec()
+             })], any::<[u8; 4]>()),
+            1..5,
+        ),
+        max in prop_oneof![Just(512 * 1024), 0usize..200],
+    ) {
+        // Frames with RSV1 (or not) and any payload: garbage, truncated or
+        // valid deflate data all end in a message, "not yet" or
+        // 1002/1007/1009, never a panic.
+        let mut stream = Vec::new();
+        for (op, fin, payload, mask) in &frames {
+            stream.extend(masked(*fin, *op, *mask, payload));
+        }
+        let (mut d, mut buf, mut pos) = (Decoder::default(), stream, 0);
+        loop {
+            let left = buf.len() - pos;
+            match d.next_frame(&mut buf[pos..], max, true) {
+                Ok(None) => break,
+                Ok(Some((used, _))) => {
+                    prop_assert!(used > 0 && used <= left);
+                    pos += used;
+                }
+                Err(e) => {
+                    prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{:?}", e);
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn masked_messages_round_trip_in_any_fragmentation(
         messages in prop::collection::vec(
             (any::<bool>(), payload(), prop::collection::vec(any::<prop::sample::Index>(), 0..4), any::<[u8; 4]>(), any::<Option<Vec<u8>>>()),
@@ -146,6 +182,34 @@ proptest! {
             let (used, msg) = Decoder::default().next(&mut client, 1 << 20).unwrap().unwrap();
             prop_assert_eq!(used, n);
             prop_assert_eq!(msg.map(own), Some(want));
+        }
+    }
+
+    #[test]
+    fn compressed_messages_decode_back_at_every_window_and_the_limit_holds_on_the_inflated_size(
+        words in prop::collection::vec("[a-e ]{0,12}", 0..400),
+        bits in 8u8..=15,
+        mask in any::<[u8; 4]>(),
+        max in 0usize..6000,
+    ) {
+        let text = words.concat();
+        let frame = ws::message(OpCode::Data(Data::Text), text.as_bytes(), Some(bits), 0);
+        let mut client = mask_server_frame(&frame, mask);
+        let n = client.len();
+        let compressed = frame[0] & 0x40 != 0;
+        match Decoder::default().next_frame(&mut client, 1 << 20, true) {
+            Ok(Some((used, msg))) => {
+                prop_assert_eq!(used, n);
+                prop_assert_eq!(msg.map(own), Some(Got::Text(text.clone().into_bytes())));
+            }
+            other => prop_assert!(false, "{:?}", other.map(|o| o.map(|(u, _)| u))),
+        }
+        let mut client = mask_server_frame(&frame, mask);
+        let result = Decoder::default().next_frame(&mut client, max, true).map(|o| o.map(|(u, m)| (u, m.map(own))));
+        if text.len() > max || (compressed && ws::payload(&frame).len() > max) {
+            prop_assert_eq!(result.err().map(WsError::close_code), Some(1009));
+        } else {
+            prop_assert_eq!(result, Ok(Some((n, Some(Got::Text(text.into_bytes()))))));
         }
     }
 

@@ -131,6 +131,7 @@ impl Bench {
                     channels: channels(i),
                     tracked: o.tracked > 0 && i % every == 0 && i / every < o.tracked,
                     rcvbuf: None,
+                    deflate: o.deflate,
                 })
             })
             .collect()

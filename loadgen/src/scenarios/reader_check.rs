@@ -21,7 +21,13 @@ pub(super) fn reader_check(o: &Opts) -> Result<Value, Error> {
         std::thread::spawn(move || blast(listener, n, &block, cpu, &stop, &written))
     };
     let specs = (0..n)
-        .map(|i| ClientSpec { token: "x".into(), channels: vec!["c".into()], tracked: i < o.tracked, rcvbuf: None })
+        .map(|i| ClientSpec {
+            token: "x".into(),
+            channels: vec!["c".into()],
+            tracked: i < o.tracked,
+            rcvbuf: None,
+            deflate: false,
+        })
         .collect();
     let mut engine = Engine::new(addr, o.sample, o.window.unwrap_or(100))?;
     let connect = connect_all(&mut engine, specs, 60)?;
