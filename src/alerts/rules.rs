@@ -178,15 +178,7 @@ mod tests {
     }
 
     fn line(level: Level, message: &str, exception: &str) -> LogEntry {
-        LogEntry {
-            server_id: Uuid::nil(),
-            timestamp: None,
-            level,
-            source: "server".into(),
-            message: message.into(),
-            exception: exception.into(),
-            offset: 0,
-        }
+        crate::alerts::tests::log_entry(Uuid::nil(), level, message, exception)
     }
 
     #[test]

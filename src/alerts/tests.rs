@@ -14,8 +14,9 @@ fn s(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-fn line(server: Uuid, level: Level, message: &str, exception: &str) -> Publish {
-    Publish::Log(LogEntry {
+/// A console line of `server` (no time: the hub's).
+pub(super) fn log_entry(server: Uuid, level: Level, message: &str, exception: &str) -> LogEntry {
+    LogEntry {
         server_id: server,
         timestamp: None,
         level,
@@ -23,7 +24,11 @@ fn line(server: Uuid, level: Level, message: &str, exception: &str) -> Publish {
         message: message.into(),
         exception: exception.into(),
         offset: 0,
-    })
+    }
+}
+
+fn line(server: Uuid, level: Level, message: &str, exception: &str) -> Publish {
+    Publish::Log(log_entry(server, level, message, exception))
 }
 
 fn status(server: Uuid, old: Status, new: Status) -> Publish {

@@ -239,7 +239,9 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   await cdp.send("Debugger.enable");
   await cdp.send("Debugger.pause");
   const stamp = new Date().toTimeString().slice(0, 8);
-  const pad = "y".repeat(1500);
+  // Random text: chromium negotiates permessage-deflate, and repeated
+  // letters would shrink to a few bytes a line and fit the socket buffers.
+  const pad = require("node:crypto").randomBytes(2250).toString("base64");
   let burst = "";
   for (let i = 1; i <= 4000; i++) burst += `[${stamp}] [Server thread/INFO]: burst ${i} ${pad}\n`;
   const before = (await demo.hub.stats()).messages.in;
@@ -293,18 +295,23 @@ test("a token about to expire: the page asks for a new one and the connection st
   const sockets = [];
   page.on("websocket", (ws) => sockets.push(ws));
   // TOKEN_EXPIRING is due at once (exp is within expiry_notice_s).
-  await signIn(page, hub, userToken(user, [SERVER], { exp: Math.floor(Date.now() / 1000) + 8 }));
+  // A short token, but long enough for the renewal below on a busy machine.
+  const exp = Math.floor(Date.now() / 1000) + 20;
+  await signIn(page, hub, userToken(user, [SERVER], { exp }));
   await page.waitForSelector("#signin:not([hidden])");
   assert.equal(await page.$eval("#signin-title", (e) => e.textContent), "Renew your token");
   await page.fill("#token", userToken(OWNER, [SERVER]));
   await page.click("#signin-go");
-  assert.match(await page.$eval("#signin-error", (e) => e.textContent), /another user/);
+  await page.waitForFunction(() => /another user/.test(document.getElementById("signin-error").textContent), null, {
+    timeout: 10000,
+  });
   const fresh = userToken(user, [SERVER]);
   await page.fill("#token", fresh);
   await page.click("#signin-go");
   await page.waitForSelector("#signin", { state: "hidden" });
   assert.equal(await page.evaluate(() => sessionStorage.getItem("aymc.token")), fresh);
-  await sleep(9000); // past the first token's exp: without the renewal the hub would close with 4001
+  // Past the first token's exp: without the renewal the hub would close with 4001.
+  await sleep(Math.max(0, exp * 1000 - Date.now()) + 1500);
   await hub.publishLog(SERVER, "after the renewal");
   await page.waitForFunction(
     () => [...document.querySelectorAll("#log .msg")].some((m) => m.textContent === "after the renewal"),

@@ -179,9 +179,12 @@ test("lines dropped for a slow reader are filled from history; what was evicted 
   await publishLines(hub, 1, 1);
   await waitFor("line 1", () => c.seen.length === 1);
 
-  // This process reads nothing while another publishes 150 lines of 60 KB:
-  // more than the socket buffers hold, so the hub queues, then drops.
-  const big = "x".repeat(60000);
+  // This process reads nothing while another publishes 150 lines of 90 KB:
+  // more than the socket buffers hold, so the client falls behind the ring
+  // of 40 and the hub reports what was evicted. Random text: node's
+  // WebSocket negotiates permessage-deflate, and repeated letters would
+  // shrink to a few bytes a line and fit the buffers.
+  const big = require("node:crypto").randomBytes(67500).toString("base64");
   const script = `
     (async () => {
       for (let i = 2; i <= 151; i++) {
