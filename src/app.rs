@@ -92,13 +92,14 @@ impl App {
 
     /// Publishes a message (from an agent or the publish API) after the
     /// alert rules have seen it, then the alerts they raise. Returns the
-    /// recipients of the message itself.
-    pub fn publish(&mut self, mut msg: Publish) -> usize {
+    /// recipients of the message itself. `now` is the reactor's turn time
+    /// (the rules' windows and cool-downs).
+    pub fn publish(&mut self, mut msg: Publish, now: Instant) -> usize {
         if let Publish::Alert(_) = msg {
             // Webhooks get the id and time clients get.
             msg.stamp(Time::now());
         }
-        let raised = self.alerts.observe(&msg, Instant::now());
+        let raised = self.alerts.observe(&msg, now);
         let recipients = self.hub.publish(&self.auth, msg);
         for alert in raised {
             self.hub.publish(&self.auth, Publish::Alert(alert));

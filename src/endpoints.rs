@@ -130,7 +130,7 @@ fn process(app: &mut App, key: usize, conn: &mut Conn, now: Instant) -> Outcome 
             http.body = None;
             let answer = match Publish::from_api(http.buf.get(start..end).unwrap_or_default()) {
                 Ok(msg) => {
-                    let recipients = app.publish(msg);
+                    let recipients = app.publish(msg, now);
                     http::json(202, &json!({ "recipients": recipients }), close)
                 }
                 Err(reason) => http::error(400, &reason, &[], close),

@@ -285,7 +285,7 @@ impl Reactor {
                 Ok(Event::Batch(batch)) => {
                     budget = budget.saturating_sub(batch.len());
                     for msg in batch {
-                        self.app.publish(msg);
+                        self.app.publish(msg, now);
                     }
                 }
                 Ok(Event::Reply(reply)) => {
