@@ -15,7 +15,7 @@ const LOGS = `server:${SERVER}:logs`;
 const METRICS = `server:${SERVER}:metrics`;
 const OTHER = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
 
-function client(hub, opts) {
+function client(t, hub, opts) {
   const c = new AymcClient(
     Object.assign({ url: hub.ws, token: userToken(OWNER, [SERVER]), backoff: { initialMs: 100, maxMs: 1000 } }, opts),
   );
@@ -29,6 +29,7 @@ function client(hub, opts) {
   for (const ev of ["close", "reconnecting", "gap", "reset", "dropped", "token_expiring", "auth_required"]) {
     c.on(ev, (e) => c.events.push([ev, e]));
   }
+  t.after(() => c.close()); // closed when the test ends, whatever happens
   return c;
 }
 
@@ -48,8 +49,7 @@ async function publishLines(hub, from, to) {
 test("connect, subscribe and receive typed, numbered messages", async (t) => {
   const hub = await new Hub().start();
   t.after(() => hub.stop());
-  const c = client(hub);
-  t.after(() => c.close());
+  const c = client(t, hub);
   c.connect();
   const res = await c.subscribe([LOGS, `server:${OTHER}:logs`]);
   assert.deepEqual(res.channels, [LOGS]);
@@ -72,8 +72,7 @@ test("history pages back, and setPosition + subscribe continues with no hole and
   t.after(() => hub.stop());
   await publishLines(hub, 1, 5);
   for (let p = 1; p <= 3; p++) await hub.publishMetrics(SERVER, p);
-  const c = client(hub);
-  t.after(() => c.close());
+  const c = client(t, hub);
   c.connect();
   await c.ready();
   const page = await c.history(LOGS, { limit: 3 });
@@ -119,8 +118,7 @@ test("a hub restart (close 1001) is recovered with since: nothing missing, nothi
   hub.extra = `[history]\ndb_path = "${path.join(hub.dir, "history.db")}"\n`;
   await hub.start();
   t.after(() => hub.stop());
-  const c = client(hub, { backoff: { initialMs: 2000, maxMs: 4000, jitter: 0 } });
-  t.after(() => c.close());
+  const c = client(t, hub, { backoff: { initialMs: 2000, maxMs: 4000, jitter: 0 } });
   c.connect();
   await c.subscribe([LOGS]);
   await publishLines(hub, 1, 5);
@@ -148,8 +146,7 @@ test("a hub restart (close 1001) is recovered with since: nothing missing, nothi
 test("a hub restart without stored history is a new epoch: reset, then the new numbering", async (t) => {
   const hub = await new Hub().start();
   t.after(() => hub.stop());
-  const c = client(hub);
-  t.after(() => c.close());
+  const c = client(t, hub);
   c.connect();
   await c.subscribe([LOGS]);
   await publishLines(hub, 1, 2);
@@ -172,8 +169,7 @@ test("lines dropped for a slow reader are filled from history; what was evicted 
   });
   await hub.start();
   t.after(() => hub.stop());
-  const c = client(hub);
-  t.after(() => c.close());
+  const c = client(t, hub);
   c.connect();
   await c.subscribe([LOGS]);
   await publishLines(hub, 1, 1);
@@ -224,14 +220,13 @@ test("TOKEN_EXPIRING asks refreshToken, and the in-band auth keeps the connectio
   t.after(() => hub.stop());
   const short = userToken(OWNER, [SERVER], { exp: Math.floor(Date.now() / 1000) + 3 });
   const asked = [];
-  const c = client(hub, {
+  const c = client(t, hub, {
     token: short,
     refreshToken: (info) => {
       asked.push(info);
       return userToken(OWNER, [SERVER]);
     },
   });
-  t.after(() => c.close());
   const refreshed = new Promise((r) => c.on("token_refreshed", r));
   c.connect();
   await c.subscribe([LOGS]);
@@ -249,14 +244,13 @@ test("close 4001 asks for a new token and reconnects with it; without one the cl
   t.after(() => hub.stop());
   const exp = () => Math.floor(Date.now() / 1000) + 2;
   const reasons = [];
-  const c = client(hub, {
+  const c = client(t, hub, {
     token: userToken(OWNER, [SERVER], { exp: exp() }),
     refreshToken: ({ reason }) => {
       reasons.push(reason);
       return reason === "expired" && reasons.length === 1 ? userToken(OWNER, [SERVER], { exp: exp() }) : null;
     },
   });
-  t.after(() => c.close());
   c.connect();
   await c.subscribe([LOGS]);
   await publishLines(hub, 1, 1);
@@ -273,8 +267,7 @@ test("close 4001 asks for a new token and reconnects with it; without one the cl
 test("an in-band auth with another user's token is refused and the old one stays", async (t) => {
   const hub = await new Hub().start();
   t.after(() => hub.stop());
-  const c = client(hub);
-  t.after(() => c.close());
+  const c = client(t, hub);
   c.connect();
   await c.subscribe([LOGS]);
   await assert.rejects(c.auth(userToken(OTHER, [SERVER])), { code: "UNAUTHORIZED" });
@@ -288,8 +281,7 @@ test("an in-band auth with another user's token is refused and the old one stays
 test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; close() stops for good", async (t) => {
   const hub = await new Hub({ extra: "[limits]\nrate_per_s = 1\nrate_burst = 1\n" }).start();
   t.after(() => hub.stop());
-  const c = client(hub, { requestTimeoutMs: 500 });
-  t.after(() => c.close());
+  const c = client(t, hub, { requestTimeoutMs: 500 });
   c.connect();
   await c.ready();
   for (let i = 0; i < 30 && c.state === "open"; i++) {
@@ -306,14 +298,12 @@ test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; clo
 test("the token can travel in the Authorization header (node) and a bad one is retried, not fatal", async (t) => {
   const hub = await new Hub().start();
   t.after(() => hub.stop());
-  const c = client(hub, { tokenTransport: "header" });
-  t.after(() => c.close());
+  const c = client(t, hub, { tokenTransport: "header" });
   c.connect();
   const res = await c.subscribe([LOGS]);
   assert.deepEqual(res.channels, [LOGS]);
 
-  const bad = client(hub, { token: userToken(OWNER, [SERVER]) + "x" });
-  t.after(() => bad.close());
+  const bad = client(t, hub, { token: userToken(OWNER, [SERVER]) + "x" });
   bad.connect();
   await waitFor("two failed attempts", () => bad.events.filter(([e]) => e === "reconnecting").length >= 2);
   assert.equal(bad.events.find(([e]) => e === "close")[1].code, 1006, "a refused upgrade looks like 1006");
