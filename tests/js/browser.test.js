@@ -216,6 +216,8 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   t.after(() => demo.stop());
   const browser = await launch(t);
   const page = await browser.newPage();
+  const consoleLines = [];
+  page.on("console", (m) => consoleLines.push(`${m.type()}: ${m.text()}`));
   await signIn(page, demo.hub, userToken(OWNER, []));
   await page.evaluate(() => {
     window.gapMarkers = 0; // markers shown
@@ -237,7 +239,12 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   // before the tab read it is reported dropped (PROTOCOL.md 5.6), once.
   const cdp = await page.context().newCDPSession(page);
   await cdp.send("Debugger.enable");
+  // Debugger.pause takes effect at the page's next script (a metrics
+  // message comes every second): wait until it has, or a resume sent
+  // before would fail and the page would pause later, for good.
+  const paused = new Promise((resolve) => cdp.once("Debugger.paused", resolve));
   await cdp.send("Debugger.pause");
+  await Promise.race([paused, sleep(30000).then(() => Promise.reject(new Error("the page never paused")))]);
   const stamp = new Date().toTimeString().slice(0, 8);
   // Random text: chromium negotiates permessage-deflate, and repeated
   // letters would shrink to a few bytes a line and fit the socket buffers.
@@ -249,19 +256,25 @@ test("lines evicted while a tab was stalled are shown as skipped, the rest arriv
   // The hub has taken the whole burst (a drop is counted only once its
   // report reaches the socket, so the paused tab cannot be waited on).
   await waitFor("the burst", async () => (await demo.hub.stats()).messages.in >= before + 4000, 30000, 100);
-  // Debugger.pause takes effect at the page's next script; when none ran
-  // meanwhile the page is not paused and there is nothing to resume.
-  await cdp.send("Debugger.resume").catch((e) => {
-    if (!/only perform operation while paused/.test(e.message)) throw e;
-  });
+  await cdp.send("Debugger.resume");
 
-  await page.waitForFunction(
-    () =>
-      [...document.querySelectorAll("#log .marker.gap")].every((m) => m.dataset.missing) &&
-      [...document.querySelectorAll("#log .msg")].some((m) => m.textContent.startsWith("burst 4000 ")),
-    null,
-    { timeout: 60000 },
-  );
+  await page
+    .waitForFunction(
+      () =>
+        [...document.querySelectorAll("#log .marker.gap")].every((m) => m.dataset.missing) &&
+        [...document.querySelectorAll("#log .msg")].some((m) => m.textContent.startsWith("burst 4000 ")),
+      null,
+      { timeout: 60000 },
+    )
+    .catch(async (e) => {
+      // Say what the page shows, so a failure can be told from a slow machine.
+      const shown = await page.evaluate(() => ({
+        conn: document.getElementById("conn").textContent,
+        markers: [...document.querySelectorAll("#log .marker")].map((m) => m.textContent),
+        last: [...document.querySelectorAll("#log .line")].slice(-3).map((r) => r.dataset.seq + " " + r.textContent.slice(0, 60)),
+      }));
+      throw new Error(`${e.message}\npage: ${JSON.stringify(shown)}\nhub: ${JSON.stringify(await demo.hub.stats())}\nconsole: ${consoleLines.join("\n")}`);
+    });
   const [markers, filled] = await page.evaluate(() => [window.gapMarkers, window.filled]);
   assert.ok(markers > 0, "markers were shown");
   // The page asked `history` for the skipped lines; the hub no longer keeps
