@@ -266,6 +266,7 @@ impl Reactor {
                         self.remove(key, Reason::Shutdown);
                     }
                     self.app.hub.close_store();
+                    self.app.alerts.finish();
                     info!("stopped");
                     return Ok(());
                 }

@@ -9,7 +9,8 @@
 //! alerts to publish after it; `tick` (from the reactor's timer) returns
 //! the follow-up alerts of cool-downs that ended. Alerts are routed as
 //! every alert is (PROTOCOL.md 5.3): `source` `server`, to whoever may
-//! watch the server. Touches no socket and never blocks.
+//! watch the server. Touches no socket and never blocks, but for
+//! `finish` when the hub stops.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 mod builtin;
@@ -24,7 +25,7 @@ mod webhook;
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -33,6 +34,10 @@ use engine::Engine;
 use webhook::Webhooks;
 
 use crate::protocol::{Alert, AlertSource, Publish};
+
+/// How long webhooks may take, once the hub stops, to post the alerts they
+/// still hold.
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(5);
 
 /// The rules engine and the webhooks. See the module docs.
 pub struct Alerts {
@@ -80,6 +85,12 @@ impl Alerts {
             _ => None,
         };
         self.webhooks.offer(alert, server, now);
+    }
+
+    /// The hub is stopping: the webhooks post what they hold for at most
+    /// [`WEBHOOK_GRACE`].
+    pub fn finish(&mut self) {
+        self.webhooks.finish(WEBHOOK_GRACE);
     }
 
     /// Takes a reloaded `[alerts]` (SIGHUP). Returns whether it changed.

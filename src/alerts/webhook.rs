@@ -9,11 +9,16 @@
 //! not followed. The URL is a secret: logs and stats name the webhook and
 //! its host only, and `ureq`'s errors (which may quote the URL) are
 //! reduced to their kind.
+//!
+//! When the hub stops ([`Webhooks::finish`]), each thread posts what its
+//! queue still holds, once each and without retries, for at most a grace
+//! period; what is left then is logged as not sent.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -45,6 +50,8 @@ pub struct Counters {
     pub retried: AtomicU64,
     /// Alerts waiting in the queue.
     pub queued: AtomicUsize,
+    /// The hub is stopping: no more retries or backoff waits.
+    stopping: AtomicBool,
 }
 
 struct Job {
@@ -60,6 +67,7 @@ struct Hook {
     tx: SyncSender<Job>,
     counters: Arc<Counters>,
     dropped_logged: Option<Instant>,
+    thread: JoinHandle<()>,
 }
 
 /// The running webhooks. See the module docs.
@@ -147,6 +155,35 @@ impl Webhooks {
     pub fn counters(&self) -> impl Iterator<Item = (&str, &Counters)> {
         self.hooks.iter().map(|h| (h.cfg.name.as_str(), &*h.counters))
     }
+
+    /// The hub is stopping: every thread posts what it holds, once each,
+    /// for at most `grace`; what is left then is logged.
+    pub fn finish(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let hooks = std::mem::take(&mut self.hooks);
+        let mut running = Vec::new();
+        for hook in hooks {
+            hook.counters.stopping.store(true, Ordering::SeqCst);
+            let queued = hook.counters.queued.load(Ordering::SeqCst);
+            if queued > 0 {
+                log::info!("webhook '{}' ({}): posting the {queued} alerts it holds", hook.cfg.name, hook.host);
+            }
+            // Dropping the sender ends the thread once its queue is empty.
+            let Hook { cfg, host, counters, thread, .. } = hook;
+            running.push((cfg.name, host, counters, thread));
+        }
+        while running.iter().any(|(.., t)| !t.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for (name, host, counters, thread) in running {
+            if !thread.is_finished() {
+                let left = counters.queued.load(Ordering::SeqCst) + 1;
+                log::warn!(
+                    "webhook '{name}' ({host}): {left} alerts not sent (or still in flight) when the hub stopped"
+                );
+            }
+        }
+    }
 }
 
 /// Whether a webhook takes an alert: its severity, its server, and its
@@ -174,9 +211,9 @@ fn spawn(cfg: &WebhookConfig, key: String, queue: usize) -> Option<Hook> {
         .name(format!("webhook-{}", cfg.name))
         .spawn(move || run(&rx, &thread_cfg, &thread_host, &thread_counters));
     match spawned {
-        Ok(_) => {
+        Ok(thread) => {
             log::info!("webhook '{}' ({host}) ready", cfg.name);
-            Some(Hook { cfg: cfg.clone(), key, host, tx, counters, dropped_logged: None })
+            Some(Hook { cfg: cfg.clone(), key, host, tx, counters, dropped_logged: None, thread })
         }
         Err(e) => {
             log::error!("webhook '{}' ({host}): cannot start its thread: {e}; it is off", cfg.name);
@@ -207,12 +244,12 @@ fn run(rx: &Receiver<Job>, cfg: &WebhookConfig, host: &str, counters: &Counters)
                     log::debug!("webhook '{}' ({host}): alert {id} sent", cfg.name);
                     break;
                 }
-                Attempt::Retry { why, after } if attempt < cfg.retries => {
+                Attempt::Retry { why, after } if attempt < cfg.retries && !counters.stopping.load(Ordering::SeqCst) => {
                     let wait = after.unwrap_or_else(|| backoff(attempt));
                     log::info!("webhook '{}' ({host}): {why}; trying alert {id} again in {wait:?}", cfg.name);
                     counters.retried.fetch_add(1, Ordering::SeqCst);
                     attempt += 1;
-                    std::thread::sleep(wait);
+                    pause(wait, &counters.stopping);
                 }
                 Attempt::Retry { why, .. } | Attempt::Fail(why) => {
                     counters.failed.fetch_add(1, Ordering::SeqCst);
@@ -225,6 +262,19 @@ fn run(rx: &Receiver<Job>, cfg: &WebhookConfig, host: &str, counters: &Counters)
                 }
             }
         }
+    }
+}
+
+/// Sleeps for `wait`, or less once the hub is stopping (the attempt it
+/// waited for is then made at once, and is the last).
+fn pause(wait: Duration, stopping: &AtomicBool) {
+    let until = Instant::now() + wait;
+    while !stopping.load(Ordering::SeqCst) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Smart alerts through the real binaries: a crash-looping demo server
 //! behind a real aymc-agent gives one `crash_loop` alert with a count and
 //! one webhook call; user rules over the publish API; webhooks answering
-//! `429`, hanging, or falling behind; `check-config` and SIGHUP.
+//! `429`, hanging, falling behind, or still holding alerts when the hub
+//! stops; `check-config` and SIGHUP.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -363,5 +364,60 @@ fn sighup_applies_new_rules_and_webhooks() {
     hub.publish(&log_body(SERVER_A, "Steve placed TNT"));
     let (alert, _) = wait_rule_alert(&mut admin, "grief", WAIT);
     assert_eq!(recorder.wait_requests(1, WAIT)[0].json()["data"]["id"], alert["data"]["id"]);
+    assert_no_secret(&hub);
+}
+
+#[test]
+fn alerts_a_webhook_still_holds_when_the_hub_stops_are_posted_once_without_retries() {
+    // The first post hangs until its 3 s timeout; two more alerts queue
+    // behind it; then SIGTERM.
+    let recorder = Recorder::start(|i| if i == 0 { Answer::Hang } else { Answer::Ok });
+    let mut hub = HubConfig::new()
+        .extra(&grief_rule(1, 0))
+        .extra(&webhook_toml("ops", "json", &recorder.url(SECRET_PATH), "timeout_s = 3\nretries = 5"))
+        .start();
+    hub.publish(&log_body(SERVER_A, "TNT 0"));
+    recorder.wait_requests(1, WAIT);
+    hub.publish(&log_body(SERVER_A, "TNT 1"));
+    hub.publish(&log_body(SERVER_A, "TNT 2"));
+    hub.wait_stats(WAIT, |s| s["alerts"]["webhooks"][0]["queued"] == 2);
+    let stopped = Instant::now();
+    hub.signal(libc::SIGTERM);
+    let status = hub.wait_exit(Duration::from_secs(20)).expect("the hub exits");
+    assert!(status.success(), "{status:?}");
+    // The hanging post timed out and was not tried again (retries = 5);
+    // the two queued alerts went out before the hub exited.
+    let lines: Vec<String> =
+        recorder.requests().iter().map(|r| r.json()["data"]["data"]["line"].as_str().unwrap().to_string()).collect();
+    assert_eq!(lines, ["TNT 0", "TNT 1", "TNT 2"]);
+    assert!(stopped.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopped.elapsed());
+    assert!(hub
+        .wait_for_log(WAIT, |l| l.contains("webhook 'ops'") && l.contains("posting the 2 alerts it holds"))
+        .is_some());
+    assert_no_secret(&hub);
+}
+
+#[test]
+fn a_webhook_that_hangs_at_shutdown_holds_the_hub_for_its_grace_only() {
+    let recorder = Recorder::start(|_| Answer::Hang);
+    let mut hub = HubConfig::new()
+        .limits("shutdown_grace_s = 1")
+        .extra(&grief_rule(1, 0))
+        .extra(&webhook_toml("stuck", "json", &recorder.url(SECRET_PATH), "timeout_s = 120"))
+        .start();
+    hub.publish(&log_body(SERVER_A, "TNT 0"));
+    hub.publish(&log_body(SERVER_A, "TNT 1"));
+    recorder.wait_requests(1, WAIT);
+    hub.wait_stats(WAIT, |s| s["alerts"]["webhooks"][0]["queued"] == 1);
+    let stopped = Instant::now();
+    hub.signal(libc::SIGTERM);
+    let status = hub.wait_exit(Duration::from_secs(30)).expect("the hub exits");
+    assert!(status.success(), "{status:?}");
+    // No client: the connections close at once; then the webhooks' 5 s.
+    let took = stopped.elapsed();
+    assert!(took >= Duration::from_secs(4) && took < Duration::from_secs(15), "stopped in {took:?}");
+    let line = hub.wait_for_log(WAIT, |l| l.contains("when the hub stopped")).expect("a line for what was left");
+    assert!(line.contains("webhook 'stuck'") && line.contains("2 alerts not sent (or still in flight)"), "{line}");
+    assert_eq!(recorder.requests().len(), 1);
     assert_no_secret(&hub);
 }
