@@ -29,10 +29,16 @@ pub struct Sub {
 pub struct RateLimit {
     tokens: f32,
     last: Instant,
-    /// Times of refused messages within the last 10 s (allocated only
-    /// while a client is being refused).
-    #[allow(clippy::box_collection)] // 8 bytes per idle connection instead of 32
-    refusals: Option<Box<VecDeque<Instant>>>,
+    /// Allocated only while a client is being refused: 8 bytes per idle
+    /// connection instead of 48.
+    refusals: Option<Box<Refusals>>,
+}
+
+/// A client being refused: when, within the last 10 s, and when it was
+/// last told.
+#[derive(Debug, Default)]
+struct Refusals {
+    times: VecDeque<Instant>,
     /// When the last `RATE_LIMITED` error was sent.
     last_error: Option<Instant>,
 }
@@ -52,7 +58,7 @@ pub enum Rate {
 
 impl RateLimit {
     fn new(burst: u32, now: Instant) -> RateLimit {
-        RateLimit { tokens: burst as f32, last: now, refusals: None, last_error: None }
+        RateLimit { tokens: burst as f32, last: now, refusals: None }
     }
 
     /// Takes a token for one data message.
@@ -66,26 +72,27 @@ impl RateLimit {
         }
         let window = Duration::from_secs(10);
         let refusals = self.refusals.get_or_insert_with(Box::default);
-        while refusals.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
-            refusals.pop_front();
+        let times = &mut refusals.times;
+        while times.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
+            times.pop_front();
         }
-        refusals.push_back(now);
-        if refusals.len() > 10 * rate as usize {
+        times.push_back(now);
+        if times.len() > 10 * rate as usize {
             return Rate::Abuse;
         }
-        match self.last_error {
+        match refusals.last_error {
             Some(t) if now.saturating_duration_since(t) < Duration::from_secs(1) => Rate::Refuse,
             _ => {
-                self.last_error = Some(now);
+                refusals.last_error = Some(now);
                 Rate::RefuseAndTell
             }
         }
     }
 
     fn release(&mut self, now: Instant) {
-        let quiet = |r: &VecDeque<Instant>| {
-            r.back().is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(10))
-        };
+        // Quiet for 10 s: the last error is older than that too.
+        let quiet =
+            |r: &Refusals| r.times.back().is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(10));
         if self.refusals.as_deref().is_some_and(quiet) {
             self.refusals = None;
         }
@@ -103,9 +110,8 @@ pub struct Session {
     pub rate: RateLimit,
     /// When the next Ping goes out.
     pub next_ping: Instant,
-    /// When `TOKEN_EXPIRING` is due (unix s); `None` once sent.
-    pub notice_at: Option<i64>,
-    expiry_notice_s: i64,
+    /// When `TOKEN_EXPIRING` is due (unix s); `i64::MAX` once sent.
+    pub notice_at: i64,
     /// permessage-deflate was negotiated: the window (bits) the hub
     /// compresses with.
     pub deflate: Option<u8>,
@@ -119,23 +125,23 @@ impl Session {
             subs: SmallVec::new(),
             rate: RateLimit::new(limits.rate_burst, now),
             next_ping: now + Duration::from_secs(limits.ping_interval_s),
-            notice_at: None,
-            expiry_notice_s: i64::try_from(expiry_notice_s).unwrap_or(i64::MAX),
+            notice_at: i64::MAX,
             deflate: None,
         };
-        s.schedule_notice();
+        s.schedule_notice(expiry_notice_s);
         s
     }
 
     /// Replaces the identity (in-band `auth`): a new token gets its own
-    /// `TOKEN_EXPIRING`.
-    pub fn set_identity(&mut self, identity: Identity) {
+    /// `TOKEN_EXPIRING`, `expiry_notice_s` before it expires.
+    pub fn set_identity(&mut self, identity: Identity, expiry_notice_s: u64) {
         self.identity = identity;
-        self.schedule_notice();
+        self.schedule_notice(expiry_notice_s);
     }
 
-    fn schedule_notice(&mut self) {
-        self.notice_at = Some(self.identity.exp.saturating_sub(self.expiry_notice_s));
+    fn schedule_notice(&mut self, expiry_notice_s: u64) {
+        let ahead = i64::try_from(expiry_notice_s).unwrap_or(i64::MAX);
+        self.notice_at = self.identity.exp.saturating_sub(ahead);
     }
 
     /// Who this is, for log lines.

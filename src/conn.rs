@@ -187,8 +187,9 @@ pub struct Conn {
     /// How its client's address is learned (the peer may be a trusted
     /// proxy).
     pub via: Via,
-    /// The client a trusted proxy named (`None`: the peer is the client).
-    pub source: Option<Source>,
+    /// The client a trusted proxy named (`None`: the peer is the client;
+    /// boxed, as most connections have none).
+    pub source: Option<Box<Source>>,
     /// Unique for the life of the process (slab keys are reused).
     pub serial: u64,
     /// Where it is in its life.
@@ -243,7 +244,7 @@ impl Conn {
 
     /// Who it is from, for log lines.
     pub fn remote(&self) -> Remote {
-        Remote { peer: self.peer, source: self.source }
+        Remote { peer: self.peer, source: self.source.as_deref().copied() }
     }
 
     /// Still sending a request head (also an idle keep-alive connection).

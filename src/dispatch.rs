@@ -160,7 +160,7 @@ fn on_message(app: &mut App, key: usize, remote: Remote, message: Incoming<'_>, 
             app.hub.history(key, &app.auth, &channel, limit, before_seq);
         }
         Ok(ClientMessage::Auth { token }) => {
-            app.hub.reauth(key, &app.auth, &token);
+            app.hub.reauth(key, &app.auth, &token, app.cfg.auth.expiry_notice_s);
             if let Some(outcome) = check_token(app, key, chrono::Utc::now().timestamp()) {
                 return outcome;
             }

@@ -55,7 +55,7 @@ fn preamble(app: &mut App, conn: &mut Conn) -> Option<Outcome> {
         Ok(Preamble::Done { source, len }) => {
             http.buf.drain(..len.min(http.buf.len()));
             http.preamble = false;
-            conn.source = source;
+            conn.source = source.map(Box::new);
             count_client(app, conn);
             None
         }
@@ -213,7 +213,7 @@ fn forwarded(app: &mut App, conn: &mut Conn, req: &Request) {
         }
         ip
     });
-    conn.source = ip.map(|ip| Source { ip, port: None });
+    conn.source = ip.map(|ip| Box::new(Source { ip, port: None }));
     count_client(app, conn);
 }
 
@@ -221,7 +221,7 @@ fn forwarded(app: &mut App, conn: &mut Conn, req: &Request) {
 /// that IP is at its cap, the connection is uncounted and marked for
 /// `503` (section 1 row 1).
 fn count_client(app: &mut App, conn: &mut Conn) {
-    let ip = conn.source.map_or(conn.peer.ip(), |s| s.ip);
+    let ip = conn.source.as_deref().map_or(conn.peer.ip(), |s| s.ip);
     let Some(counted) = &mut conn.counted else { return };
     if app.caps.move_to(counted, ip) {
         return;

@@ -311,8 +311,8 @@ impl Hub {
         if unix_now >= exp.saturating_add(leeway) {
             return true;
         }
-        if session.notice_at.is_some_and(|t| unix_now >= t) {
-            session.notice_at = None;
+        if unix_now >= session.notice_at && session.notice_at != i64::MAX {
+            session.notice_at = i64::MAX;
             let notice = protocol::control("TOKEN_EXPIRING", "Token expiring", json!({ "expires_at": exp }), None);
             self.reply(key, &notice);
         }

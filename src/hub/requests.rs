@@ -213,8 +213,9 @@ impl Hub {
     }
 
     /// Handles `auth`: replaces the token of the same user, unsubscribing
-    /// channels the new claims no longer allow.
-    pub fn reauth(&mut self, key: usize, auth: &Authenticator, token: &str) {
+    /// channels the new claims no longer allow; `TOKEN_EXPIRING` comes
+    /// `expiry_notice_s` before the new token expires.
+    pub fn reauth(&mut self, key: usize, auth: &Authenticator, token: &str, expiry_notice_s: u64) {
         let Some(session) = self.session(key) else { return };
         let identity = match auth.validate(token) {
             Ok(id) if id.user == session.identity.user => id,
@@ -234,7 +235,7 @@ impl Hub {
         }
         let exp = identity.exp;
         if let Some(session) = self.session_mut(key) {
-            session.set_identity(identity);
+            session.set_identity(identity, expiry_notice_s);
         }
         let data = json!({ "expires_at": exp, "revoked": names });
         self.reply(key, &protocol::control("AUTHENTICATED", "Token refreshed", data, None));
