@@ -110,17 +110,19 @@ impl Hub {
         Ok(Written { written, waiting, reply_bytes: client.out.reply_bytes() })
     }
 
-    /// Bytes waiting for a client: queued, and unread in its logs rings
-    /// (linear in its lag: for the write timeout's window, which opens
-    /// rarely).
+    /// Bytes waiting for a client: queued, and unread in its logs rings,
+    /// as the frames it will be written (compressed for a client that
+    /// negotiated it; linear in its lag: for the write timeout's window,
+    /// which opens rarely).
     pub fn pending_bytes(&self, key: usize) -> usize {
         let Some(client) = self.client(key) else { return 0 };
         let Some(session) = &client.session else { return client.out.pending_bytes() };
+        let wire = Wire::of(client, self.compress_min_bytes);
         let unread = session.subs.iter().filter_map(|sub| {
             let entry = self.channels.get(sub.channel as usize)?;
             let &next = entry.cursors.get(sub.pos as usize)?;
             let (idx, _) = entry.locate(next);
-            Some(entry.ring.range(idx..).map(|k| k.frame.plain().len()).sum::<usize>())
+            Some(entry.ring.range(idx..).map(|k| wire.ring(k).len()).sum::<usize>())
         });
         client.out.pending_bytes() + unread.sum::<usize>()
     }

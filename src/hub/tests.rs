@@ -579,3 +579,235 @@ fn a_message_is_compressed_once_per_window_and_every_such_subscriber_gets_that_f
     f.log(SERVER, "Done");
     assert_eq!(wire(&mut f, 1), wire(&mut f, 2));
 }
+
+// ---- the lag cursor under partial writes ----
+
+/// A socket that takes at most `room` bytes (spread over the buffers of a
+/// `writev`), then blocks.
+struct Trickle {
+    got: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(self.room - n);
+            self.got.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        self.room -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The text messages on the wire as a client reads them (compressed ones
+/// inflated), and whether it ends with a Close frame.
+fn decode(wire: &[u8]) -> (Vec<Value>, bool) {
+    let (mut out, mut closed) = (Vec::new(), false);
+    let mut rest = wire;
+    while !rest.is_empty() {
+        assert!(!closed, "nothing after the Close frame");
+        let (len, header) = match rest[1] & 0x7f {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        let payload = &rest[header..header + len];
+        match rest[0] & 0x0f {
+            1 if rest[0] & 0x40 != 0 => {
+                out.push(serde_json::from_slice(&crate::deflate::inflate(payload, 1 << 20).unwrap()).unwrap())
+            }
+            1 => out.push(serde_json::from_slice(payload).unwrap()),
+            8 => closed = true,
+            _ => {}
+        }
+        rest = &rest[header + len..];
+    }
+    (out, closed)
+}
+
+/// xorshift64: a fixed sequence per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Checks what one client read: every message of each channel delivered
+/// once and in order or covered by exactly one `MESSAGES_DROPPED` placed
+/// where the gap is, up to the channel's last seq; everything in publish
+/// order (each message carries its publish number `g`). Returns the
+/// messages reported dropped.
+fn check_stream(got: &[Value], last: &HashMap<String, u64>) -> u64 {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let (mut g_last, mut dropped) = (0, 0);
+    for m in got {
+        let g = match m["type"].as_str().unwrap() {
+            "log_entry" => m["data"]["message"].as_str().unwrap().split(' ').next().unwrap().parse::<u64>().unwrap(),
+            "metrics" => m["data"]["players_online"].as_u64().unwrap(),
+            "pong" => m["g"].as_u64().unwrap(),
+            "error" => {
+                let d = &m["data"]["data"];
+                let channel = d["channel"].as_str().unwrap().to_string();
+                let (from, to) = (d["from_seq"].as_u64().unwrap(), d["to_seq"].as_u64().unwrap());
+                let want = next.entry(channel.clone()).or_insert(1);
+                assert_eq!(from, *want, "a report where the gap is on {channel}: {m}");
+                assert_eq!(d["dropped"].as_u64().unwrap(), to - from + 1, "{m}");
+                *want = to + 1;
+                dropped += to - from + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        assert!(g > g_last, "publish order: {g} after {g_last}");
+        g_last = g;
+        if let Some(seq) = m["seq"].as_u64() {
+            let want = next.entry(m["channel"].as_str().unwrap().to_string()).or_insert(1);
+            assert_eq!(seq, *want, "no gap, no duplicate: {m}");
+            *want += 1;
+        }
+    }
+    for (channel, &last) in last {
+        assert_eq!(
+            next.get(channel).copied().unwrap_or(1),
+            last + 1,
+            "{channel}: everything up to {last} accounted for"
+        );
+    }
+    dropped
+}
+
+/// Random publishes, replies and partial writes to three clients (plain,
+/// and two compression windows) on two logs channels and a metrics
+/// channel, with rings small enough that lines are evicted under readers
+/// (by count, and by the byte budget when `max_bytes` is small); the last
+/// client is closed gracefully, the others drained.
+fn lag_under_partial_writes(seed: u64, max_bytes: usize) -> u64 {
+    let limits = Limits { client_queue: 3, compress_min_bytes: 64, ..Limits::default() };
+    let history = HistoryConfig { log_lines: 4, max_bytes, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let metrics = format!("server:{SERVER}:metrics");
+    let mut wires: Vec<Trickle> = Vec::new();
+    for (key, deflate) in [(0, None), (1, Some(15)), (2, Some(9))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        // (The closed client leaves no metrics drop pending: a session's
+        // pending reports end with it.)
+        let channels = [logs(SERVER), logs(OTHER), metrics.clone()];
+        let channels: Vec<&str> = channels.iter().take(if key == 2 { 2 } else { 3 }).map(String::as_str).collect();
+        f.subscribe(key, &channels, None);
+        let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+        f.hub.write_out(key, &mut sock).unwrap();
+        sock.got.clear();
+        wires.push(sock);
+    }
+    let mut rng = Rng(seed);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for g in 1..=600u64 {
+        let pad = "Can't keep up! ".repeat(rng.below(12) as usize);
+        match rng.below(10) {
+            0..=2 => {
+                f.log(SERVER, &format!("{g} {pad}"));
+                last.insert(logs(SERVER), last.get(&logs(SERVER)).unwrap_or(&0) + 1);
+            }
+            3..=4 => {
+                f.log(OTHER, &format!("{g} {pad}"));
+                last.insert(logs(OTHER), last.get(&logs(OTHER)).unwrap_or(&0) + 1);
+            }
+            5 => {
+                metrics_of(&mut f, SERVER, g as i32);
+                last.insert(metrics.clone(), last.get(&metrics).unwrap_or(&0) + 1);
+            }
+            6 => f.hub.reply(rng.below(3) as usize, format!(r#"{{"type":"pong","g":{g}}}"#).as_bytes()),
+            _ => {
+                let key = rng.below(3) as usize;
+                let sock = &mut wires[key];
+                sock.room = match rng.below(4) {
+                    0 => 0,
+                    1 => 1 + rng.below(8) as usize,
+                    2 => rng.below(400) as usize,
+                    _ => rng.below(4000) as usize,
+                };
+                let before = sock.got.len();
+                let w = f.hub.write_out(key, sock).unwrap();
+                assert_eq!(w.written, sock.got.len() - before);
+            }
+        }
+    }
+    f.hub.queue_close(2, ws::close(1001, "going away"));
+    f.hub.end_session(2);
+    let mut reported = 0;
+    for (key, sock) in wires.iter_mut().enumerate() {
+        sock.room = usize::MAX;
+        let w = f.hub.write_out(key, sock).unwrap();
+        assert!(!w.waiting);
+        let (got, closed) = decode(&sock.got);
+        assert_eq!(closed, key == 2, "client {key}");
+        let mut last = last.clone();
+        if key == 2 {
+            last.remove(&metrics);
+        }
+        reported += check_stream(&got, &last);
+    }
+    assert_eq!(f.hub.counters.messages_dropped, reported, "the stats count what was reported");
+    reported
+}
+
+#[test]
+fn partial_writes_evictions_and_a_graceful_close_lose_no_line_silently() {
+    let reported: u64 = (1..=40u64)
+        .map(|seed| lag_under_partial_writes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), usize::MAX / 2))
+        .sum();
+    assert!(reported > 0, "lines were evicted under readers");
+}
+
+#[test]
+fn the_byte_budget_shrinking_rings_under_partial_writes_loses_no_line_silently() {
+    let reported: u64 =
+        (1..=40u64).map(|seed| lag_under_partial_writes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3000)).sum();
+    assert!(reported > 0, "lines were evicted under readers");
+}
+
+#[test]
+fn the_bytes_owed_to_a_compressing_client_are_the_bytes_it_is_written() {
+    // The write timeout's window owes what waits when it opens: for a
+    // client with permessage-deflate that is the compressed frames.
+    let mut f = Fixture::new(256, 1000);
+    for (key, deflate) in [(1, None), (2, Some(15))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    for n in 0..50 {
+        f.log(SERVER, &format!("{n} {}", "Can't keep up! Is the server overloaded? ".repeat(10)));
+    }
+    for key in [1, 2] {
+        // Half a frame went out, the rest is queued; the ring holds the rest.
+        let mut sock = Trickle { got: Vec::new(), room: 30 };
+        f.hub.write_out(key, &mut sock).unwrap();
+        let owed = f.hub.pending_bytes(key);
+        sock.room = usize::MAX;
+        let w = f.hub.write_out(key, &mut sock).unwrap();
+        assert!(!w.waiting);
+        assert_eq!(owed, w.written, "client {key}: owed what it was then written");
+    }
+}
