@@ -694,25 +694,30 @@ fn check_stream(got: &[Value], last: &HashMap<String, u64>) -> u64 {
 }
 
 /// Random publishes, replies and partial writes to three clients (plain,
-/// and two compression windows) on two logs channels and a metrics
+/// and two compression windows) on `servers` logs channels and a metrics
 /// channel, with rings small enough that lines are evicted under readers
 /// (by count, and by the byte budget when `max_bytes` is small); the last
-/// client is closed gracefully, the others drained.
-fn lag_under_partial_writes(seed: u64, max_bytes: usize) -> u64 {
+/// client is closed gracefully, the others drained. Returns the messages
+/// reported dropped.
+fn lag_under_partial_writes(seed: u64, max_bytes: usize, servers: u128) -> u64 {
     let limits = Limits { client_queue: 3, compress_min_bytes: 64, ..Limits::default() };
     let history = HistoryConfig { log_lines: 4, max_bytes, ..HistoryConfig::default() };
     let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
     let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
     let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let servers: Vec<Uuid> = (0..servers).map(|n| Uuid::from_u128(SERVER.as_u128() + n)).collect();
     let metrics = format!("server:{SERVER}:metrics");
     let mut wires: Vec<Trickle> = Vec::new();
     for (key, deflate) in [(0, None), (1, Some(15)), (2, Some(9))] {
         f.client(key, Role::Admin, &[]);
         f.hub.session_mut(key).unwrap().deflate = deflate;
+        let mut channels: Vec<String> = servers.iter().map(|&s| logs(s)).collect();
         // (The closed client leaves no metrics drop pending: a session's
         // pending reports end with it.)
-        let channels = [logs(SERVER), logs(OTHER), metrics.clone()];
-        let channels: Vec<&str> = channels.iter().take(if key == 2 { 2 } else { 3 }).map(String::as_str).collect();
+        if key != 2 {
+            channels.push(metrics.clone());
+        }
+        let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
         f.subscribe(key, &channels, None);
         let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
         f.hub.write_out(key, &mut sock).unwrap();
@@ -724,17 +729,14 @@ fn lag_under_partial_writes(seed: u64, max_bytes: usize) -> u64 {
     for g in 1..=600u64 {
         let pad = "Can't keep up! ".repeat(rng.below(12) as usize);
         match rng.below(10) {
-            0..=2 => {
-                f.log(SERVER, &format!("{g} {pad}"));
-                last.insert(logs(SERVER), last.get(&logs(SERVER)).unwrap_or(&0) + 1);
-            }
-            3..=4 => {
-                f.log(OTHER, &format!("{g} {pad}"));
-                last.insert(logs(OTHER), last.get(&logs(OTHER)).unwrap_or(&0) + 1);
+            0..=4 => {
+                let server = servers[rng.below(servers.len() as u64) as usize];
+                f.log(server, &format!("{g} {pad}"));
+                *last.entry(logs(server)).or_default() += 1;
             }
             5 => {
                 metrics_of(&mut f, SERVER, g as i32);
-                last.insert(metrics.clone(), last.get(&metrics).unwrap_or(&0) + 1);
+                *last.entry(metrics.clone()).or_default() += 1;
             }
             6 => f.hub.reply(rng.below(3) as usize, format!(r#"{{"type":"pong","g":{g}}}"#).as_bytes()),
             _ => {
@@ -771,19 +773,26 @@ fn lag_under_partial_writes(seed: u64, max_bytes: usize) -> u64 {
     reported
 }
 
-#[test]
-fn partial_writes_evictions_and_a_graceful_close_lose_no_line_silently() {
-    let reported: u64 = (1..=40u64)
-        .map(|seed| lag_under_partial_writes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), usize::MAX / 2))
-        .sum();
+/// [`lag_under_partial_writes`] for 40 seeds; some lines were evicted.
+fn lag_under_partial_writes_seeds(max_bytes: usize, servers: u128) {
+    let seeds = (1..=40u64).map(|seed| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let reported: u64 = seeds.map(|seed| lag_under_partial_writes(seed, max_bytes, servers)).sum();
     assert!(reported > 0, "lines were evicted under readers");
 }
 
 #[test]
+fn partial_writes_evictions_and_a_graceful_close_lose_no_line_silently() {
+    lag_under_partial_writes_seeds(usize::MAX / 2, 2);
+}
+
+#[test]
 fn the_byte_budget_shrinking_rings_under_partial_writes_loses_no_line_silently() {
-    let reported: u64 =
-        (1..=40u64).map(|seed| lag_under_partial_writes(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 3000)).sum();
-    assert!(reported > 0, "lines were evicted under readers");
+    lag_under_partial_writes_seeds(3000, 2);
+}
+
+#[test]
+fn many_logs_subscriptions_of_one_client_interleave_in_publish_order() {
+    lag_under_partial_writes_seeds(usize::MAX / 2, 12);
 }
 
 #[test]
