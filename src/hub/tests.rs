@@ -820,3 +820,83 @@ fn the_bytes_owed_to_a_compressing_client_are_the_bytes_it_is_written() {
         assert_eq!(owed, w.written, "client {key}: owed what it was then written");
     }
 }
+
+/// Writes everything waiting for `key` to `sock`, at most `room` bytes
+/// per write.
+fn drain_by(f: &mut Fixture, key: usize, sock: &mut Trickle, room: usize) {
+    loop {
+        sock.room = room;
+        if !f.hub.write_out(key, sock).unwrap().waiting {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_half_written_line_is_finished_after_an_unsubscribe_and_since_resumes_right_after_it() {
+    let mut f = Fixture::new(256, 100);
+    f.client(1, Role::Admin, &[]);
+    f.hub.session_mut(1).unwrap().deflate = Some(15);
+    let channel = logs(SERVER);
+    f.subscribe(1, &[&channel], None);
+    let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+    f.hub.write_out(1, &mut sock).unwrap();
+    sock.got.clear();
+    for n in 1..=6 {
+        f.log(SERVER, &format!("{n} {}", "Can't keep up! Is the server overloaded? ".repeat(20)));
+    }
+    sock.room = 30;
+    f.hub.write_out(1, &mut sock).unwrap();
+    f.hub.unsubscribe(1, std::slice::from_ref(&channel));
+    f.log(SERVER, "7");
+    drain_by(&mut f, 1, &mut sock, usize::MAX);
+    let (got, _) = decode(&sock.got);
+    // Unsubscribing drops the lines not read yet (5.6), not the one half
+    // written: it is finished before the answer.
+    assert_eq!(lines_and_codes(&got)[1], "UNSUBSCRIBED");
+    assert_eq!(seqs_of(&got), [1]);
+    let epoch = f.hub.epoch().to_string();
+    f.subscribe(1, &[&channel], Some((&channel, 1, &epoch)));
+    f.log(SERVER, "8");
+    drain_by(&mut f, 1, &mut sock, 7);
+    let (got, _) = decode(&sock.got);
+    assert_eq!(got[2]["data"]["recovered"], json!({ &channel: true }));
+    assert_eq!(seqs_of(&got), [1, 2, 3, 4, 5, 6, 7, 8], "no gap, no double");
+    assert_eq!(f.hub.counters.messages_dropped, 0);
+}
+
+#[test]
+fn a_half_written_drop_report_is_finished_after_its_channel_is_left_and_forgotten() {
+    let limits = Limits { client_queue: 2, max_idle_channels: 1, ..Limits::default() };
+    let history = HistoryConfig { log_lines: 2, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    f.client(1, Role::Admin, &[]);
+    let channel = logs(SERVER);
+    f.subscribe(1, &[&channel], None);
+    let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+    f.hub.write_out(1, &mut sock).unwrap();
+    sock.got.clear();
+    for n in 1..=5 {
+        f.log(SERVER, &n.to_string());
+    }
+    // 1..=3 were evicted: the report for them goes out half.
+    sock.room = 40;
+    f.hub.write_out(1, &mut sock).unwrap();
+    assert_eq!(f.hub.counters.messages_dropped, 3, "counted once its first byte is out");
+    f.hub.unsubscribe(1, std::slice::from_ref(&channel));
+    for server in [OTHER, Uuid::from_u128(7)] {
+        f.log(server, "elsewhere");
+    }
+    f.hub.forget_idle_channels();
+    assert!(f.hub.channels.find(&Channel::logs(SERVER)).is_none(), "forgotten");
+    f.subscribe(1, &[&channel], None);
+    f.log(SERVER, "after");
+    drain_by(&mut f, 1, &mut sock, 3);
+    let (got, _) = decode(&sock.got);
+    assert_eq!(lines_and_codes(&got), ["MESSAGES_DROPPED", "UNSUBSCRIBED", "SUBSCRIBED", "after"]);
+    assert_eq!(got[0]["data"]["data"], json!({"channel": channel, "dropped": 3, "from_seq": 1, "to_seq": 3}));
+    assert!(got[3]["seq"].as_u64().unwrap() > 5, "no seq issued twice");
+    assert_eq!(f.hub.counters.messages_dropped, 3);
+}
