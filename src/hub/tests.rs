@@ -58,20 +58,7 @@ impl Fixture {
     fn read(&mut self, key: usize) -> Vec<Value> {
         let mut wire = Vec::new();
         self.hub.write_out(key, &mut wire).unwrap();
-        let mut out = Vec::new();
-        let mut rest = &wire[..];
-        while !rest.is_empty() {
-            let (len, header) = match rest[1] & 0x7f {
-                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
-                n => (n as usize, 2),
-            };
-            if rest[0] & 0x0f == 1 {
-                out.push(serde_json::from_slice(&rest[header..header + len]).unwrap());
-            }
-            rest = &rest[header + len..];
-        }
-        out
+        decode(&wire).0
     }
 }
 
@@ -292,33 +279,12 @@ fn lines_and_codes(messages: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A socket that takes `room` bytes, then blocks.
-struct Narrow {
-    got: Vec<u8>,
-    room: usize,
-}
-
-impl std::io::Write for Narrow {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.room);
-        if n == 0 {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        self.got.extend_from_slice(&buf[..n]);
-        self.room -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_half_written_ring_line_is_finished_first_even_after_its_eviction() {
     let mut f = Fixture::new(1, 2);
     f.client(1, Role::Admin, &[]);
     f.subscribe(1, &[&logs(SERVER)], None);
-    let mut sock = Narrow { got: Vec::new(), room: 0 };
+    let mut sock = Trickle { got: Vec::new(), room: 0 };
     f.hub.write_out(1, &mut Vec::new()).unwrap();
     f.log(SERVER, "first line");
     sock.room = 20;
