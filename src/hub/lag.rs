@@ -13,6 +13,8 @@
 //! filled up moves into the queue, first, to be finished.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
@@ -27,6 +29,12 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// How many buffers one `writev` takes at most.
 const IOV_BATCH: usize = 128;
+
+/// A client's logs subscriptions with something to write, by the publish
+/// ordinal of what each writes next (then by index): the next ring frame
+/// of one client costs O(log subscriptions), not a scan of them all. Kept
+/// by the hub between writes, so it allocates only when it grows.
+pub(super) type Order = BinaryHeap<Reverse<(u64, usize)>>;
 
 /// One logs subscription with lines to read: its channel, its index among
 /// the channel's subscribers, its place in the ring, and the seqs evicted
@@ -93,7 +101,7 @@ impl Hub {
         let wire = Wire::of(client, self.compress_min_bytes);
         let mut written = 0;
         loop {
-            let (n, more) = write_batch(client, wire, &mut self.channels, &mut self.counters, w)?;
+            let (n, more) = write_batch(client, wire, &mut self.channels, &mut self.counters, &mut self.order, w)?;
             written += n;
             if more {
                 continue;
@@ -110,17 +118,19 @@ impl Hub {
         Ok(Written { written, waiting, reply_bytes: client.out.reply_bytes() })
     }
 
-    /// Bytes waiting for a client: queued, and unread in its logs rings
-    /// (linear in its lag: for the write timeout's window, which opens
-    /// rarely).
+    /// Bytes waiting for a client: queued, and unread in its logs rings,
+    /// as the frames it will be written (compressed for a client that
+    /// negotiated it; linear in its lag: for the write timeout's window,
+    /// which opens rarely).
     pub fn pending_bytes(&self, key: usize) -> usize {
         let Some(client) = self.client(key) else { return 0 };
         let Some(session) = &client.session else { return client.out.pending_bytes() };
+        let wire = Wire::of(client, self.compress_min_bytes);
         let unread = session.subs.iter().filter_map(|sub| {
             let entry = self.channels.get(sub.channel as usize)?;
             let &next = entry.cursors.get(sub.pos as usize)?;
             let (idx, _) = entry.locate(next);
-            Some(entry.ring.range(idx..).map(|k| k.frame.plain().len()).sum::<usize>())
+            Some(entry.ring.range(idx..).map(|k| wire.ring(k).len()).sum::<usize>())
         });
         client.out.pending_bytes() + unread.sum::<usize>()
     }
@@ -178,6 +188,17 @@ fn heads(client: &Client, channels: &Channels) -> SmallVec<[Head; 4]> {
     heads
 }
 
+/// The publish ordinal of what a head writes next: its gap's report takes
+/// the place of the line after it (and comes after everything when no line
+/// after it is kept); `None` when it has nothing left.
+fn next_ord(channels: &Channels, head: &Head) -> Option<u64> {
+    let k = channels.get(head.channel)?.ring.get(head.idx);
+    match head.gap {
+        Some(_) => Some(k.map_or(u64::MAX, |k| k.ord)),
+        None => k.map(|k| k.ord),
+    }
+}
+
 /// Moves a cursor past what was evicted before it was read, and counts it:
 /// the `MESSAGES_DROPPED` frame for exactly that range (none without a
 /// gap).
@@ -205,6 +226,7 @@ fn write_batch(
     wire: Wire,
     channels: &mut Channels,
     counters: &mut Counters,
+    order: &mut Order,
     w: &mut impl Write,
 ) -> io::Result<(usize, bool)> {
     let mut heads = heads(client, channels);
@@ -222,20 +244,11 @@ fn write_batch(
     let mut n = 0;
     let mut total = 0;
     let mut queued = client.out.waiting().peekable();
+    order.clear();
+    order.extend(heads.iter().enumerate().filter_map(|(h, head)| Some(Reverse((next_ord(channels, head)?, h)))));
     while let (Some(slice), Some(piece)) = (slices.get_mut(n), plan.get_mut(n)) {
-        // What comes next among the heads: the one published first (a
-        // gap's report takes the place of the line after it).
-        let next = heads
-            .iter()
-            .enumerate()
-            .filter_map(|(h, head)| {
-                let entry = channels.get(head.channel)?;
-                match (head.gap, entry.ring.get(head.idx)) {
-                    (Some(_), k) => Some((k.map_or(u64::MAX, |k| k.ord), h)),
-                    (None, k) => Some((k?.ord, h)),
-                }
-            })
-            .min();
+        // What comes next among the heads: the one published first.
+        let next = order.peek().map(|&Reverse(next)| next);
         let take_queued = match (queued.peek(), next) {
             (Some(&(_, stamp, first)), Some((ord, _))) => first || stamp < ord,
             (Some(_), None) => true,
@@ -261,6 +274,12 @@ fn write_batch(
                 let Some((bytes, _, _)) = queued.next() else { break };
                 *slice = IoSlice::new(bytes);
                 *piece = Piece::Queued(bytes.len());
+            }
+        }
+        if let Some((_, h)) = next.filter(|_| !take_queued) {
+            order.pop();
+            if let Some(ord) = heads.get(h).and_then(|head| next_ord(channels, head)) {
+                order.push(Reverse((ord, h)));
             }
         }
         total += slice.len();

@@ -83,6 +83,8 @@ pub struct Hub {
     /// Logs channels with lines their subscribers have not been written
     /// yet; their subscribers join `fanout` when it is taken.
     lagging: Vec<usize>,
+    /// Scratch for [`Hub::write_out`].
+    order: lag::Order,
     /// Messages published so far: each one's ordinal, and the stamp of
     /// what is queued (so queued items and ring frames keep their order).
     ord: u64,
@@ -121,6 +123,7 @@ impl Hub {
             dirty: Vec::new(),
             fanout: Vec::new(),
             lagging: Vec::new(),
+            order: lag::Order::new(),
             ord: 0,
             fanout_since: None,
             counters: Counters::default(),

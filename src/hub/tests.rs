@@ -58,20 +58,7 @@ impl Fixture {
     fn read(&mut self, key: usize) -> Vec<Value> {
         let mut wire = Vec::new();
         self.hub.write_out(key, &mut wire).unwrap();
-        let mut out = Vec::new();
-        let mut rest = &wire[..];
-        while !rest.is_empty() {
-            let (len, header) = match rest[1] & 0x7f {
-                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
-                n => (n as usize, 2),
-            };
-            if rest[0] & 0x0f == 1 {
-                out.push(serde_json::from_slice(&rest[header..header + len]).unwrap());
-            }
-            rest = &rest[header + len..];
-        }
-        out
+        decode(&wire).0
     }
 }
 
@@ -292,33 +279,12 @@ fn lines_and_codes(messages: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// A socket that takes `room` bytes, then blocks.
-struct Narrow {
-    got: Vec<u8>,
-    room: usize,
-}
-
-impl std::io::Write for Narrow {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.room);
-        if n == 0 {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        self.got.extend_from_slice(&buf[..n]);
-        self.room -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn a_half_written_ring_line_is_finished_first_even_after_its_eviction() {
     let mut f = Fixture::new(1, 2);
     f.client(1, Role::Admin, &[]);
     f.subscribe(1, &[&logs(SERVER)], None);
-    let mut sock = Narrow { got: Vec::new(), room: 0 };
+    let mut sock = Trickle { got: Vec::new(), room: 0 };
     f.hub.write_out(1, &mut Vec::new()).unwrap();
     f.log(SERVER, "first line");
     sock.room = 20;
@@ -578,4 +544,325 @@ fn a_message_is_compressed_once_per_window_and_every_such_subscriber_gets_that_f
     f.hub.set_limits(&Limits { client_queue: 16, compress_min_bytes: 1000, ..Limits::default() });
     f.log(SERVER, "Done");
     assert_eq!(wire(&mut f, 1), wire(&mut f, 2));
+}
+
+// ---- the lag cursor under partial writes ----
+
+/// A socket that takes at most `room` bytes (spread over the buffers of a
+/// `writev`), then blocks.
+struct Trickle {
+    got: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(self.room - n);
+            self.got.extend_from_slice(&b[..take]);
+            n += take;
+        }
+        self.room -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The text messages on the wire as a client reads them (compressed ones
+/// inflated), and whether it ends with a Close frame.
+fn decode(wire: &[u8]) -> (Vec<Value>, bool) {
+    let (mut out, mut closed) = (Vec::new(), false);
+    let mut rest = wire;
+    while !rest.is_empty() {
+        assert!(!closed, "nothing after the Close frame");
+        let (len, header) = match rest[1] & 0x7f {
+            126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        let payload = &rest[header..header + len];
+        match rest[0] & 0x0f {
+            1 if rest[0] & 0x40 != 0 => {
+                out.push(serde_json::from_slice(&crate::deflate::inflate(payload, 1 << 20).unwrap()).unwrap())
+            }
+            1 => out.push(serde_json::from_slice(payload).unwrap()),
+            8 => closed = true,
+            _ => {}
+        }
+        rest = &rest[header + len..];
+    }
+    (out, closed)
+}
+
+/// xorshift64: a fixed sequence per seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Checks what one client read: every message of each channel delivered
+/// once and in order or covered by exactly one `MESSAGES_DROPPED` placed
+/// where the gap is, up to the channel's last seq; everything in publish
+/// order (each message carries its publish number `g`). Returns the
+/// messages reported dropped.
+fn check_stream(got: &[Value], last: &HashMap<String, u64>) -> u64 {
+    let mut next: HashMap<String, u64> = HashMap::new();
+    let (mut g_last, mut dropped) = (0, 0);
+    for m in got {
+        let g = match m["type"].as_str().unwrap() {
+            "log_entry" => m["data"]["message"].as_str().unwrap().split(' ').next().unwrap().parse::<u64>().unwrap(),
+            "metrics" => m["data"]["players_online"].as_u64().unwrap(),
+            "pong" => m["g"].as_u64().unwrap(),
+            "error" => {
+                let d = &m["data"]["data"];
+                let channel = d["channel"].as_str().unwrap().to_string();
+                let (from, to) = (d["from_seq"].as_u64().unwrap(), d["to_seq"].as_u64().unwrap());
+                let want = next.entry(channel.clone()).or_insert(1);
+                assert_eq!(from, *want, "a report where the gap is on {channel}: {m}");
+                assert_eq!(d["dropped"].as_u64().unwrap(), to - from + 1, "{m}");
+                *want = to + 1;
+                dropped += to - from + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        assert!(g > g_last, "publish order: {g} after {g_last}");
+        g_last = g;
+        if let Some(seq) = m["seq"].as_u64() {
+            let want = next.entry(m["channel"].as_str().unwrap().to_string()).or_insert(1);
+            assert_eq!(seq, *want, "no gap, no duplicate: {m}");
+            *want += 1;
+        }
+    }
+    for (channel, &last) in last {
+        assert_eq!(
+            next.get(channel).copied().unwrap_or(1),
+            last + 1,
+            "{channel}: everything up to {last} accounted for"
+        );
+    }
+    dropped
+}
+
+/// Random publishes, replies and partial writes to three clients (plain,
+/// and two compression windows) on `servers` logs channels and a metrics
+/// channel, with rings small enough that lines are evicted under readers
+/// (by count, and by the byte budget when `max_bytes` is small); the last
+/// client is closed gracefully, the others drained. Returns the messages
+/// reported dropped.
+fn lag_under_partial_writes(seed: u64, max_bytes: usize, servers: u128) -> u64 {
+    let limits = Limits { client_queue: 3, compress_min_bytes: 64, ..Limits::default() };
+    let history = HistoryConfig { log_lines: 4, max_bytes, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let servers: Vec<Uuid> = (0..servers).map(|n| Uuid::from_u128(SERVER.as_u128() + n)).collect();
+    let metrics = format!("server:{SERVER}:metrics");
+    let mut wires: Vec<Trickle> = Vec::new();
+    for (key, deflate) in [(0, None), (1, Some(15)), (2, Some(9))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        let mut channels: Vec<String> = servers.iter().map(|&s| logs(s)).collect();
+        // (The closed client leaves no metrics drop pending: a session's
+        // pending reports end with it.)
+        if key != 2 {
+            channels.push(metrics.clone());
+        }
+        let channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+        f.subscribe(key, &channels, None);
+        let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+        f.hub.write_out(key, &mut sock).unwrap();
+        sock.got.clear();
+        wires.push(sock);
+    }
+    let mut rng = Rng(seed);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for g in 1..=600u64 {
+        let pad = "Can't keep up! ".repeat(rng.below(12) as usize);
+        match rng.below(10) {
+            0..=4 => {
+                let server = servers[rng.below(servers.len() as u64) as usize];
+                f.log(server, &format!("{g} {pad}"));
+                *last.entry(logs(server)).or_default() += 1;
+            }
+            5 => {
+                metrics_of(&mut f, SERVER, g as i32);
+                *last.entry(metrics.clone()).or_default() += 1;
+            }
+            6 => f.hub.reply(rng.below(3) as usize, format!(r#"{{"type":"pong","g":{g}}}"#).as_bytes()),
+            _ => {
+                let key = rng.below(3) as usize;
+                let sock = &mut wires[key];
+                sock.room = match rng.below(4) {
+                    0 => 0,
+                    1 => 1 + rng.below(8) as usize,
+                    2 => rng.below(400) as usize,
+                    _ => rng.below(4000) as usize,
+                };
+                let before = sock.got.len();
+                let w = f.hub.write_out(key, sock).unwrap();
+                assert_eq!(w.written, sock.got.len() - before);
+            }
+        }
+    }
+    f.hub.queue_close(2, ws::close(1001, "going away"));
+    f.hub.end_session(2);
+    let mut reported = 0;
+    for (key, sock) in wires.iter_mut().enumerate() {
+        sock.room = usize::MAX;
+        let w = f.hub.write_out(key, sock).unwrap();
+        assert!(!w.waiting);
+        let (got, closed) = decode(&sock.got);
+        assert_eq!(closed, key == 2, "client {key}");
+        let mut last = last.clone();
+        if key == 2 {
+            last.remove(&metrics);
+        }
+        reported += check_stream(&got, &last);
+    }
+    assert_eq!(f.hub.counters.messages_dropped, reported, "the stats count what was reported");
+    reported
+}
+
+/// [`lag_under_partial_writes`] for 40 seeds; some lines were evicted.
+fn lag_under_partial_writes_seeds(max_bytes: usize, servers: u128) {
+    let seeds = (1..=40u64).map(|seed| seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let reported: u64 = seeds.map(|seed| lag_under_partial_writes(seed, max_bytes, servers)).sum();
+    assert!(reported > 0, "lines were evicted under readers");
+}
+
+#[test]
+fn partial_writes_evictions_and_a_graceful_close_lose_no_line_silently() {
+    lag_under_partial_writes_seeds(usize::MAX / 2, 2);
+}
+
+#[test]
+fn the_byte_budget_shrinking_rings_under_partial_writes_loses_no_line_silently() {
+    lag_under_partial_writes_seeds(3000, 2);
+}
+
+#[test]
+fn many_logs_subscriptions_of_one_client_interleave_in_publish_order() {
+    lag_under_partial_writes_seeds(usize::MAX / 2, 12);
+}
+
+#[test]
+fn the_bytes_owed_to_a_compressing_client_are_the_bytes_it_is_written() {
+    // The write timeout's window owes what waits when it opens: for a
+    // client with permessage-deflate that is the compressed frames.
+    let mut f = Fixture::new(256, 1000);
+    for (key, deflate) in [(1, None), (2, Some(15))] {
+        f.client(key, Role::Admin, &[]);
+        f.hub.session_mut(key).unwrap().deflate = deflate;
+        f.subscribe(key, &[&logs(SERVER)], None);
+        f.read(key);
+    }
+    for n in 0..50 {
+        f.log(SERVER, &format!("{n} {}", "Can't keep up! Is the server overloaded? ".repeat(10)));
+    }
+    for key in [1, 2] {
+        // Half a frame went out, the rest is queued; the ring holds the rest.
+        let mut sock = Trickle { got: Vec::new(), room: 30 };
+        f.hub.write_out(key, &mut sock).unwrap();
+        let owed = f.hub.pending_bytes(key);
+        sock.room = usize::MAX;
+        let w = f.hub.write_out(key, &mut sock).unwrap();
+        assert!(!w.waiting);
+        assert_eq!(owed, w.written, "client {key}: owed what it was then written");
+    }
+}
+
+/// Writes everything waiting for `key` to `sock`, at most `room` bytes
+/// per write.
+fn drain_by(f: &mut Fixture, key: usize, sock: &mut Trickle, room: usize) {
+    loop {
+        sock.room = room;
+        if !f.hub.write_out(key, sock).unwrap().waiting {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_half_written_line_is_finished_after_an_unsubscribe_and_since_resumes_right_after_it() {
+    let mut f = Fixture::new(256, 100);
+    f.client(1, Role::Admin, &[]);
+    f.hub.session_mut(1).unwrap().deflate = Some(15);
+    let channel = logs(SERVER);
+    f.subscribe(1, &[&channel], None);
+    let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+    f.hub.write_out(1, &mut sock).unwrap();
+    sock.got.clear();
+    for n in 1..=6 {
+        f.log(SERVER, &format!("{n} {}", "Can't keep up! Is the server overloaded? ".repeat(20)));
+    }
+    sock.room = 30;
+    f.hub.write_out(1, &mut sock).unwrap();
+    f.hub.unsubscribe(1, std::slice::from_ref(&channel));
+    f.log(SERVER, "7");
+    drain_by(&mut f, 1, &mut sock, usize::MAX);
+    let (got, _) = decode(&sock.got);
+    // Unsubscribing drops the lines not read yet (5.6), not the one half
+    // written: it is finished before the answer.
+    assert_eq!(lines_and_codes(&got)[1], "UNSUBSCRIBED");
+    assert_eq!(seqs_of(&got), [1]);
+    let epoch = f.hub.epoch().to_string();
+    f.subscribe(1, &[&channel], Some((&channel, 1, &epoch)));
+    f.log(SERVER, "8");
+    drain_by(&mut f, 1, &mut sock, 7);
+    let (got, _) = decode(&sock.got);
+    assert_eq!(got[2]["data"]["recovered"], json!({ &channel: true }));
+    assert_eq!(seqs_of(&got), [1, 2, 3, 4, 5, 6, 7, 8], "no gap, no double");
+    assert_eq!(f.hub.counters.messages_dropped, 0);
+}
+
+#[test]
+fn a_half_written_drop_report_is_finished_after_its_channel_is_left_and_forgotten() {
+    let limits = Limits { client_queue: 2, max_idle_channels: 1, ..Limits::default() };
+    let history = HistoryConfig { log_lines: 2, ..HistoryConfig::default() };
+    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
+    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
+    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    f.client(1, Role::Admin, &[]);
+    let channel = logs(SERVER);
+    f.subscribe(1, &[&channel], None);
+    let mut sock = Trickle { got: Vec::new(), room: usize::MAX };
+    f.hub.write_out(1, &mut sock).unwrap();
+    sock.got.clear();
+    for n in 1..=5 {
+        f.log(SERVER, &n.to_string());
+    }
+    // 1..=3 were evicted: the report for them goes out half.
+    sock.room = 40;
+    f.hub.write_out(1, &mut sock).unwrap();
+    assert_eq!(f.hub.counters.messages_dropped, 3, "counted once its first byte is out");
+    f.hub.unsubscribe(1, std::slice::from_ref(&channel));
+    for server in [OTHER, Uuid::from_u128(7)] {
+        f.log(server, "elsewhere");
+    }
+    f.hub.forget_idle_channels();
+    assert!(f.hub.channels.find(&Channel::logs(SERVER)).is_none(), "forgotten");
+    f.subscribe(1, &[&channel], None);
+    f.log(SERVER, "after");
+    drain_by(&mut f, 1, &mut sock, 3);
+    let (got, _) = decode(&sock.got);
+    assert_eq!(lines_and_codes(&got), ["MESSAGES_DROPPED", "UNSUBSCRIBED", "SUBSCRIBED", "after"]);
+    assert_eq!(got[0]["data"]["data"], json!({"channel": channel, "dropped": 3, "from_seq": 1, "to_seq": 3}));
+    assert!(got[3]["seq"].as_u64().unwrap() > 5, "no seq issued twice");
+    assert_eq!(f.hub.counters.messages_dropped, 3);
 }
