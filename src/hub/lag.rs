@@ -48,12 +48,12 @@ struct Head {
 }
 
 /// One buffer of a `writev`: a queued item, a gap's report, or a ring
-/// frame (head, ring index, seq).
+/// frame (head, ring index, seq, the frame's length and its plain one).
 #[derive(Clone, Copy)]
 enum Piece {
     Queued(usize),
     Report { head: usize, len: usize },
-    Ring { head: usize, idx: usize, seq: u64, len: usize },
+    Ring { head: usize, idx: usize, seq: u64, len: usize, plain: usize },
 }
 
 /// How a client takes frames: compressed with its window (when it
@@ -118,19 +118,19 @@ impl Hub {
         Ok(Written { written, waiting, reply_bytes: client.out.reply_bytes() })
     }
 
-    /// Bytes waiting for a client: queued, and unread in its logs rings,
-    /// as the frames it will be written (compressed for a client that
-    /// negotiated it; linear in its lag: for the write timeout's window,
-    /// which opens rarely).
+    /// Bytes waiting for a client: queued, and unread in its logs rings
+    /// at their plain size (a compressing client's writes pay them off at
+    /// that size, [`Written::written`], so no line is compressed before
+    /// it is written). Linear in its lag: for the write timeout's window,
+    /// which opens rarely.
     pub fn pending_bytes(&self, key: usize) -> usize {
         let Some(client) = self.client(key) else { return 0 };
         let Some(session) = &client.session else { return client.out.pending_bytes() };
-        let wire = Wire::of(client, self.compress_min_bytes);
         let unread = session.subs.iter().filter_map(|sub| {
             let entry = self.channels.get(sub.channel as usize)?;
             let &next = entry.cursors.get(sub.pos as usize)?;
             let (idx, _) = entry.locate(next);
-            Some(entry.ring.range(idx..).map(|k| wire.ring(k).len()).sum::<usize>())
+            Some(entry.ring.range(idx..).map(|k| k.frame.plain().len()).sum::<usize>())
         });
         client.out.pending_bytes() + unread.sum::<usize>()
     }
@@ -214,7 +214,8 @@ fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head, wire
 
 /// One `writev` of what waits for a client, queued items and ring frames
 /// merged by publish ordinal, each gap's report right before the line
-/// after it. Returns the bytes written and whether to try again
+/// after it. Returns what it paid of what waited ([`Written::written`])
+/// and whether to try again
 /// (something is left; the next call finds out whether the socket takes
 /// it).
 ///
@@ -267,7 +268,8 @@ fn write_batch(
                 let Some(k) = channels.get(head.channel).and_then(|e| e.ring.get(head.idx)) else { break };
                 let frame = wire.ring(k);
                 *slice = IoSlice::new(frame);
-                *piece = Piece::Ring { head: h, idx: head.idx, seq: k.seq, len: frame.len() };
+                *piece =
+                    Piece::Ring { head: h, idx: head.idx, seq: k.seq, len: frame.len(), plain: k.frame.plain().len() };
                 head.idx += 1;
             }
             None => {
@@ -300,6 +302,7 @@ fn write_batch(
     };
     let heads = self::heads(client, channels);
     let mut left = written;
+    let mut paid = 0;
     for piece in plan.iter().take(n) {
         let (len, took) = match *piece {
             Piece::Queued(len) => {
@@ -318,9 +321,12 @@ fn write_batch(
                 }
                 (len, took)
             }
-            Piece::Ring { head, idx, seq, len } => {
+            Piece::Ring { head, idx, seq, len, plain } => {
                 let took = left.min(len);
                 let (Some(h), true) = (heads.get(head), took > 0) else { break };
+                // The window owed this line at its plain size: its first
+                // write pays what compression saved too.
+                paid += plain.saturating_sub(len);
                 let Some(entry) = channels.get_mut(h.channel) else { break };
                 if let Some(cursor) = entry.cursors.get_mut(h.pos) {
                     *cursor = seq + 1;
@@ -334,10 +340,11 @@ fn write_batch(
             }
         };
         left -= took;
+        paid += took;
         if took < len {
             break;
         }
     }
     // Everything waiting went out, or the socket may take more.
-    Ok((written, written < total || n == IOV_BATCH))
+    Ok((paid, written < total || n == IOV_BATCH))
 }

@@ -52,7 +52,9 @@ pub struct Counters {
 /// What [`Hub::write_out`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
-    /// Bytes that went out.
+    /// What the writes paid of what waited, in the units of
+    /// [`Hub::pending_bytes`]: bytes, a compressed ring line counted at
+    /// its plain size (the write timeout's window).
     pub written: usize,
     /// Something still waits (queued, or unread in a logs ring).
     pub waiting: bool,
