@@ -192,6 +192,54 @@ fn a_deflate_bomb_is_closed_1009_and_the_hub_carries_on() {
 }
 
 #[test]
+fn rsv1_out_of_place_or_data_that_does_not_inflate_is_a_protocol_error() {
+    let hub = Hub::start("");
+    let with_rsv1 = |mut frame: Vec<u8>| {
+        frame[0] |= 0x40;
+        frame
+    };
+    let z = deflate(br#"{"type":"ping"}"#);
+    let (x, y) = z.split_at(z.len() / 2);
+    let cases: [(&str, Vec<u8>); 5] = [
+        (
+            "RSV1 on a continuation",
+            [
+                encode_frame(false, OP_TEXT, b"{\"type\"", Some([1, 2, 3, 4])),
+                with_rsv1(encode_frame(true, OP_CONT, b":\"ping\"}", Some([1, 2, 3, 4]))),
+            ]
+            .concat(),
+        ),
+        (
+            "RSV1 on every frame",
+            [
+                with_rsv1(encode_frame(false, OP_TEXT, x, Some([1, 2, 3, 4]))),
+                with_rsv1(encode_frame(true, OP_CONT, y, Some([1, 2, 3, 4]))),
+            ]
+            .concat(),
+        ),
+        ("RSV1 on a Close", with_rsv1(masked(OP_CLOSE, &1000u16.to_be_bytes()))),
+        ("not deflate data", with_rsv1(masked(OP_TEXT, &[0xff; 16]))),
+        ("RSV2", {
+            let mut f = compressed_text(br#"{"type":"ping"}"#);
+            f[0] |= 0x20;
+            f
+        }),
+    ];
+    for (case, bytes) in cases {
+        let (mut ws, answer) = deflate_client(&hub, "permessage-deflate");
+        assert_eq!(answer, ANSWER);
+        ws.send_bytes(&bytes);
+        assert_eq!(ws.expect_close(WAIT), 1002, "{case}");
+    }
+    // Inflated text that is not UTF-8: 1007.
+    let (mut ws, _) = deflate_client(&hub, "permessage-deflate");
+    ws.send_bytes(&compressed_text(&[0xc3, 0x28, b'a', b'b']));
+    assert_eq!(ws.expect_close(WAIT), 1007);
+    let mut other = hub.connect_admin();
+    other.ping_pong();
+}
+
+#[test]
 fn with_compression_off_the_offer_is_not_taken() {
     let hub = Hub::start("compression = false");
     let (mut ws, answer) = deflate_client(&hub, "permessage-deflate; client_max_window_bits");
