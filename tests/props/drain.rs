@@ -24,13 +24,20 @@ pub fn own(m: Incoming<'_>) -> Got {
     }
 }
 
-/// Decodes every whole frame in `buf`, as the reactor does after a read:
-/// the messages, the bytes consumed, and the error that ended it, if any.
-pub fn drain(d: &mut Decoder, buf: &mut [u8], max: usize, out: &mut Vec<Got>) -> (usize, Option<WsError>) {
+/// Decodes every whole frame in `buf`, as the reactor does after a read
+/// (`inflate`: on a connection that negotiated permessage-deflate): the
+/// messages, the bytes consumed, and the error that ended it, if any.
+pub fn drain(
+    d: &mut Decoder,
+    buf: &mut [u8],
+    max: usize,
+    inflate: bool,
+    out: &mut Vec<Got>,
+) -> (usize, Option<WsError>) {
     let mut pos = 0;
     loop {
         let left = buf.len() - pos;
-        match d.next(&mut buf[pos..], max) {
+        match d.next_frame(&mut buf[pos..], max, inflate) {
             Ok(None) => return (pos, None),
             Ok(Some((used, msg))) => {
                 assert!(used > 0 && used <= left, "consumed {used} of {left}");

@@ -1,4 +1,5 @@
-//! `ws::Decoder::next` and the frame encoders: any bytes give "not yet", a
+//! `ws::Decoder::next_frame` (with and without permessage-deflate) and the
+//! frame encoders: any bytes give "not yet", a
 //! frame or a close code of 1002, 1007 or 1009, never a panic and never
 //! more consumed than given; masked frames of any payload and fragmentation
 //! round-trip, in any read sizes; what the hub encodes decodes back.
@@ -13,7 +14,7 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 /// Feeds `stream` in reads of the given sizes (cycled), keeping the
 /// unconsumed tail between reads.
-fn feed(stream: &[u8], reads: &[usize], max: usize) -> (Vec<Got>, Option<WsError>, usize) {
+fn feed(stream: &[u8], reads: &[usize], max: usize, inflate: bool) -> (Vec<Got>, Option<WsError>, usize) {
     let mut d = Decoder::default();
     let (mut out, mut pending, mut at) = (Vec::new(), Vec::new(), 0);
     for &n in reads.iter().cycle() {
@@ -23,7 +24,7 @@ fn feed(stream: &[u8], reads: &[usize], max: usize) -> (Vec<Got>, Option<WsError
         let end = (at + n.max(1)).min(stream.len());
         pending.extend_from_slice(&stream[at..end]);
         at = end;
-        let (used, err) = drain(&mut d, &mut pending, max, &mut out);
+        let (used, err) = drain(&mut d, &mut pending, max, inflate, &mut out);
         pending.drain(..used);
         if err.is_some() {
             return (out, err, pending.len());
@@ -82,10 +83,11 @@ proptest! {
         stream in prop::collection::vec(any::<u8>(), 0..400),
         reads in prop::collection::vec(1usize..64, 1..8),
         max in prop_oneof![Just(512 * 1024), 0usize..200],
+        inflate in any::<bool>(),
     ) {
         let mut whole = Vec::new();
-        let (_, whole_err) = drain(&mut Decoder::default(), &mut stream.clone(), max, &mut whole);
-        let (split, split_err, _) = feed(&stream, &reads, max);
+        let (_, whole_err) = drain(&mut Decoder::default(), &mut stream.clone(), max, inflate, &mut whole);
+        let (split, split_err, _) = feed(&stream, &reads, max, inflate);
         prop_assert_eq!(whole, split, "one buffer and small reads must agree");
         prop_assert_eq!(whole_err, split_err);
     }
@@ -101,29 +103,21 @@ proptest! {
             1..5,
         ),
         max in prop_oneof![Just(512 * 1024), 0usize..200],
+        reads in prop::collection::vec(1usize..64, 1..8),
     ) {
         // Frames with RSV1 (or not) and any payload: garbage, truncated or
         // valid deflate data all end in a message, "not yet" or
-        // 1002/1007/1009, never a panic.
+        // 1002/1007/1009, never a panic, the same in one buffer as in
+        // small reads.
         let mut stream = Vec::new();
         for (op, fin, payload, mask) in &frames {
             stream.extend(masked(*fin, *op, *mask, payload));
         }
-        let (mut d, mut buf, mut pos) = (Decoder::default(), stream, 0);
-        loop {
-            let left = buf.len() - pos;
-            match d.next_frame(&mut buf[pos..], max, true) {
-                Ok(None) => break,
-                Ok(Some((used, _))) => {
-                    prop_assert!(used > 0 && used <= left);
-                    pos += used;
-                }
-                Err(e) => {
-                    prop_assert!(matches!(e.close_code(), 1002 | 1007 | 1009), "{:?}", e);
-                    break;
-                }
-            }
-        }
+        let mut whole = Vec::new();
+        let (_, whole_err) = drain(&mut Decoder::default(), &mut stream.clone(), max, true, &mut whole);
+        let (split, split_err, _) = feed(&stream, &reads, max, true);
+        prop_assert_eq!(whole, split, "one buffer and small reads must agree");
+        prop_assert_eq!(whole_err, split_err);
     }
 
     #[test]
@@ -160,7 +154,7 @@ proptest! {
             }
             want.push(if *is_text { Got::Text(bytes) } else { Got::Binary });
         }
-        let (got, err, left) = feed(&stream, &reads, 512 * 1024);
+        let (got, err, left) = feed(&stream, &reads, 512 * 1024, false);
         prop_assert_eq!(err, None);
         prop_assert_eq!(left, 0, "every byte consumed");
         prop_assert_eq!(got, want);
@@ -219,7 +213,7 @@ proptest! {
         let at = split.index(len + 1);
         let mut stream = masked(false, 1, [9, 8, 7, 6], &payload[..at]);
         stream.extend(masked(true, 0, [1, 2, 3, 4], &payload[at..]));
-        let (got, err, _) = feed(&stream, &[stream.len()], max);
+        let (got, err, _) = feed(&stream, &[stream.len()], max, false);
         if len > max {
             prop_assert_eq!(err.map(WsError::close_code), Some(1009));
             prop_assert!(got.is_empty());
