@@ -1,10 +1,10 @@
 //! `LogQuery::from_params` (section 9): any parameters, as
 //! `Request::query_param` decodes them from any query string, give a query
 //! or a sentence for the `400`, never a panic; an accepted query has a
-//! limit in 1..=1000 and the values it was given.
+//! limit in 1..=1000 and the values it was given (`q` as its words).
 
 use aymc_hub::http::Request;
-use aymc_hub::store::{fts_query, LogQuery, MAX_LIMIT};
+use aymc_hub::store::{fts_query, search_words, LogQuery, MAX_LIMIT};
 use proptest::prelude::*;
 
 use crate::support::uuid;
@@ -45,7 +45,9 @@ proptest! {
                     prop_assert_eq!(Some(v.parse::<u64>().unwrap()), field);
                 }
             }
-            prop_assert_eq!(q.q.clone(), get("q").filter(|v| !v.is_empty()));
+            // Its words, each once (any Unicode whitespace separates them).
+            let words = get("q").map(|v| search_words(&v).join(" ")).filter(|v| !v.is_empty());
+            prop_assert_eq!(q.q.clone(), words);
             if let Some(text) = q.q.as_deref() {
                 let _ = fts_query(text);
             }
