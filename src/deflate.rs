@@ -12,7 +12,10 @@
 //! window the client allows the server (`server_max_window_bits`); a window
 //! under 15 bits is honoured with a full flush (which empties the
 //! dictionary) every `2^bits` bytes of input, so no back-reference reaches
-//! further. No IO here.
+//! further. The hub answers an offered window with one of four (8, 9, 12,
+//! 15; the RFC lets it use a smaller one than offered), so a kept message
+//! has at most four compressed copies, and a message that would need more
+//! than [`MAX_FLUSHES`] full flushes goes plain. No IO here.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::cell::RefCell;
@@ -30,6 +33,11 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// comes out about as small as at zlib's default 6 (scripts/bench-compression
 /// corpora: within 1.2 points), at a fraction of the time on the reactor.
 const LEVEL: u32 = 1;
+/// A message compressed with a window under 15 bits needing more full
+/// flushes than this is sent plain: each flush resets the compressor's
+/// tables, so a client asking for a small window could otherwise make a
+/// large message cost the reactor hundreds of resets.
+pub const MAX_FLUSHES: usize = 16;
 
 /// An accepted offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +99,7 @@ fn offer(text: &str) -> Option<Accepted> {
         seen.push(name);
         match (name, value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
-            ("server_max_window_bits", Some(v)) => (bits, named) = (window_bits(v)?, true),
+            ("server_max_window_bits", Some(v)) => (bits, named) = (window_class(window_bits(v)?), true),
             // The hub inflates any window up to 15 bits; a value only says
             // what the client will use.
             ("client_max_window_bits", None) => {}
@@ -109,6 +117,17 @@ fn unquote(v: &str) -> Option<&str> {
     match v.strip_prefix('"') {
         Some(rest) => rest.strip_suffix('"'),
         None => Some(v),
+    }
+}
+
+/// The window the hub uses for an offered `server_max_window_bits`: the
+/// same or smaller (RFC 7692 7.1.2.1), one of 8, 9, 12 and 15.
+fn window_class(bits: u8) -> u8 {
+    match bits {
+        MAX_BITS.. => MAX_BITS,
+        12.. => 12,
+        9.. => 9,
+        _ => 8,
     }
 }
 
@@ -144,10 +163,14 @@ fn with_codec<T>(f: impl FnOnce(&mut Codec) -> T) -> T {
 
 /// Compresses one message on its own (raw deflate, sync-flushed, the
 /// trailing `00 00 ff ff` removed) with back-references of at most
-/// `2^bits` bytes.
-pub fn compress(payload: &[u8], bits: u8) -> Vec<u8> {
+/// `2^bits` bytes; `None` when that takes more than [`MAX_FLUSHES`] full
+/// flushes (the message then goes plain).
+pub fn compress(payload: &[u8], bits: u8) -> Option<Vec<u8>> {
     let chunk = if bits >= MAX_BITS { payload.len().max(1) } else { 1usize << bits };
-    with_codec(|codec| {
+    if payload.len() > MAX_FLUSHES.saturating_mul(chunk) {
+        return None;
+    }
+    Some(with_codec(|codec| {
         let c = &mut codec.compress;
         c.reset();
         let mut out = Vec::with_capacity(payload.len() / 2 + 64);
@@ -163,7 +186,7 @@ pub fn compress(payload: &[u8], bits: u8) -> Vec<u8> {
             out.truncate(out.len() - TAIL.len());
         }
         out
-    })
+    }))
 }
 
 /// Feeds all of `input` and the flush through `c`, growing `out` as needed.
@@ -243,7 +266,7 @@ mod tests {
         let a = |h: &str| negotiate(h).map(|a| a.bits);
         assert_eq!(a("permessage-deflate"), Some(15));
         assert_eq!(a("permessage-deflate; client_max_window_bits"), Some(15));
-        assert_eq!(a("x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=10"), Some(10));
+        assert_eq!(a("x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=10"), Some(9));
         assert_eq!(a("permessage-deflate; server_max_window_bits=\"9\""), Some(9));
         assert_eq!(a("permessage-deflate; server_max_window_bits=7, permessage-deflate"), Some(15));
         for bad in [
@@ -266,9 +289,10 @@ mod tests {
                 "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=9"
             )
         );
-        for bits in 8..=15 {
-            let answer = Accepted { bits, named: true }.response();
-            assert_eq!(negotiate(answer), Some(Accepted { bits, named: true }), "{answer}");
+        // Four windows, each the largest not above the offer.
+        for (offered, used) in [(8, 8), (9, 9), (10, 9), (11, 9), (12, 12), (13, 12), (14, 12), (15, 15)] {
+            let answer = Accepted { bits: offered, named: true }.response();
+            assert_eq!(negotiate(answer), Some(Accepted { bits: used, named: true }), "{answer}");
         }
         let plain = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
         assert_eq!(negotiate("permessage-deflate").map(Accepted::response), Some(plain));
@@ -280,20 +304,30 @@ mod tests {
         let text: Vec<u8> =
             (0..5000).flat_map(|i| format!("[12:00:{:02} INFO]: line {i} ", i % 60).into_bytes()).collect();
         for bits in 8..=15 {
-            let z = compress(&text, bits);
+            let text = text.get(..MAX_FLUSHES << bits).unwrap_or(&text);
+            let z = compress(text, bits).unwrap();
             assert!(z.len() < text.len() / 3, "{bits}: {} of {}", z.len(), text.len());
             assert_eq!(inflate(&z, text.len()).unwrap(), text, "{bits}");
         }
-        assert_eq!(inflate(&compress(b"", 15), 10).unwrap(), b"");
+        assert_eq!(inflate(&compress(b"", 15).unwrap(), 10).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_small_window_compresses_up_to_max_flushes_chunks_and_leaves_larger_messages_plain() {
+        let text = vec![b'a'; (MAX_FLUSHES << 8) + 1];
+        assert!(compress(&text[..MAX_FLUSHES << 8], 8).is_some());
+        assert_eq!(compress(&text, 8), None);
+        assert!(compress(&text, 9).is_some());
+        assert!(compress(&vec![b'a'; 10 << 20], 15).is_some(), "one chunk at 15 bits, whatever the size");
     }
 
     #[test]
     fn inflating_stops_at_the_limit() {
-        let bomb = compress(&vec![0u8; 10 << 20], 15);
+        let bomb = compress(&vec![0u8; 10 << 20], 15).unwrap();
         assert!(bomb.len() < 128 * 1024, "{}", bomb.len());
         assert_eq!(inflate(&bomb, 512 * 1024), Err(InflateError::TooBig));
-        assert_eq!(inflate(&compress(&[7; 1000], 15), 1000).unwrap().len(), 1000);
-        assert_eq!(inflate(&compress(&[7; 1001], 15), 1000), Err(InflateError::TooBig));
+        assert_eq!(inflate(&compress(&[7; 1000], 15).unwrap(), 1000).unwrap().len(), 1000);
+        assert_eq!(inflate(&compress(&[7; 1001], 15).unwrap(), 1000), Err(InflateError::TooBig));
         assert_eq!(inflate(&[0xff, 0xff, 0xff], 1000), Err(InflateError::Corrupt));
     }
 }

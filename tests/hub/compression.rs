@@ -277,8 +277,13 @@ fn offers_with_bad_parameters_are_declined_and_the_first_good_one_is_taken() {
         &hub,
         "permessage-deflate; server_max_window_bits=20, permessage-deflate; server_max_window_bits=10, permessage-deflate",
     );
-    assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=10"));
-    // A window the offer names is repeated, the largest too (RFC 7692 7.1.2.1).
+    // The hub uses one of four windows (8, 9, 12, 15), the largest not above
+    // the offer, and names it (RFC 7692 7.1.2.1: the same or smaller).
+    assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=9"));
+    for (offered, used) in [(8, 8), (11, 9), (14, 12)] {
+        let (_, answer) = deflate_client(&hub, &format!("permessage-deflate; server_max_window_bits={offered}"));
+        assert_eq!(answer, format!("{ANSWER}; server_max_window_bits={used}"), "offered {offered}");
+    }
     let (_, answer) = deflate_client(&hub, "permessage-deflate; server_max_window_bits=15; client_max_window_bits=12");
     assert_eq!(answer, format!("{ANSWER}; server_max_window_bits=15"));
 }
