@@ -75,9 +75,11 @@ impl MetricsQuery {
         let ceil_div = |a: i64, b: i64| (a + b - 1) / b;
         // The smallest step that keeps the answer within MAX_STEPS, in whole seconds.
         let least_s = ceil_div(range_ms, MAX_STEPS * 1000).max(MIN_STEP_S);
+        let max_s = MAX_RANGE_DAYS * 86_400;
         let step_s = match get("step") {
             None => ceil_div(range_ms, DEFAULT_STEPS * 1000).max(least_s),
             Some(v) => match v.parse::<i64>() {
+                Ok(s) if s > max_s => return Err(format!("'step' must be at most {max_s} s ({MAX_RANGE_DAYS} days)")),
                 Ok(s) if s >= least_s => s,
                 Ok(s) if s >= MIN_STEP_S => {
                     return Err(format!(
@@ -87,7 +89,7 @@ impl MetricsQuery {
                 _ => return Err(format!("'step' must be a whole number of seconds, at least {MIN_STEP_S}")),
             },
         };
-        Ok(MetricsQuery { server, from_ms, to_ms, step_ms: step_s.saturating_mul(1000) })
+        Ok(MetricsQuery { server, from_ms, to_ms, step_ms: step_s * 1000 })
     }
 }
 
