@@ -246,6 +246,14 @@ mod tests {
     }
 
     #[test]
+    fn the_head_of_a_long_field_ends_on_a_character_boundary() {
+        let s = format!("a{}", "é".repeat(SCAN_BYTES));
+        // Byte SCAN_BYTES falls inside an 'é': the head stops before it.
+        assert_eq!(head(&s).len(), SCAN_BYTES - 1);
+        assert_eq!(head("short"), "short");
+    }
+
+    #[test]
     fn quotes_are_cut_on_a_character_boundary() {
         assert_eq!(quote("héllo", 2), "hé…");
         assert_eq!(quote("hi", 2), "hi");
