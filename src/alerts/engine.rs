@@ -5,7 +5,9 @@
 //! `data.rule` and `data.count`. Runs on the reactor thread, so it is
 //! cheap by construction: an INFO line with no user rule at INFO costs one
 //! comparison; built-in markers are substring checks on WARN/ERROR lines
-//! and lines with a stack trace; user rules are one `RegexSet` per field.
+//! and lines with a stack trace; user rules are one `RegexSet` per field;
+//! all read at most [`SCAN_BYTES`](builtin::SCAN_BYTES) of the message and
+//! of the trace, however long the line.
 //! Every piece of state is bounded: servers ([`MAX_SERVERS`]), exception
 //! signatures per server ([`MAX_SIGNATURES`]), times per window (the
 //! threshold), memory samples (one per window/120).
