@@ -449,6 +449,9 @@ fn stored_metrics(
     if let Err(refused) = may_read(app, key, req, &Channel::metrics(server), "metrics") {
         return refused;
     }
+    if let Some(name) = req.repeated_param(&["from", "to", "step"]) {
+        return refuse(app, key, 400, &format!("'{name}' is given more than once"), &[]);
+    }
     let now_ms = chrono::Utc::now().timestamp_millis();
     let query = match MetricsQuery::from_params(server, now_ms, |n| req.query_param(n)) {
         Ok(q) => q,

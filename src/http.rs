@@ -160,6 +160,12 @@ impl Request {
             .map(|(_, v)| percent_decode(v))
     }
 
+    /// The first of `names` that the query gives more than once.
+    pub fn repeated_param<'a>(&self, names: &[&'a str]) -> Option<&'a str> {
+        let key = |pair: &str| pair.split_once('=').map_or(pair, |(k, _)| k).to_string();
+        names.iter().copied().find(|n| self.query.split('&').filter(|p| key(p) == *n).nth(1).is_some())
+    }
+
     /// The `Authorization: Bearer` token, if that scheme is used.
     pub fn bearer(&self) -> Option<String> {
         let value = self.authorization.as_deref()?;

@@ -75,9 +75,11 @@ impl MetricsQuery {
         let ceil_div = |a: i64, b: i64| (a + b - 1) / b;
         // The smallest step that keeps the answer within MAX_STEPS, in whole seconds.
         let least_s = ceil_div(range_ms, MAX_STEPS * 1000).max(MIN_STEP_S);
+        let max_s = MAX_RANGE_DAYS * 86_400;
         let step_s = match get("step") {
             None => ceil_div(range_ms, DEFAULT_STEPS * 1000).max(least_s),
             Some(v) => match v.parse::<i64>() {
+                Ok(s) if s > max_s => return Err(format!("'step' must be at most {max_s} s ({MAX_RANGE_DAYS} days)")),
                 Ok(s) if s >= least_s => s,
                 Ok(s) if s >= MIN_STEP_S => {
                     return Err(format!(
@@ -87,7 +89,7 @@ impl MetricsQuery {
                 _ => return Err(format!("'step' must be a whole number of seconds, at least {MIN_STEP_S}")),
             },
         };
-        Ok(MetricsQuery { server, from_ms, to_ms, step_ms: step_s.saturating_mul(1000) })
+        Ok(MetricsQuery { server, from_ms, to_ms, step_ms: step_s * 1000 })
     }
 }
 
@@ -161,6 +163,40 @@ pub struct Summary {
     bands: [i64; 5],
 }
 
+/// A CPU share or TPS beyond this (either way) is no measurement: left
+/// out, so that sums (up to 31 days of points) and averages stay finite.
+const MAX_VALUE: f64 = 1e12;
+
+/// A finite value within [`MAX_VALUE`].
+fn measured(v: f64) -> bool {
+    v.is_finite() && v.abs() <= MAX_VALUE
+}
+
+/// Milliseconds per band as shares in ten-thousandths that add up to
+/// 10,000 (largest remainders round up), or all 0 when there are none.
+fn shares(bands: [i64; 5]) -> [i64; 5] {
+    let total: i64 = bands.iter().sum();
+    let mut units = [0i64; 5];
+    if total <= 0 {
+        return units;
+    }
+    let mut rest = [(0i64, 0usize); 5];
+    for (i, (ms, (u, r))) in bands.iter().zip(units.iter_mut().zip(rest.iter_mut())).enumerate() {
+        // At most 31 days of ms times 10,000: far from overflowing.
+        let scaled = ms.saturating_mul(10_000);
+        *u = scaled / total;
+        *r = (scaled % total, i);
+    }
+    let short = 10_000 - units.iter().sum::<i64>();
+    rest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, i) in rest.iter().take(usize::try_from(short).unwrap_or(0)) {
+        if let Some(u) = units.get_mut(*i) {
+            *u += 1;
+        }
+    }
+    units
+}
+
 fn band(tps: f64) -> usize {
     match tps {
         t if t >= 19.95 => 0,
@@ -184,11 +220,12 @@ impl Summary {
         }
     }
 
-    /// Adds a point; points outside the range, non-finite values and
-    /// points older than the last one are ignored.
+    /// Adds a point; points outside the range, with a CPU or TPS that is
+    /// no measurement ([`measured`]) and points older than the last one
+    /// are ignored.
     pub fn add(&mut self, p: &MetricPoint) {
         let q = &self.q;
-        if p.ts_ms < q.from_ms || p.ts_ms >= q.to_ms || !p.cpu.is_finite() || p.tps.is_some_and(|t| !t.is_finite()) {
+        if p.ts_ms < q.from_ms || p.ts_ms >= q.to_ms || !measured(p.cpu) || p.tps.is_some_and(|t| !measured(t)) {
             return;
         }
         let index = (p.ts_ms - q.from_ms) / q.step_ms;
@@ -239,9 +276,8 @@ impl Summary {
         }
         let total: i64 = self.bands.iter().sum();
         let mut histogram = Map::new();
-        for (name, ms) in BANDS.iter().zip(self.bands) {
-            let share = if total > 0 { (ms as f64 / total as f64 * 10_000.0).round() / 10_000.0 } else { 0.0 };
-            histogram.insert((*name).to_string(), json!(share));
+        for (name, units) in BANDS.iter().zip(shares(self.bands)) {
+            histogram.insert((*name).to_string(), json!(units as f64 / 10_000.0));
         }
         let q = &self.q;
         let time = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(Time);
@@ -391,5 +427,36 @@ mod tests {
         let empty = Summary::new(&q).finish("memory");
         assert_eq!(empty["series"], json!([]));
         assert_eq!(empty["tps_histogram"]["20"], 0.0);
+    }
+
+    #[test]
+    fn the_shares_add_up_to_one_to_four_decimals() {
+        let q = MetricsQuery { server: Uuid::nil(), from_ms: 0, to_ms: 90_000, step_ms: 30_000 };
+        let mut s = Summary::new(&q);
+        // 30 s each in three bands: thirds, which do not round to a sum of 1.
+        for (i, tps) in [20.0, 17.0, 5.0].into_iter().enumerate() {
+            s.add(&p(i as i64 * 30_000, 1.0, Some(tps)));
+        }
+        let v = s.finish("memory");
+        let units: Vec<i64> =
+            BANDS.iter().map(|b| (v["tps_histogram"][b].as_f64().unwrap() * 10_000.0).round() as i64).collect();
+        assert_eq!(units.iter().sum::<i64>(), 10_000, "{}", v["tps_histogram"]);
+        assert!(units.iter().all(|u| [0, 3333, 3334].contains(u)), "{units:?}");
+    }
+
+    #[test]
+    fn absurd_values_from_a_publisher_leave_every_average_a_number() {
+        let q = MetricsQuery { server: Uuid::nil(), from_ms: 0, to_ms: 60_000, step_ms: 60_000 };
+        let mut s = Summary::new(&q);
+        s.add(&p(0, 1e306, Some(1e306)));
+        s.add(&p(10_000, 1e308, Some(20.0)));
+        s.add(&p(20_000, 1e308, Some(20.0)));
+        s.add(&p(30_000, 50.0, Some(20.0)));
+        let v = s.finish("memory");
+        for field in ["cpu_percent", "memory_used", "players_online", "tps"] {
+            for k in ["min", "avg", "max"] {
+                assert!(v["series"][0][field][k].is_number(), "{field}.{k}: {}", v["series"][0]);
+            }
+        }
     }
 }

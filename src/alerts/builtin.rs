@@ -19,6 +19,26 @@ pub const OOM: &str = "OutOfMemoryError";
 
 /// Text put into an alert from a log line, characters at most.
 pub const QUOTE_CHARS: usize = 300;
+/// A server's name as the engine keeps it and alerts say it, characters
+/// at most (a publisher chooses it).
+pub const NAME_CHARS: usize = 100;
+/// What the rules read of a line's message and of its stack trace, bytes
+/// at most: the built-ins' markers and the user regexes look at this much
+/// (a pathological regex set costs the reactor per byte read; a line may
+/// be as long as its publisher likes).
+pub const SCAN_BYTES: usize = 64 * 1024;
+
+/// The first [`SCAN_BYTES`] of `s`, cut on a character boundary.
+pub fn head(s: &str) -> &str {
+    if s.len() <= SCAN_BYTES {
+        return s;
+    }
+    let mut end = SCAN_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
 
 /// The first `max` characters of `s` (with `…` when cut).
 pub fn quote(s: &str, max: usize) -> String {
@@ -28,11 +48,12 @@ pub fn quote(s: &str, max: usize) -> String {
     }
 }
 
-/// The number right after `marker` in `s` (digits and one dot).
+/// The number right after `marker` in `s` (digits and one dot; `None`
+/// for one too long to be finite).
 fn number_after(s: &str, marker: &str) -> Option<f64> {
     let rest = s.split_once(marker)?.1.trim_start();
     let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-    rest.get(..end)?.parse().ok()
+    rest.get(..end)?.parse().ok().filter(|v: &f64| v.is_finite())
 }
 
 /// `Running 2503ms or 50 ticks behind` → (2503, 50).
@@ -222,6 +243,14 @@ mod tests {
         assert_eq!(signature_key(signature(a).0, signature(a).1), signature_key(signature(b).0, signature(b).1));
         let c = "Exception in thread \"main\" java.lang.IllegalStateException: no\n\tat q.r(S.java:3)";
         assert_eq!(signature(c).0, "java.lang.IllegalStateException");
+    }
+
+    #[test]
+    fn the_head_of_a_long_field_ends_on_a_character_boundary() {
+        let s = format!("a{}", "é".repeat(SCAN_BYTES));
+        // Byte SCAN_BYTES falls inside an 'é': the head stops before it.
+        assert_eq!(head(&s).len(), SCAN_BYTES - 1);
+        assert_eq!(head("short"), "short");
     }
 
     #[test]

@@ -141,7 +141,7 @@ builtin!(
         window_s: u64 = 3600,
         /// Samples must cover at least this many seconds.
         min_span_s: u64 = 1800,
-        /// Growth that counts, MiB per hour.
+        /// Growth that counts, MB (10^6 bytes) per hour.
         min_mb_per_hour: f64 = 100.0,
         /// How straight the line must be (coefficient of determination).
         min_r2: f64 = 0.8,

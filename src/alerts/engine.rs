@@ -5,7 +5,9 @@
 //! `data.rule` and `data.count`. Runs on the reactor thread, so it is
 //! cheap by construction: an INFO line with no user rule at INFO costs one
 //! comparison; built-in markers are substring checks on WARN/ERROR lines
-//! and lines with a stack trace; user rules are one `RegexSet` per field.
+//! and lines with a stack trace; user rules are one `RegexSet` per field;
+//! all read at most [`SCAN_BYTES`](builtin::SCAN_BYTES) of the message and
+//! of the trace, however long the line.
 //! Every piece of state is bounded: servers ([`MAX_SERVERS`]), exception
 //! signatures per server ([`MAX_SIGNATURES`]), times per window (the
 //! threshold), memory samples (one per window/120).
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use super::builtin::{self, quote, span, MemoryTrend, CANT_KEEP_UP, QUOTE_CHARS, WATCHDOG};
+use super::builtin::{self, head, quote, span, MemoryTrend, CANT_KEEP_UP, NAME_CHARS, QUOTE_CHARS, WATCHDOG};
 use super::config::{AlertsConfig, BUILTIN_NAMES};
 use super::gate::{Detail, Gate, Window};
 use super::rules::UserRules;
@@ -388,10 +390,11 @@ impl Engine {
 
     fn builtin_log(&mut self, e: &LogEntry, now: Instant, out: &mut Vec<Alert>) {
         let id = e.server_id;
-        if self.on(CANT_KEEP_UP_SLOT) && e.message.contains(CANT_KEEP_UP) {
+        let (message, exception) = (head(&e.message), head(&e.exception));
+        if self.on(CANT_KEEP_UP_SLOT) && message.contains(CANT_KEEP_UP) {
             let c = &self.cfg.cant_keep_up;
             let (count, window_s, min) = (c.count, c.window_s, c.min_behind_ms);
-            let (ms, ticks) = builtin::behind(&e.message).unwrap_or((0, 0));
+            let (ms, ticks) = builtin::behind(message).unwrap_or((0, 0));
             if ms >= min {
                 if let Some(n) = self.hit(id, CANT_KEEP_UP_SLOT, now, window_s, count) {
                     self.pass(
@@ -411,8 +414,8 @@ impl Engine {
                 }
             }
         }
-        if self.on(WATCHDOG_SLOT) && e.message.contains(WATCHDOG) {
-            let took = builtin::tick_took(&e.message);
+        if self.on(WATCHDOG_SLOT) && message.contains(WATCHDOG) {
+            let took = builtin::tick_took(message);
             self.pass(
                 id,
                 WATCHDOG_SLOT,
@@ -423,7 +426,7 @@ impl Engine {
                         Some(s) => format!(
                             "'{server}': a single server tick took {s:.2} seconds; the watchdog stops the server"
                         ),
-                        None => format!("'{server}': {}", quote(&e.message, QUOTE_CHARS)),
+                        None => format!("'{server}': {}", quote(message, QUOTE_CHARS)),
                     },
                     data: obj(json!({ "tick_s": took })),
                 },
@@ -431,7 +434,7 @@ impl Engine {
             );
         }
         if self.on(OUT_OF_MEMORY) {
-            if let Some(line) = builtin::oom_line(&e.message, &e.exception) {
+            if let Some(line) = builtin::oom_line(message, exception) {
                 let detail = |server: &str| {
                     let line = quote(line, QUOTE_CHARS);
                     Detail {
@@ -442,17 +445,17 @@ impl Engine {
                 self.pass(id, OUT_OF_MEMORY, now, 1, detail, out);
             }
         }
-        if self.on(REPEATED_EXCEPTION) && !e.exception.is_empty() {
-            self.repeated_exception(e, now, out);
+        if self.on(REPEATED_EXCEPTION) && !exception.is_empty() {
+            self.repeated_exception(id, exception, now, out);
         }
     }
 
-    fn repeated_exception(&mut self, e: &LogEntry, now: Instant, out: &mut Vec<Alert>) {
-        let (class, frame) = builtin::signature(&e.exception);
+    fn repeated_exception(&mut self, id: Uuid, exception: &str, now: Instant, out: &mut Vec<Alert>) {
+        let (class, frame) = builtin::signature(exception);
         let key = builtin::signature_key(class, frame);
         let c = &self.cfg.repeated_exception;
         let (count, window_s) = (c.count, c.window_s);
-        let st = self.state(e.server_id, now);
+        let st = self.state(id, now);
         if !st.exceptions.contains_key(&key) && st.exceptions.len() >= MAX_SIGNATURES {
             if let Some(oldest) = st.exceptions.iter().min_by_key(|(_, w)| w.last()).map(|(k, _)| *k) {
                 st.exceptions.remove(&oldest);
@@ -466,14 +469,17 @@ impl Engine {
                 data: obj(json!({ "exception": class, "frame": frame })),
             }
         };
-        self.pass(e.server_id, REPEATED_EXCEPTION, now, n, detail, out);
+        self.pass(id, REPEATED_EXCEPTION, now, n, detail, out);
     }
 
     fn on_status(&mut self, s: &StatusChange, now: Instant, out: &mut Vec<Alert>) {
         let id = s.server_id;
         let st = self.state(id, now);
-        if !s.server_name.is_empty() && st.name.as_deref() != Some(&s.server_name) {
-            st.name = Some(s.server_name.clone());
+        if !s.server_name.is_empty() {
+            let name = quote(&s.server_name, NAME_CHARS);
+            if st.name.as_deref() != Some(&name) {
+                st.name = Some(name);
+            }
         }
         st.status = Some(s.new_status);
         if s.new_status != Status::Running {

@@ -9,6 +9,7 @@ use regex::{RegexBuilder, RegexSet, RegexSetBuilder};
 use smallvec::SmallVec;
 use uuid::Uuid;
 
+use super::builtin::head;
 use super::config::{UserRule, MAX_PATTERN_BYTES};
 use crate::config::ConfigError;
 use crate::protocol::{Level, LogEntry};
@@ -129,18 +130,19 @@ impl UserRules {
     }
 
     /// The rules (indexes, in order) a line matches: its level, its
-    /// server, and every regex the rule has.
+    /// server, and every regex the rule has (on the first
+    /// [`SCAN_BYTES`](super::builtin::SCAN_BYTES) of the field).
     pub fn matching(&self, e: &LogEntry) -> SmallVec<[usize; 4]> {
         let mut out = SmallVec::new();
         if !self.wants(e.level) {
             return out;
         }
+        // One pass over (the head of) each field: `matches` reads it to
+        // the end anyway when nothing matches.
         let hits = |field: &Option<(RegexSet, Vec<usize>)>, text: &str| -> SmallVec<[usize; 4]> {
             match field {
-                Some((set, map)) if set.is_match(text) => {
-                    set.matches(text).iter().filter_map(|i| map.get(i).copied()).collect()
-                }
-                _ => SmallVec::new(),
+                Some((set, map)) => set.matches(head(text)).iter().filter_map(|i| map.get(i).copied()).collect(),
+                None => SmallVec::new(),
             }
         };
         let msg = hits(&self.messages, &e.message);

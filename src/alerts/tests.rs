@@ -364,3 +364,51 @@ fn the_exceptions_tracked_per_server_are_bounded_the_least_recent_forgotten() {
     }
     assert_eq!(r.at(6, &line(id, Level::Error, "boom", &trace(0))).len(), 1);
 }
+
+#[test]
+fn rules_read_only_the_head_of_a_huge_line_and_of_its_trace() {
+    // A hostile line (a player's text, a plugin's dump) of several MiB:
+    // the built-ins' markers and the user regexes look at its first
+    // SCAN_BYTES only, so its cost on the reactor is bounded.
+    let mut cfg = AlertsConfig::default();
+    cfg.rules.push(UserRule { threshold: 1, message: Some("needle".into()), ..user_rule("needle") });
+    cfg.rules.push(UserRule { threshold: 1, message: None, exception: Some("needle".into()), ..user_rule("deep") });
+    let mut r = Run::new(cfg);
+    let id = Uuid::new_v4();
+    let pad = "é".repeat(super::builtin::SCAN_BYTES / 2);
+    let far = |marker: &str| format!("{pad}{marker}");
+    let names = |alerts: Vec<Alert>| alerts.iter().map(|a| rule(a).to_string()).collect::<Vec<_>>();
+    assert!(r.at(0, &line(id, Level::Error, &far("needle java.lang.OutOfMemoryError"), "")).is_empty());
+    assert!(r.at(1, &line(id, Level::Error, "x", &far("needle\nCaused by: java.lang.OutOfMemoryError"))).is_empty());
+    assert!(r.at(2, &line(id, Level::Error, &far("A single server tick took 60.00 seconds"), "")).is_empty());
+    // Within the head, each is found.
+    assert_eq!(
+        names(r.at(3, &line(id, Level::Error, "needle java.lang.OutOfMemoryError", ""))),
+        ["out_of_memory", "needle"]
+    );
+    assert_eq!(names(r.at(4, &line(id, Level::Error, "x", "needle\n\tat a.B(C.java:1)"))), ["deep"]);
+}
+
+#[test]
+fn a_huge_server_name_is_cut_in_what_the_engine_keeps_and_says() {
+    let mut r = Run::new(AlertsConfig::default());
+    let id = Uuid::new_v4();
+    let Publish::Status(mut st) = status(id, Status::Running, Status::Running) else { unreachable!() };
+    st.server_name = "N".repeat(1 << 20);
+    r.at(0, &Publish::Status(st));
+    assert_eq!(r.engine.server_name(id).map(|n| n.chars().count()), Some(super::builtin::NAME_CHARS + 1));
+    let alerts = r.at(1, &line(id, Level::Error, "java.lang.OutOfMemoryError", ""));
+    assert_eq!(alerts.len(), 1);
+    assert!(alerts[0].message.len() < 2000, "{} bytes", alerts[0].message.len());
+}
+
+#[test]
+fn a_watchdog_line_with_an_endless_number_gives_no_infinite_tick_time() {
+    let mut r = Run::new(AlertsConfig::default());
+    let digits = "9".repeat(400);
+    let alerts =
+        r.at(0, &line(Uuid::new_v4(), Level::Error, &format!("A single server tick took {digits} seconds"), ""));
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].data.as_ref().unwrap()["tick_s"], serde_json::Value::Null);
+    assert!(!alerts[0].message.contains("inf"), "{}", alerts[0].message);
+}

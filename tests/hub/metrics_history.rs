@@ -90,6 +90,12 @@ fn the_metrics_endpoint_needs_the_channel_acl_and_bounded_parameters() {
         (format!("from={}", rfc3339(now() - 40 * DAY)), "31 days"),
         (format!("from={}&to={week_ago}", rfc3339(now())), "before"),
         ("to=tomorrow".to_string(), "RFC 3339"),
+        // Not UTF-8 once percent-decoded; a step past any range; one given twice.
+        ("from=%FF%FE".to_string(), "'from' must be an RFC 3339 time"),
+        ("step=9223372036854775807".to_string(), "at most 2678400"),
+        ("step=99999999999999999999".to_string(), "whole number"),
+        ("step=600&step=10".to_string(), "'step' is given more than once"),
+        (format!("from={week_ago}&to={}&from={week_ago}", rfc3339(now())), "'from' is given more than once"),
     ] {
         let resp = http_get(hub.addr, &format!("{path}?{query}"), Some(&admin_token()));
         assert_http_error(&resp, 400, "bad_request", None);
