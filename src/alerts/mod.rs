@@ -62,10 +62,10 @@ impl Alerts {
     pub fn observe(&mut self, msg: &Publish, now: Instant) -> Vec<Alert> {
         let raised = self.engine.observe(msg, now);
         if let Publish::Alert(alert) = msg {
-            self.notify(alert, now);
+            self.notify(alert, false, now);
         }
         for alert in &raised {
-            self.notify(alert, now);
+            self.notify(alert, true, now);
         }
         raised
     }
@@ -74,17 +74,20 @@ impl Alerts {
     pub fn tick(&mut self, now: Instant) -> Vec<Alert> {
         let raised = self.engine.tick(now);
         for alert in &raised {
-            self.notify(alert, now);
+            self.notify(alert, true, now);
         }
         raised
     }
 
-    fn notify(&mut self, alert: &Alert, now: Instant) {
+    /// Hands an alert to the webhooks; `by_rule`: a rule raised it (its
+    /// `data.rule` names the rule), else it came from elsewhere.
+    fn notify(&mut self, alert: &Alert, by_rule: bool, now: Instant) {
         let server = match (alert.source, alert.source_id) {
             (AlertSource::Server, Some(id)) => self.engine.server_name(id),
             _ => None,
         };
-        self.webhooks.offer(alert, server, now);
+        let rule = alert.data.as_ref().and_then(|d| d.get("rule")).and_then(Value::as_str).filter(|_| by_rule);
+        self.webhooks.offer(alert, rule, server, now);
     }
 
     /// The hub is stopping: the webhooks post what they hold for at most

@@ -104,9 +104,11 @@ impl Webhooks {
     }
 
     /// Queues `alert` for every webhook that wants it; never blocks.
-    pub fn offer(&mut self, alert: &Alert, server: Option<&str>, now: Instant) {
+    /// `rule`: the rule that raised it (`None`: no rule did, whatever its
+    /// `data.rule` says, such as an alert from the publish API).
+    pub fn offer(&mut self, alert: &Alert, rule: Option<&str>, server: Option<&str>, now: Instant) {
         for hook in &mut self.hooks {
-            if !wants(&hook.cfg, alert) {
+            if !wants(&hook.cfg, alert, rule) {
                 continue;
             }
             let job = Job { alert: alert.clone(), server: server.map(str::to_string) };
@@ -186,9 +188,9 @@ impl Webhooks {
     }
 }
 
-/// Whether a webhook takes an alert: its severity, its server, and its
-/// rule (or, without one, `other_alerts`).
-fn wants(cfg: &WebhookConfig, alert: &Alert) -> bool {
+/// Whether a webhook takes an alert: its severity, its server, and the
+/// rule that raised it (or, when none did, `other_alerts`).
+fn wants(cfg: &WebhookConfig, alert: &Alert, rule: Option<&str>) -> bool {
     if !cfg.severities.contains(&alert.severity) {
         return false;
     }
@@ -196,7 +198,7 @@ fn wants(cfg: &WebhookConfig, alert: &Alert) -> bool {
     if !cfg.servers.is_empty() && !server.is_some_and(|s| cfg.servers.contains(&s)) {
         return false;
     }
-    match alert.data.as_ref().and_then(|d| d.get("rule")).and_then(Value::as_str) {
+    match rule {
         Some(rule) => cfg.rules.is_empty() || cfg.rules.iter().any(|r| r == rule),
         None => cfg.other_alerts,
     }
@@ -380,17 +382,20 @@ mod tests {
     fn a_webhook_takes_the_severities_servers_and_rules_it_names() {
         let s = Uuid::new_v4();
         let mut cfg = hook();
-        assert!(wants(&cfg, &alert(Severity::Warning, Some("crash_loop"), s)));
-        assert!(!wants(&cfg, &alert(Severity::Info, Some("crash_loop"), s)));
-        // Alerts no rule raised only with other_alerts.
-        assert!(!wants(&cfg, &alert(Severity::Critical, None, s)));
+        let raised = alert(Severity::Warning, Some("crash_loop"), s);
+        assert!(wants(&cfg, &raised, Some("crash_loop")));
+        assert!(!wants(&cfg, &alert(Severity::Info, Some("crash_loop"), s), Some("crash_loop")));
+        // Alerts no rule raised only with other_alerts, whatever their
+        // data.rule says (an alert from the publish API may say anything).
+        assert!(!wants(&cfg, &alert(Severity::Critical, None, s), None));
+        assert!(!wants(&cfg, &raised, None));
         cfg.other_alerts = true;
-        assert!(wants(&cfg, &alert(Severity::Critical, None, s)));
+        assert!(wants(&cfg, &alert(Severity::Critical, None, s), None));
         cfg.rules = vec!["low_tps".into()];
-        assert!(!wants(&cfg, &alert(Severity::Warning, Some("crash_loop"), s)));
-        assert!(wants(&cfg, &alert(Severity::Warning, Some("low_tps"), s)));
+        assert!(!wants(&cfg, &raised, Some("crash_loop")));
+        assert!(wants(&cfg, &alert(Severity::Warning, Some("low_tps"), s), Some("low_tps")));
         cfg.servers = vec![Uuid::new_v4()];
-        assert!(!wants(&cfg, &alert(Severity::Warning, Some("low_tps"), s)));
+        assert!(!wants(&cfg, &alert(Severity::Warning, Some("low_tps"), s), Some("low_tps")));
     }
 
     #[test]
@@ -424,14 +429,14 @@ mod tests {
         let now = Instant::now();
         let s = Uuid::new_v4();
         let a = alert(Severity::Warning, Some("r"), s);
-        hooks.offer(&a, None, now);
+        hooks.offer(&a, Some("r"), None, now);
         // Wait until the thread has taken the first one.
         let deadline = Instant::now() + Duration::from_secs(10);
         while hooks.hooks[0].counters.queued.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         for _ in 0..5 {
-            hooks.offer(&a, None, now);
+            hooks.offer(&a, Some("r"), None, now);
         }
         let stats = &hooks.stats()[0];
         assert_eq!(stats["queued"], 1, "{stats}");

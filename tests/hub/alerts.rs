@@ -421,3 +421,24 @@ fn a_webhook_that_hangs_at_shutdown_holds_the_hub_for_its_grace_only() {
     assert_eq!(recorder.requests().len(), 1);
     assert_no_secret(&hub);
 }
+
+#[test]
+fn an_alert_from_the_publish_api_that_names_a_rule_is_not_taken_for_one_by_webhooks() {
+    let recorder = Recorder::start(|_| Answer::Ok);
+    let hub = HubConfig::new()
+        .extra(&webhook_toml("rules", "json", &recorder.url("/rules/s3cr3t"), ""))
+        .extra(&webhook_toml("all", "json", &recorder.url("/all/s3cr3t"), "other_alerts = true"))
+        .start();
+    let mut body = alert_body("server", Some(SERVER_A), "Crash loop");
+    body["data"]["data"] = json!({"rule": "crash_loop", "count": 99});
+    hub.publish(&body);
+    // Only the webhook that takes alerts no rule raised posts it.
+    let stats = hub.wait_stats(WAIT, |s| s["alerts"]["webhooks"][1]["sent"] == 1);
+    assert_eq!(stats["alerts"]["webhooks"][0]["sent"], 0, "{stats}");
+    std::thread::sleep(QUIET);
+    let requests = recorder.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].line.starts_with("POST /all/"), "{}", requests[0].line);
+    assert_eq!(requests[0].json()["data"]["data"]["rule"], "crash_loop");
+    assert_no_secret(&hub);
+}
