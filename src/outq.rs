@@ -268,16 +268,17 @@ impl OutQueue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// A writer that takes at most `room` bytes, then blocks.
-    struct Pipe {
-        got: Vec<u8>,
-        room: usize,
+    /// A socket that takes at most `room` bytes (spread over the buffers
+    /// of a `writev`), then blocks.
+    pub(crate) struct Trickle {
+        pub got: Vec<u8>,
+        pub room: usize,
     }
 
-    impl Write for Pipe {
+    impl Write for Trickle {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.write_vectored(&[IoSlice::new(buf)])
         }
@@ -306,7 +307,7 @@ mod tests {
         let b: Rc<[u8]> = Rc::from(&b"world"[..]);
         assert!(q.push_live(&a, 2, DropKey::Alerts, 0, 1));
         q.push_control(b, 1);
-        let mut pipe = Pipe { got: Vec::new(), room: 8 };
+        let mut pipe = Trickle { got: Vec::new(), room: 8 };
         assert_eq!(q.write_to(&mut pipe).unwrap(), 8);
         assert_eq!(q.live, 0);
         pipe.room = 100;
@@ -324,7 +325,7 @@ mod tests {
         assert!(!q.push_live(&m, 1, DropKey::Alerts, 0, 3));
         assert!(!q.push_live(&m, 1, DropKey::Channel(3), 3, 4));
         assert!(q.take_reports(1).is_empty(), "no report while still full");
-        q.write_to(&mut Pipe { got: Vec::new(), room: 10 }).unwrap();
+        q.write_to(&mut Trickle { got: Vec::new(), room: 10 }).unwrap();
         let reports = q.take_reports(1);
         assert_eq!(reports[0], DropReport { key: DropKey::Channel(3), dropped: 2, from_seq: 2, to_seq: 3 });
         assert_eq!(reports[1].key, DropKey::Alerts);

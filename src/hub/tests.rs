@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::*;
 use crate::auth::Identity;
 use crate::config::AuthConfig;
+use crate::outq::tests::Trickle;
 use crate::protocol::Since;
 
 const SERVER: Uuid = Uuid::from_u128(0x550e8400_e29b_41d4_a716_446655440000);
@@ -547,35 +548,6 @@ fn a_message_is_compressed_once_per_window_and_every_such_subscriber_gets_that_f
 }
 
 // ---- the lag cursor under partial writes ----
-
-/// A socket that takes at most `room` bytes (spread over the buffers of a
-/// `writev`), then blocks.
-struct Trickle {
-    got: Vec<u8>,
-    room: usize,
-}
-
-impl std::io::Write for Trickle {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_vectored(&[std::io::IoSlice::new(buf)])
-    }
-    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-        if self.room == 0 {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        let mut n = 0;
-        for b in bufs {
-            let take = b.len().min(self.room - n);
-            self.got.extend_from_slice(&b[..take]);
-            n += take;
-        }
-        self.room -= n;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The text messages on the wire as a client reads them (compressed ones
 /// inflated), and whether it ends with a Close frame.
