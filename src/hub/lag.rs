@@ -29,6 +29,12 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// How many buffers one `writev` takes at most.
 const IOV_BATCH: usize = 128;
+/// A graceful close carries at most this many bytes of a client's unread
+/// log lines (at their plain size) before its Close frame; the rest of
+/// each channel's unread lines is reported dropped. A client far behind on
+/// many busy channels would otherwise hold every one of those lines (and
+/// their compression) for the close's linger.
+pub(super) const CLOSE_CARRY_BYTES: usize = 1 << 20;
 
 /// A client's logs subscriptions with something to write, by the publish
 /// ordinal of what each writes next (then by index): the next ring frame
@@ -136,22 +142,40 @@ impl Hub {
     }
 
     /// Queues a Close frame after everything the client has not read yet,
-    /// its unread log lines included (a graceful close: it may still read
-    /// them, PROTOCOL.md 12).
+    /// its unread log lines included up to [`CLOSE_CARRY_BYTES`] (a
+    /// graceful close: it may still read them, PROTOCOL.md 12); the rest
+    /// of a channel's unread lines gets one `MESSAGES_DROPPED`.
     pub fn queue_close(&mut self, key: usize, frame: Rc<[u8]>) {
         if let Some(client) = self.clients.get_mut(key).and_then(Option::as_mut) {
             let wire = Wire::of(client, self.compress_min_bytes);
             let mut frames: Vec<(u64, Rc<[u8]>)> = Vec::new();
+            let mut budget = CLOSE_CARRY_BYTES;
             for head in heads(client, &self.channels) {
                 if let Some(report) = report_gap(&mut self.channels, &mut self.counters, head, wire) {
                     // Right before the first line after the gap.
                     let at = self.channels.get(head.channel).and_then(|e| e.ring.get(head.idx));
                     frames.push((at.map_or(u64::MAX, |k| k.ord), report));
                 }
-                let Some(entry) = self.channels.get_mut(head.channel) else { continue };
-                frames.extend(entry.ring.range(head.idx..).map(|k| (k.ord, Rc::clone(wire.ring(k)))));
-                if let Some(cursor) = entry.cursors.get_mut(head.pos) {
-                    *cursor = entry.seq + 1;
+                let Some(entry) = self.channels.get(head.channel) else { continue };
+                for k in entry.ring.range(head.idx..) {
+                    let Some(rest) = budget.checked_sub(k.frame.plain().len()) else {
+                        // Not carried: this line and those after it.
+                        let range = (k.seq, entry.seq);
+                        if let Some(report) =
+                            dropped_frame(&self.channels, &mut self.counters, head.channel, range, wire)
+                        {
+                            frames.push((k.ord, report));
+                        }
+                        break;
+                    };
+                    budget = rest;
+                    frames.push((k.ord, Rc::clone(wire.ring(k))));
+                }
+                if let Some(entry) = self.channels.get_mut(head.channel) {
+                    let last = entry.seq;
+                    if let Some(cursor) = entry.cursors.get_mut(head.pos) {
+                        *cursor = last + 1;
+                    }
                 }
             }
             frames.sort_by_key(|(ord, _)| *ord);
@@ -206,9 +230,21 @@ fn report_gap(channels: &mut Channels, counters: &mut Counters, head: Head, wire
     let (from_seq, to_seq) = head.gap?;
     let cursor = channels.get_mut(head.channel)?.cursors.get_mut(head.pos)?;
     *cursor = to_seq + 1;
+    dropped_frame(channels, counters, head.channel, (from_seq, to_seq), wire)
+}
+
+/// The `MESSAGES_DROPPED` frame for seqs `from_seq..=to_seq` of a logs
+/// channel, counted.
+fn dropped_frame(
+    channels: &Channels,
+    counters: &mut Counters,
+    channel: usize,
+    (from_seq, to_seq): (u64, u64),
+    wire: Wire,
+) -> Option<Rc<[u8]>> {
     let dropped = to_seq - from_seq + 1;
     counters.messages_dropped += dropped;
-    let report = DropReport { key: DropKey::Channel(head.channel), dropped, from_seq, to_seq };
+    let report = DropReport { key: DropKey::Channel(channel), dropped, from_seq, to_seq };
     drop_errors(channels, vec![report]).next().map(|error| wire.text(&error))
 }
 

@@ -327,6 +327,39 @@ fn a_graceful_close_comes_after_the_lines_not_read_yet() {
 }
 
 #[test]
+fn a_graceful_close_carries_its_budget_of_unread_lines_and_reports_the_rest_once() {
+    let mut f = Fixture::new(256, 5000);
+    f.client(1, Role::Admin, &[]);
+    f.subscribe(1, &[&logs(SERVER)], None);
+    f.read(1);
+    let pad = "x".repeat(1000);
+    for n in 1..=3000 {
+        f.log(SERVER, &format!("{n} {pad}"));
+    }
+    let dropped = f.hub.counters.messages_dropped;
+    f.hub.queue_close(1, ws::close(1001, "going away"));
+    f.hub.end_session(1);
+    let mut wire = Vec::new();
+    f.hub.write_out(1, &mut wire).unwrap();
+    assert!(wire.len() <= super::lag::CLOSE_CARRY_BYTES + 4096, "{} bytes carried", wire.len());
+    let (got, closed) = decode(&wire);
+    assert!(closed, "the Close frame comes last");
+    // Lines 1..=k in order, then one report for k+1..=3000.
+    let (report, lines) = got.split_last().unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["seq"], i as u64 + 1);
+    }
+    let k = lines.len() as u64;
+    assert!(k > 500, "most of the budget is used: {k} lines");
+    assert_eq!(report["data"]["code"], "MESSAGES_DROPPED");
+    assert_eq!(
+        (report["data"]["data"]["from_seq"].as_u64(), report["data"]["data"]["to_seq"].as_u64()),
+        (Some(k + 1), Some(3000))
+    );
+    assert_eq!(f.hub.counters.messages_dropped - dropped, 3000 - k);
+}
+
+#[test]
 fn since_replays_from_the_ring_without_a_seam_or_says_it_cannot() {
     let mut f = Fixture::new(256, 3);
     for m in ["1", "2", "3", "4", "5"] {
