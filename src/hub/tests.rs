@@ -30,10 +30,14 @@ struct Fixture {
 impl Fixture {
     fn new(client_queue: usize, log_lines: usize) -> Fixture {
         let limits = Limits { client_queue, ..Limits::default() };
-        let history = HistoryConfig { log_lines, ..HistoryConfig::default() };
+        Fixture::with(&limits, &HistoryConfig { log_lines, ..HistoryConfig::default() })
+    }
+
+    /// A hub with these limits and history settings.
+    fn with(limits: &Limits, history: &HistoryConfig) -> Fixture {
         let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
         let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-        Fixture { hub: Hub::new(&limits, &history, None, None), auth }
+        Fixture { hub: Hub::new(limits, history, None, None), auth }
     }
 
     /// A connected, upgraded client of `user` allowed `servers`.
@@ -209,9 +213,7 @@ fn a_ring_with_subscribers_keeps_client_queue_lines_whatever_log_lines_says() {
 fn the_byte_budget_evicts_what_subscribers_read_before_what_they_did_not() {
     let history = HistoryConfig { log_lines: 1000, max_bytes: 6000, ..HistoryConfig::default() };
     let limits = Limits { client_queue: 20, ..Limits::default() };
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let mut f = Fixture::with(&limits, &history);
     f.client(1, Role::Admin, &[]);
     f.subscribe(1, &[&logs(SERVER)], None);
     f.read(1);
@@ -230,9 +232,7 @@ fn the_byte_budget_evicts_what_subscribers_read_before_what_they_did_not() {
 #[test]
 fn a_zero_byte_budget_loses_nothing_unread_and_keeps_little() {
     let history = HistoryConfig { max_bytes: 0, ..HistoryConfig::default() };
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    let mut f = Fixture { hub: Hub::new(&Limits::default(), &history, None, None), auth };
+    let mut f = with_history(history);
     f.client(1, Role::Admin, &[]);
     f.subscribe(1, &[&logs(SERVER)], None);
     f.read(1);
@@ -437,9 +437,7 @@ fn a_closed_client_leaves_every_channel_and_moves_no_one_elses_position() {
 #[test]
 fn forgotten_idle_channels_free_their_memory_but_never_reuse_a_seq() {
     let limits = Limits { max_idle_channels: 4, ..Limits::default() };
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    let mut f = Fixture { hub: Hub::new(&limits, &HistoryConfig::default(), None, None), auth };
+    let mut f = Fixture::with(&limits, &HistoryConfig::default());
     let servers: Vec<Uuid> = (0..10u128).map(|i| Uuid::from_u128(0xaa00 + i)).collect();
     for &server in &servers {
         f.log(server, "one");
@@ -457,9 +455,7 @@ fn forgotten_idle_channels_free_their_memory_but_never_reuse_a_seq() {
 }
 
 fn with_history(history: HistoryConfig) -> Fixture {
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    Fixture { hub: Hub::new(&Limits::default(), &history, None, None), auth }
+    Fixture::with(&Limits::default(), &history)
 }
 
 fn metrics_of(f: &mut Fixture, server: Uuid, players: i32) -> usize {
@@ -673,9 +669,7 @@ fn check_stream(got: &[Value], last: &HashMap<String, u64>) -> u64 {
 fn lag_under_partial_writes(seed: u64, max_bytes: usize, servers: u128) -> u64 {
     let limits = Limits { client_queue: 3, compress_min_bytes: 64, ..Limits::default() };
     let history = HistoryConfig { log_lines: 4, max_bytes, ..HistoryConfig::default() };
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let mut f = Fixture::with(&limits, &history);
     let servers: Vec<Uuid> = (0..servers).map(|n| Uuid::from_u128(SERVER.as_u128() + n)).collect();
     let metrics = format!("server:{SERVER}:metrics");
     let mut wires: Vec<Trickle> = Vec::new();
@@ -849,9 +843,7 @@ fn a_half_written_line_is_finished_after_an_unsubscribe_and_since_resumes_right_
 fn a_half_written_drop_report_is_finished_after_its_channel_is_left_and_forgotten() {
     let limits = Limits { client_queue: 2, max_idle_channels: 1, ..Limits::default() };
     let history = HistoryConfig { log_lines: 2, ..HistoryConfig::default() };
-    let cfg = AuthConfig { jwt_secret: Some("test-secret".into()), ..AuthConfig::default() };
-    let auth = Authenticator::new(&cfg, HashMap::new()).unwrap();
-    let mut f = Fixture { hub: Hub::new(&limits, &history, None, None), auth };
+    let mut f = Fixture::with(&limits, &history);
     f.client(1, Role::Admin, &[]);
     let channel = logs(SERVER);
     f.subscribe(1, &[&channel], None);
