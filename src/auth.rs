@@ -222,7 +222,7 @@ fn public_key(pem: &[u8]) -> Option<(DecodingKey, Algorithm)> {
         return Some((key, Algorithm::RS256));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-        return Some((key, Algorithm::ES256));
+        return crate::es256::is_p256(&key).then_some((key, Algorithm::ES256));
     }
     DecodingKey::from_ed_pem(pem).ok().map(|key| (key, Algorithm::EdDSA))
 }
@@ -343,6 +343,32 @@ mod tests {
         ];
         for (token, want) in cases {
             assert_eq!(a.validate(&token), Err(want), "{token}");
+        }
+    }
+
+    /// An EC key on a curve other than P-256 (here P-384 and secp256k1,
+    /// made with `openssl genpkey`) could check no ES256 token: the hub
+    /// refuses it at start instead of refusing every token.
+    #[test]
+    fn an_ec_public_key_must_be_on_p256() {
+        const P384: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAExe7UzgT0MLL9ztfhoir2TXw+70xd4W95
+K2KtwO4/1BSqPngowODjq1r6vVbJ435GsI/PuI2stUTNlOi/bPwCfehBZOse9Naf
+7MpIs5/5BWPwRWqOy4ovCPI4Vo4RKrub
+-----END PUBLIC KEY-----
+";
+        const SECP256K1: &str = "-----BEGIN PUBLIC KEY-----
+MFYwEAYHKoZIzj0CAQYFK4EEAAoDQgAEDdDDzGHwAuKVBaeHhkx8+WEg3jf/oiXE
+NRUsK6XGT7DEwHk4hVJJSwEcxOnldDE64saOt5rg2e9UYrfrIloEyg==
+-----END PUBLIC KEY-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pem) in [("p384", P384), ("secp256k1", SECP256K1)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            let cfg = AuthConfig { jwt_public_key: Some(path.display().to_string()), ..AuthConfig::default() };
+            let e = Authenticator::new(&cfg, HashMap::new()).err().unwrap_or_else(|| panic!("{name} was taken"));
+            assert!(e.contains("is not a PEM RSA, EC (P-256) or Ed25519 public key"), "{name}: {e}");
         }
     }
 

@@ -39,6 +39,14 @@ pub fn install() -> bool {
     CryptoProvider::try_get_default().is_some_and(|p| std::ptr::eq(p, ours))
 }
 
+/// Whether `key` is a point on P-256, the one curve of ES256. jsonwebtoken
+/// reads an EC public key of any curve, and [`Es256`] would then refuse
+/// every token; this asks the `rust_crypto` verifier, which parses the
+/// point on P-256 (once, at start-up).
+pub fn is_p256(key: &DecodingKey) -> bool {
+    (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(&Algorithm::ES256, key).is_ok()
+}
+
 fn verifier(alg: &Algorithm, key: &DecodingKey) -> Result<Box<dyn JwtVerifier>, Error> {
     match alg {
         Algorithm::ES256 => Ok(Box::new(Es256::new(key)?)),
