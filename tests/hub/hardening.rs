@@ -214,14 +214,25 @@ fn without_allowed_origins_a_cookie_token_from_another_site_is_refused_and_query
     let resp = raw_http(hub.addr, upgrade_request(&ws_path(&token), &[("Origin", "https://any.example")]).as_bytes());
     assert_upgraded(&resp);
     assert_upgraded(&raw_http(hub.addr, upgrade_request(&ws_path(&token), &[]).as_bytes()));
-    // The stats endpoint does not serve a foreign page riding the cookie.
-    let req = head(&[
-        "GET /api/v1/stats HTTP/1.1",
-        "Host: 127.0.0.1",
-        &format!("Cookie: {cookie}"),
-        "Origin: https://evil.example",
-    ]);
-    assert_http_error(&raw_http(hub.addr, req.as_bytes()), 403, "forbidden", None);
+    // No endpoint that takes a token serves a foreign page riding the
+    // cookie, also when the cookie comes among others or twice (the first
+    // `token` is the one used); the hub's own origin is served.
+    let server = new_id();
+    let paths = ["/api/v1/stats".to_string(), "/api/v1/servers".into(), format!("/api/v1/servers/{server}/logs")];
+    let paths = [&paths[..], &[format!("/api/v1/servers/{server}/metrics")]].concat();
+    let get = |path: &str, cookies: &[String], origin: &str| {
+        let mut lines = vec![format!("GET {path} HTTP/1.1"), "Host: 127.0.0.1".into(), format!("Origin: {origin}")];
+        lines.extend(cookies.iter().map(|c| format!("Cookie: {c}")));
+        raw_http(hub.addr, head(&lines.iter().map(String::as_str).collect::<Vec<_>>()).as_bytes())
+    };
+    let two = [format!("a=b; {cookie}; token=x"), "token=y".into()];
+    for path in &paths {
+        for cookies in [std::slice::from_ref(&cookie), &two[..]] {
+            let resp = get(path, cookies, "https://evil.example");
+            assert_http_error(&resp, 403, "forbidden", Some("origin not allowed"));
+            assert_eq!(get(path, cookies, "http://127.0.0.1").status, 200, "{path} {cookies:?}");
+        }
+    }
 }
 
 #[test]
