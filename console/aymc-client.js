@@ -625,7 +625,7 @@
       const messages = [];
       let before = gap.toSeq + 1;
       let complete = false;
-      if (hasHistory(gap.channel)) {
+      while (hasHistory(gap.channel) && !complete) {
         try {
           while (before > gap.fromSeq) {
             const limit = Math.min(HISTORY_MAX, before - gap.fromSeq);
@@ -637,11 +637,28 @@
           }
           complete = true;
         } catch (e) {
-          this._emit("error", e);
+          // Cut by a reconnect: `since` resumes after the hole, so only
+          // history can bring its lines; ask again once the socket is back.
+          if (!(await this._refillable(gap, e))) {
+            this._emit("error", e);
+            break;
+          }
         }
       }
       const missing = gap.toSeq - gap.fromSeq + 1 - messages.length;
       this._emit("fill", Object.assign({}, gap, { messages, missing, complete }));
+    }
+
+    /** After a failed fill request: true once reconnected to the same epoch. */
+    async _refillable(gap, error) {
+      if (this.state === "closed" || (error.code !== "DISCONNECTED" && error.code !== "NOT_CONNECTED")) return false;
+      try {
+        await this.ready();
+      } catch (_) {
+        return false; // closed for good
+      }
+      const pos = this.positions.get(gap.channel);
+      return !!pos && pos.epoch === gap.epoch;
     }
 
     /** `since` could not be honoured: fetch what is kept after the position. */

@@ -143,6 +143,38 @@ test("a hub restart (close 1001) is recovered with since: nothing missing, nothi
   assert.ok(!c.events.some(([e]) => e === "gap" || e === "reset"), JSON.stringify(c.events));
 });
 
+test("a fill cut by a hub restart asks again once reconnected: the hole's lines still arrive", async (t) => {
+  const hub = new Hub();
+  hub.extra = `[history]\ndb_path = "${path.join(hub.dir, "history.db")}"\n`;
+  await hub.start();
+  t.after(() => hub.stop());
+  const c = client(t, hub, { backoff: { initialMs: 300, maxMs: 1000, jitter: 0 } });
+  c.connect();
+  await c.subscribe([LOGS]);
+  await publishLines(hub, 1, 5);
+  await waitFor("5 lines", () => c.seen.length === 5);
+  // Pretend lines 3 to 5 were missed; the fill's request meets a restart.
+  const pos = c.position(LOGS);
+  c.setPosition(LOGS, 2, pos.epoch);
+  c.seen = c.seen.filter(([s]) => s <= 2);
+  const history = c.history.bind(c);
+  let restart = null;
+  c.history = (channel, opts) => {
+    if (!restart) restart = hub.restart();
+    return restart.then(() => history(channel, opts));
+  };
+  await publishLines(hub, 6, 6);
+  await waitFor("a fill", () => c.events.some(([e]) => e === "fill"), 20000);
+  await publishLines(hub, 7, 7);
+  await waitFor("line 7", () => c.seen.some(([s]) => s === 7), 15000);
+  await sleep(200);
+  assert.deepEqual(
+    c.events.filter(([e]) => e === "fill"),
+    [["fill", 3, 5, 0]],
+  );
+  assert.deepEqual(seqs(c), range(1, 7));
+});
+
 test("a hub restart without stored history is a new epoch: reset, then the new numbering", async (t) => {
   const hub = await new Hub().start();
   t.after(() => hub.stop());
