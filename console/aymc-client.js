@@ -584,6 +584,7 @@
     /** A channel message: drop copies, spot holes, keep the position. */
     _channelMessage(msg) {
       const channel = canonical(msg.channel);
+      if (!this.subscriptions.has(channel)) return; // sent before an unsubscribe (or revocation) took effect
       const seq = msg.seq;
       if (typeof seq !== "number") return this._deliver(msg);
       const pos = this.positions.get(channel);

@@ -113,6 +113,35 @@ async function expectHistoryError(c) {
   await assert.rejects(c.history(`server:${SERVER}:status`), { code: "INVALID_MESSAGE" });
 }
 
+test("a line in flight when unsubscribe() is called is not delivered and leaves no position behind", async (t) => {
+  const hub = await new Hub().start();
+  t.after(() => hub.stop());
+  // Frames are held while `hold` is set, as on a busy page: the hub has sent
+  // them, the client has not read them yet.
+  const held = [];
+  let hold = false;
+  class HeldWebSocket extends WebSocket {
+    set onmessage(fn) {
+      super.onmessage = fn && ((ev) => (hold ? held.push(() => fn(ev)) : fn(ev)));
+    }
+  }
+  const c = client(t, hub, { WebSocket: HeldWebSocket });
+  c.connect();
+  await c.subscribe([LOGS]);
+  await publishLines(hub, 1, 1);
+  await waitFor("line 1", () => c.seen.length === 1);
+  hold = true;
+  await publishLines(hub, 2, 2);
+  await waitFor("line 2 held", () => held.length === 1);
+  const done = c.unsubscribe([LOGS]);
+  await waitFor("UNSUBSCRIBED held", () => held.length === 2);
+  hold = false;
+  held.splice(0).forEach((deliver) => deliver());
+  assert.deepEqual(await done, { channels: [LOGS] });
+  assert.deepEqual(seqs(c), [1], "a line after unsubscribe() was delivered");
+  assert.equal(c.position(LOGS), undefined, "the position unsubscribe() forgot came back");
+});
+
 test("a hub restart (close 1001) is recovered with since: nothing missing, nothing doubled", async (t) => {
   const hub = new Hub();
   hub.extra = `[history]\ndb_path = "${path.join(hub.dir, "history.db")}"\n`;
