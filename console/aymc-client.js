@@ -93,8 +93,11 @@
       this.timer = null;
       this.heartbeat = null;
       this.openedAt = 0;
+      this.pauseUntil = 0; // no reconnect before (close 1008), not even when the network comes back
       if (typeof addEventListener === "function" && typeof window !== "undefined") {
-        addEventListener("online", () => this.state === "waiting" && this._reconnectNow());
+        addEventListener("online", () => {
+          if (this.state === "waiting" && Date.now() >= this.pauseUntil) this._reconnectNow();
+        });
       }
     }
 
@@ -304,6 +307,7 @@
         return;
       }
       const delay = this._delay() + (policy === "pause" ? PAUSE_MS : 0);
+      this.pauseUntil = policy === "pause" ? Date.now() + delay : 0;
       this._schedule(delay, code);
     }
 

@@ -339,9 +339,17 @@ test("an in-band auth with another user's token is refused and the old one stays
   assert.equal(c.seen.length, 0);
 });
 
-test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; close() stops for good", async (t) => {
+test("close 1008 (rate-limit abuse) waits at least 30 s, even when the network comes back; close() stops for good", async (t) => {
   const hub = await new Hub({ extra: "[limits]\nrate_per_s = 1\nrate_burst = 1\n" }).start();
   t.after(() => hub.stop());
+  // As in a browser: the client listens for the window's "online" event.
+  const net = new EventTarget();
+  globalThis.window = globalThis;
+  globalThis.addEventListener = net.addEventListener.bind(net);
+  t.after(() => {
+    delete globalThis.window;
+    delete globalThis.addEventListener;
+  });
   const c = client(t, hub, { requestTimeoutMs: 500 });
   c.connect();
   await c.ready();
@@ -352,6 +360,9 @@ test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; clo
   await waitFor("the 1008", () => c.events.some(([e, d]) => e === "reconnecting" && d.code === 1008), 10000);
   const wait = c.events.find(([e]) => e === "reconnecting")[1];
   assert.ok(wait.delayMs >= 30000, `waits ${wait.delayMs} ms`);
+  net.dispatchEvent(new Event("online"));
+  await sleep(500);
+  assert.equal(c.state, "waiting", "the network coming back cut the pause short");
   c.close();
   assert.equal(c.state, "closed");
 });
