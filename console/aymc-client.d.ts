@@ -170,12 +170,14 @@ export interface ClientEvents {
   token_expiring: { expiresAt: number };
   token_refreshed: { expiresAt: number; revoked: Channel[] };
   revoked: { channels: Channel[] };
-  auth_required: TokenRequest;
+  /** `reason` "no token" when the `token` option gave none at connect. */
+  auth_required: { reason: TokenRequest["reason"] | "no token"; expiresAt?: number | null };
   error: AymcError;
   listener_error: { event: string; error: unknown };
 }
 
 export declare class AymcError extends Error {
+  constructor(code: string, message?: string, data?: unknown);
   /** A PROTOCOL.md error code, or TIMEOUT, DISCONNECTED, CLOSED, NOT_CONNECTED, TOKEN, URL, CLOSED_<code>. */
   code: string;
   data?: unknown;

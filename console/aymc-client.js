@@ -93,8 +93,11 @@
       this.timer = null;
       this.heartbeat = null;
       this.openedAt = 0;
+      this.pauseUntil = 0; // no reconnect before (close 1008), not even when the network comes back
       if (typeof addEventListener === "function" && typeof window !== "undefined") {
-        addEventListener("online", () => this.state === "waiting" && this._reconnectNow());
+        addEventListener("online", () => {
+          if (this.state === "waiting" && Date.now() >= this.pauseUntil) this._reconnectNow();
+        });
       }
     }
 
@@ -304,6 +307,7 @@
         return;
       }
       const delay = this._delay() + (policy === "pause" ? PAUSE_MS : 0);
+      this.pauseUntil = policy === "pause" ? Date.now() + delay : 0;
       this._schedule(delay, code);
     }
 
@@ -584,6 +588,7 @@
     /** A channel message: drop copies, spot holes, keep the position. */
     _channelMessage(msg) {
       const channel = canonical(msg.channel);
+      if (!this.subscriptions.has(channel)) return; // sent before an unsubscribe (or revocation) took effect
       const seq = msg.seq;
       if (typeof seq !== "number") return this._deliver(msg);
       const pos = this.positions.get(channel);
@@ -625,7 +630,7 @@
       const messages = [];
       let before = gap.toSeq + 1;
       let complete = false;
-      if (hasHistory(gap.channel)) {
+      while (hasHistory(gap.channel) && !complete) {
         try {
           while (before > gap.fromSeq) {
             const limit = Math.min(HISTORY_MAX, before - gap.fromSeq);
@@ -637,11 +642,28 @@
           }
           complete = true;
         } catch (e) {
-          this._emit("error", e);
+          // Cut by a reconnect: `since` resumes after the hole, so only
+          // history can bring its lines; ask again once the socket is back.
+          if (!(await this._refillable(gap, e))) {
+            this._emit("error", e);
+            break;
+          }
         }
       }
       const missing = gap.toSeq - gap.fromSeq + 1 - messages.length;
       this._emit("fill", Object.assign({}, gap, { messages, missing, complete }));
+    }
+
+    /** After a failed fill request: true once reconnected to the same epoch. */
+    async _refillable(gap, error) {
+      if (this.state === "closed" || (error.code !== "DISCONNECTED" && error.code !== "NOT_CONNECTED")) return false;
+      try {
+        await this.ready();
+      } catch (_) {
+        return false; // closed for good
+      }
+      const pos = this.positions.get(gap.channel);
+      return !!pos && pos.epoch === gap.epoch;
     }
 
     /** `since` could not be honoured: fetch what is kept after the position. */

@@ -204,13 +204,15 @@
 
   const logs = {
     seen: new Set(), // "epoch:seq" of the lines in the page
-    paused: [], // messages held while paused
+    paused: [], // the newest messages held while paused: MAX_LINES at most, as the log keeps no more
+    held: 0, // how many came while paused
     loading: false,
     complete: false,
 
     clear() {
       this.seen.clear();
       this.paused = [];
+      this.held = 0;
       this.complete = false;
       $("log").replaceChildren();
       pendingText();
@@ -243,7 +245,8 @@
     add(m) {
       if (this.seen.has(this.key(m))) return;
       if ($("pause").getAttribute("aria-pressed") === "true") {
-        this.paused.push(m);
+        this.held += 1;
+        if (this.paused.push(m) > MAX_LINES) this.paused.shift();
         return pendingText();
       }
       this.seen.add(this.key(m));
@@ -333,7 +336,7 @@
   }
 
   function pendingText() {
-    const n = logs.paused.length;
+    const n = logs.held;
     $("pending").textContent = n ? `${n} new line${n === 1 ? "" : "s"} while paused` : "";
   }
 
@@ -353,6 +356,7 @@
       $("pause").textContent = on ? "Resume" : "Pause";
       if (!on) {
         const held = logs.paused.splice(0);
+        logs.held = 0;
         held.forEach((m) => logs.add(m));
         pendingText();
       }

@@ -113,6 +113,35 @@ async function expectHistoryError(c) {
   await assert.rejects(c.history(`server:${SERVER}:status`), { code: "INVALID_MESSAGE" });
 }
 
+test("a line in flight when unsubscribe() is called is not delivered and leaves no position behind", async (t) => {
+  const hub = await new Hub().start();
+  t.after(() => hub.stop());
+  // Frames are held while `hold` is set, as on a busy page: the hub has sent
+  // them, the client has not read them yet.
+  const held = [];
+  let hold = false;
+  class HeldWebSocket extends WebSocket {
+    set onmessage(fn) {
+      super.onmessage = fn && ((ev) => (hold ? held.push(() => fn(ev)) : fn(ev)));
+    }
+  }
+  const c = client(t, hub, { WebSocket: HeldWebSocket });
+  c.connect();
+  await c.subscribe([LOGS]);
+  await publishLines(hub, 1, 1);
+  await waitFor("line 1", () => c.seen.length === 1);
+  hold = true;
+  await publishLines(hub, 2, 2);
+  await waitFor("line 2 held", () => held.length === 1);
+  const done = c.unsubscribe([LOGS]);
+  await waitFor("UNSUBSCRIBED held", () => held.length === 2);
+  hold = false;
+  held.splice(0).forEach((deliver) => deliver());
+  assert.deepEqual(await done, { channels: [LOGS] });
+  assert.deepEqual(seqs(c), [1], "a line after unsubscribe() was delivered");
+  assert.equal(c.position(LOGS), undefined, "the position unsubscribe() forgot came back");
+});
+
 test("a hub restart (close 1001) is recovered with since: nothing missing, nothing doubled", async (t) => {
   const hub = new Hub();
   hub.extra = `[history]\ndb_path = "${path.join(hub.dir, "history.db")}"\n`;
@@ -141,6 +170,38 @@ test("a hub restart (close 1001) is recovered with since: nothing missing, nothi
     "in order",
   );
   assert.ok(!c.events.some(([e]) => e === "gap" || e === "reset"), JSON.stringify(c.events));
+});
+
+test("a fill cut by a hub restart asks again once reconnected: the hole's lines still arrive", async (t) => {
+  const hub = new Hub();
+  hub.extra = `[history]\ndb_path = "${path.join(hub.dir, "history.db")}"\n`;
+  await hub.start();
+  t.after(() => hub.stop());
+  const c = client(t, hub, { backoff: { initialMs: 300, maxMs: 1000, jitter: 0 } });
+  c.connect();
+  await c.subscribe([LOGS]);
+  await publishLines(hub, 1, 5);
+  await waitFor("5 lines", () => c.seen.length === 5);
+  // Pretend lines 3 to 5 were missed; the fill's request meets a restart.
+  const pos = c.position(LOGS);
+  c.setPosition(LOGS, 2, pos.epoch);
+  c.seen = c.seen.filter(([s]) => s <= 2);
+  const history = c.history.bind(c);
+  let restart = null;
+  c.history = (channel, opts) => {
+    if (!restart) restart = hub.restart();
+    return restart.then(() => history(channel, opts));
+  };
+  await publishLines(hub, 6, 6);
+  await waitFor("a fill", () => c.events.some(([e]) => e === "fill"), 20000);
+  await publishLines(hub, 7, 7);
+  await waitFor("line 7", () => c.seen.some(([s]) => s === 7), 15000);
+  await sleep(200);
+  assert.deepEqual(
+    c.events.filter(([e]) => e === "fill"),
+    [["fill", 3, 5, 0]],
+  );
+  assert.deepEqual(seqs(c), range(1, 7));
 });
 
 test("a hub restart without stored history is a new epoch: reset, then the new numbering", async (t) => {
@@ -278,9 +339,17 @@ test("an in-band auth with another user's token is refused and the old one stays
   assert.equal(c.seen.length, 0);
 });
 
-test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; close() stops for good", async (t) => {
+test("close 1008 (rate-limit abuse) waits at least 30 s, even when the network comes back; close() stops for good", async (t) => {
   const hub = await new Hub({ extra: "[limits]\nrate_per_s = 1\nrate_burst = 1\n" }).start();
   t.after(() => hub.stop());
+  // As in a browser: the client listens for the window's "online" event.
+  const net = new EventTarget();
+  globalThis.window = globalThis;
+  globalThis.addEventListener = net.addEventListener.bind(net);
+  t.after(() => {
+    delete globalThis.window;
+    delete globalThis.addEventListener;
+  });
   const c = client(t, hub, { requestTimeoutMs: 500 });
   c.connect();
   await c.ready();
@@ -291,6 +360,9 @@ test("close 1008 (rate-limit abuse) waits at least 30 s before reconnecting; clo
   await waitFor("the 1008", () => c.events.some(([e, d]) => e === "reconnecting" && d.code === 1008), 10000);
   const wait = c.events.find(([e]) => e === "reconnecting")[1];
   assert.ok(wait.delayMs >= 30000, `waits ${wait.delayMs} ms`);
+  net.dispatchEvent(new Event("online"));
+  await sleep(500);
+  assert.equal(c.state, "waiting", "the network coming back cut the pause short");
   c.close();
   assert.equal(c.state, "closed");
 });
