@@ -184,10 +184,12 @@
     charts.forEach((c) => c.clear());
     badge(s.status);
     await client.ready();
+    if (server !== s) return; // another server was picked meanwhile
     const [page, points] = await Promise.all([
       client.history(logsChannel(), { limit: PAGE }),
       client.history(channel("metrics"), { limit: 1000 }),
     ]);
+    if (server !== s) return; // its channels are not this view's any more
     logs.prepend(page);
     const last = page.messages[page.messages.length - 1];
     if (last) client.setPosition(logsChannel(), last.seq, last.epoch);
