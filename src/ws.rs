@@ -302,11 +302,6 @@ impl Shared {
             _ => Rc::clone(&self.plain),
         })
     }
-
-    /// [`Shared::variant`], shared.
-    pub fn for_client(&self, deflate: Option<u8>, min_bytes: usize) -> Rc<[u8]> {
-        Rc::clone(self.variant(deflate, min_bytes))
-    }
 }
 
 /// The payload of an unmasked server frame.
@@ -410,14 +405,14 @@ mod tests {
     fn a_shared_frame_is_compressed_once_per_window() {
         let json = format!("{{\"type\":\"log_entry\",\"data\":\"{}\"}}", "Can't keep up! ".repeat(40));
         let s = Shared::text(json.as_bytes());
-        assert!(Rc::ptr_eq(&s.for_client(None, 256), s.plain()));
-        let a = s.for_client(Some(15), 256);
-        assert!(Rc::ptr_eq(&a, &s.for_client(Some(15), 256)), "compressed once");
+        assert!(Rc::ptr_eq(s.variant(None, 256), s.plain()));
+        let a = s.variant(Some(15), 256);
+        assert!(Rc::ptr_eq(a, s.variant(Some(15), 256)), "compressed once");
         assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
         assert!(a.len() < s.plain().len() / 4);
-        assert_eq!(deflate::inflate(payload(&a), 1 << 20).unwrap(), json.as_bytes());
-        assert!(!Rc::ptr_eq(&a, &s.for_client(Some(9), 256)));
-        assert!(Rc::ptr_eq(&s.for_client(Some(15), 1 << 20), s.plain()), "under the threshold");
+        assert_eq!(deflate::inflate(payload(a), 1 << 20).unwrap(), json.as_bytes());
+        assert!(!Rc::ptr_eq(a, s.variant(Some(9), 256)));
+        assert!(Rc::ptr_eq(s.variant(Some(15), 1 << 20), s.plain()), "under the threshold");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::channels::{Channels, Kept};
 use super::{drop_errors, Counters, Hub, Written};
 use crate::client::Client;
 use crate::outq::{DropKey, DropReport};
-use crate::ws;
+use crate::ws::{self, Shared};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// How many buffers one `writev` takes at most.
@@ -65,25 +65,30 @@ enum Piece {
 /// How a client takes frames: compressed with its window (when it
 /// negotiated permessage-deflate) from `min_bytes` on, else plain.
 #[derive(Clone, Copy)]
-struct Wire {
+pub(super) struct Wire {
     deflate: Option<u8>,
     min_bytes: usize,
 }
 
 impl Wire {
-    fn of(client: &Client, min_bytes: usize) -> Wire {
+    pub(super) fn of(client: &Client, min_bytes: usize) -> Wire {
         Wire { deflate: client.session.as_ref().and_then(|s| s.deflate), min_bytes }
     }
 
-    /// A text frame made for this client alone (a drop report).
-    fn text(self, payload: &[u8]) -> Rc<[u8]> {
+    /// A text frame made for this client alone (a reply, a drop report).
+    pub(super) fn text(self, payload: &[u8]) -> Rc<[u8]> {
         ws::message(OpCode::Data(Data::Text), payload, self.deflate, self.min_bytes)
     }
 
-    /// The frame of a kept message this client gets (compressed once per
-    /// window size, shared).
+    /// The frame of a shared message this client gets (compressed once
+    /// per window size).
+    pub(super) fn shared(self, frame: &Shared) -> &Rc<[u8]> {
+        frame.variant(self.deflate, self.min_bytes)
+    }
+
+    /// [`Wire::shared`] for a kept message.
     fn ring(self, k: &Kept) -> &Rc<[u8]> {
-        k.frame.variant(self.deflate, self.min_bytes)
+        self.shared(&k.frame)
     }
 }
 

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::Control;
 
 use crate::auth::{Authenticator, Role};
 use crate::client::{Client, Session};
@@ -35,6 +35,7 @@ use crate::protocol::{self, AlertSource, Channel, ChannelKind, ErrorCode, Publis
 use crate::store::{LogQuery, Page, Recovered, Store, StoreStats, StoredLog};
 use crate::ws::{self, Shared};
 use channels::Channels;
+use lag::Wire;
 
 /// Counters for `/api/v1/stats` and `/metrics`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -250,15 +251,17 @@ impl Hub {
     /// Queues a control reply (a text frame, never dropped, not counted),
     /// compressed for a client that negotiated it.
     pub fn reply(&mut self, key: usize, payload: &[u8]) {
-        let deflate = self.session(key).and_then(|s| s.deflate);
-        self.queue(key, ws::message(OpCode::Data(Data::Text), payload, deflate, self.compress_min_bytes));
+        let Some(client) = self.client(key) else { return };
+        let frame = Wire::of(client, self.compress_min_bytes).text(payload);
+        self.queue(key, frame);
     }
 
     /// Queues a shared frame (a replay or a latest value) as the client
     /// takes it: compressed or not.
     fn queue_shared(&mut self, key: usize, frame: &Shared) {
-        let deflate = self.session(key).and_then(|s| s.deflate);
-        self.queue(key, frame.for_client(deflate, self.compress_min_bytes));
+        let Some(client) = self.client(key) else { return };
+        let frame = Rc::clone(Wire::of(client, self.compress_min_bytes).shared(frame));
+        self.queue(key, frame);
     }
 
     /// Lists a client for the end of the turn (its socket became writable).
@@ -525,8 +528,8 @@ fn offer(
     (drop, seq, ord): (DropKey, u64, u64),
     fanout: &mut Vec<usize>,
 ) -> bool {
-    let deflate = client.session.as_ref().and_then(|s| s.deflate);
-    let queued = client.out.push_live(&frame.for_client(deflate, out.min_bytes), out.cap, drop, seq, ord);
+    let bytes = Rc::clone(Wire::of(client, out.min_bytes).shared(frame));
+    let queued = client.out.push_live(&bytes, out.cap, drop, seq, ord);
     mark(key, &mut client.fanout, fanout);
     queued
 }
