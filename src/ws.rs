@@ -219,13 +219,17 @@ pub fn frame(opcode: OpCode, payload: &[u8]) -> Rc<[u8]> {
 /// permessage-deflate with window `bits` when it is at least `min_bytes`
 /// long and compressing makes it smaller (RSV1 set then).
 pub fn message(opcode: OpCode, payload: &[u8], deflate: Option<u8>, min_bytes: usize) -> Rc<[u8]> {
-    match deflate {
-        Some(bits) if payload.len() >= min_bytes => match deflate::compress(payload, bits) {
-            Some(z) if z.len() < payload.len() => framed(opcode, true, &z),
-            _ => frame(opcode, payload),
-        },
-        _ => frame(opcode, payload),
-    }
+    deflate
+        .filter(|_| payload.len() >= min_bytes)
+        .and_then(|bits| compressed(opcode, payload, bits))
+        .unwrap_or_else(|| frame(opcode, payload))
+}
+
+/// The compressed frame of a message (RSV1 set) with window `bits`, when
+/// compressing makes it smaller.
+fn compressed(opcode: OpCode, payload: &[u8], bits: u8) -> Option<Rc<[u8]>> {
+    let z = deflate::compress(payload, bits).filter(|z| z.len() < payload.len())?;
+    Some(framed(opcode, true, &z))
 }
 
 fn framed(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Rc<[u8]> {
@@ -297,9 +301,8 @@ impl Shared {
         let Some(slot) = table.get(usize::from(bits).wrapping_sub(8)) else {
             return &self.plain;
         };
-        slot.get_or_init(|| match deflate::compress(self.payload(), bits) {
-            Some(z) if z.len() < self.payload().len() => framed(OpCode::Data(Data::Text), true, &z),
-            _ => Rc::clone(&self.plain),
+        slot.get_or_init(|| {
+            compressed(OpCode::Data(Data::Text), self.payload(), bits).unwrap_or_else(|| Rc::clone(&self.plain))
         })
     }
 }
