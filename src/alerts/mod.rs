@@ -140,24 +140,20 @@ impl Alerts {
         for (name, _, suppressed) in self.engine.stats() {
             let _ = writeln!(out, "aymc_alerts_suppressed_total{{rule=\"{name}\"}} {suppressed}");
         }
-        let series = [
-            ("sent_total", "counter", "Alerts a webhook delivered."),
-            ("failed_total", "counter", "Alerts a webhook gave up on."),
-            ("dropped_total", "counter", "Alerts dropped because a webhook's queue was full."),
-            ("retried_total", "counter", "Webhook attempts repeated."),
-            ("queued", "gauge", "Alerts waiting for a webhook."),
+        type Read = fn(&webhook::Counters) -> u64;
+        let series: [(&str, &str, &str, Read); 5] = [
+            ("sent_total", "counter", "Alerts a webhook delivered.", |c| c.sent.load(Ordering::SeqCst)),
+            ("failed_total", "counter", "Alerts a webhook gave up on.", |c| c.failed.load(Ordering::SeqCst)),
+            ("dropped_total", "counter", "Alerts dropped because a webhook's queue was full.", |c| {
+                c.dropped.load(Ordering::SeqCst)
+            }),
+            ("retried_total", "counter", "Webhook attempts repeated.", |c| c.retried.load(Ordering::SeqCst)),
+            ("queued", "gauge", "Alerts waiting for a webhook.", |c| c.queued.load(Ordering::SeqCst) as u64),
         ];
-        for (suffix, kind, help) in series {
+        for (suffix, kind, help, read) in series {
             let _ = write!(out, "# HELP aymc_webhook_{suffix} {help}\n# TYPE aymc_webhook_{suffix} {kind}\n");
             for (name, c) in self.webhooks.counters() {
-                let v = match suffix {
-                    "sent_total" => c.sent.load(Ordering::SeqCst),
-                    "failed_total" => c.failed.load(Ordering::SeqCst),
-                    "dropped_total" => c.dropped.load(Ordering::SeqCst),
-                    "retried_total" => c.retried.load(Ordering::SeqCst),
-                    _ => c.queued.load(Ordering::SeqCst) as u64,
-                };
-                let _ = writeln!(out, "aymc_webhook_{suffix}{{webhook=\"{name}\"}} {v}");
+                let _ = writeln!(out, "aymc_webhook_{suffix}{{webhook=\"{name}\"}} {}", read(c));
             }
         }
     }
