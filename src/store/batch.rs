@@ -1,6 +1,7 @@
 //! One commit of the writer: the entries of a batch, per server its size
-//! and last agent offset, the seq counters, the metrics points, and the meta row, in one
-//! transaction, so what a crash leaves behind is always a whole batch.
+//! and last agent offset, the seq counters, the metrics points, and the
+//! meta row, in one transaction, so what a crash leaves behind is always a
+//! whole batch.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 use std::collections::{HashMap, VecDeque};

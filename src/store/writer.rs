@@ -1,7 +1,6 @@
 //! The writer thread: the only connection that writes. It takes entries
 //! from the channel (and the counters the handles saved, and metrics
-//! points) into a bounded
-//! in-memory queue, commits them in
+//! points) into a bounded in-memory queue, commits them in
 //! batches (every [`COMMIT_INTERVAL`] or [`BATCH`] entries, whichever comes
 //! first), runs retention every [`RETENTION_INTERVAL`] in bounded steps, and
 //! survives every database error: it logs it, counts it, keeps the batch
